@@ -1,0 +1,35 @@
+"""Prompt formatting shared by training, generation and benchmarks, so all three see the same text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def use_chat_template(tokenizer: Any, mode: str, family: str) -> bool:
+    """Resolve `model.chat_template` (auto | always | never) for this tokenizer and model family."""
+    if mode == "never" or family == "seq2seq":
+        return False
+    if mode == "always":
+        if not has_chat_template(tokenizer):
+            raise ValueError("model.chat_template is 'always' but the tokenizer has no chat template")
+        return True
+    return has_chat_template(tokenizer)
+
+
+def format_prompt(tokenizer: Any, prompt: str, *, use_chat: bool, system_prompt: str | None = None) -> str:
+    """The text the model sees before its completion: the chat template with a generation prompt, or `prompt`."""
+    if not use_chat:
+        return prompt
+    messages = [{"role": "user", "content": prompt}]
+    if system_prompt is not None:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def completion_suffix(tokenizer: Any) -> str:
+    """What ends a completion in training text: the EOS token (for chat models, the end-of-turn token)."""
+    return tokenizer.eos_token or ""
