@@ -219,6 +219,7 @@ class BenchConfig(Section):
     limit: int | None = Field(100, gt=0, description="Examples per task (seeded subset).")
     shots: int | None = Field(None, ge=0, description="Override every task's few-shot count.")
     enabled: bool = Field(True, description="Run the forgetting suite in `tunebench run`.")
+    helm: bool = Field(False, description="Add the HELM-style view (calibration, robustness, fairness, ...).")
 
 
 class RunConfig(Section):

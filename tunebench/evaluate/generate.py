@@ -1,0 +1,220 @@
+"""Batched generation for evaluation and in-training metrics: fast on CPU, equal to one-at-a-time decoding.
+
+Hugging Face `generate` does the decoding (KV cache, beam search, sampling, `stop_strings`, early exit once
+every row has finished). What it lacks, and this module adds: length-sorted batches returned in input order
+(sorting cuts the padding each row computes), left padding for decoder-only models without mutating the
+caller's tokenizer, end-of-turn tokens of chat models as extra EOS ids, cutting the text at the first stop
+string, per-example token counts, and decoding settings taken only from our GenerationConfig, so two runs with
+equal configs decode alike whatever a checkpoint's `generation_config.json` says (its penalties aside).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tunebench.config import GenerationConfig
+
+# Special tokens that end an assistant turn in common chat templates (ChatML, Llama 3, Gemma, Phi-3).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One completion. `time_s` is this example's share of its batch's wall time (batches run as one)."""
+
+    text: str
+    n_prompt_tokens: int
+    n_new_tokens: int
+    time_s: float
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a completion: the tokenizer's and the model's EOS plus chat end-of-turn tokens.
+
+    Chat models often declare the end-of-text token as EOS but close their turn with another one (or the reverse),
+    so stopping at only one of them lets the model ramble into a fake next turn.
+    """
+    ids: list[int] = []
+
+    def add(value: Any) -> None:
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(v, int) and v >= 0 and v not in ids:
+                ids.append(v)
+
+    add(tokenizer.eos_token_id)
+    gen_cfg = getattr(model, "generation_config", None)
+    if gen_cfg is not None:
+        add(gen_cfg.eos_token_id)
+    add(getattr(model.config, "eos_token_id", None))
+    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    special |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    for token in END_OF_TURN_TOKENS:
+        if token in special:
+            add(tokenizer.convert_tokens_to_ids(token))
+    return ids
+
+
+def pad_token_id(tokenizer: Any, eos_ids: Sequence[int]) -> int:
+    """The tokenizer's pad id, else its first EOS id (many causal tokenizers ship without a pad token)."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    if not eos_ids:
+        raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad batches with")
+    return int(eos_ids[0])
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt; special tokens are added unless the prompt already starts with BOS.
+
+    Chat-templated prompts carry their own BOS, and a second one shifts the model off what it saw in training.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    out = []
+    for prompt in prompts:
+        add_special = not (bos and prompt.startswith(bos))
+        out.append(list(tokenizer(prompt, add_special_tokens=add_special)["input_ids"]))
+    return out
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (memory peaks show up at once)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _pad_batch(rows: list[list[int]], pad_id: int, side: Literal["left", "right"], device: Any) -> dict[str, Any]:
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def count_new_tokens(row: Sequence[int], eos_ids: Sequence[int], pad_id: int) -> int:
+    """Generated tokens up to and including the first EOS; rows stopped otherwise lose their trailing padding."""
+    eos = set(eos_ids)
+    for i, tok in enumerate(row):
+        if tok in eos:
+            return i + 1
+    n = len(row)
+    while n > 0 and row[n - 1] == pad_id:
+        n -= 1
+    return n
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """Text before the earliest stop string, whitespace trimmed (generation may end on the stop string)."""
+    cut = len(text)
+    for stop in stops:
+        if stop:
+            pos = text.find(stop)
+            if pos != -1:
+                cut = min(cut, pos)
+    return text[:cut].strip()
+
+
+def hf_generation_kwargs(gen: GenerationConfig, eos_ids: list[int], pad_id: int) -> dict[str, Any]:
+    """The decoding settings `generate` gets: ours override the checkpoint's defaults for every knob we own."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": gen.max_new_tokens,
+        "num_beams": gen.num_beams,
+        "do_sample": gen.do_sample,
+        "eos_token_id": eos_ids,
+        "pad_token_id": pad_id,
+        "num_return_sequences": 1,
+        "use_cache": True,
+    }
+    if gen.do_sample:
+        kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=0)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if gen.num_beams > 1:
+        kwargs.update(early_stopping=True, length_penalty=1.0)
+    return kwargs
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Switch dropout off for generation and restore the caller's mode (training calls this mid-run)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    family: Literal["causal", "seq2seq"],
+    gen: GenerationConfig,
+    progress: bool = False,
+    seed: int = 0,
+    bf16: bool = False,
+) -> list[GenerationResult]:
+    """Complete already-formatted prompts in length-sorted batches; results come back in input order.
+
+    Greedy and beam search are deterministic; sampling is seeded per batch from `seed` inside a forked RNG, so
+    the caller's random state (e.g. a training run's data order) is left untouched.
+    """
+    import torch
+
+    if not prompts:
+        return []
+    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = pad_token_id(tokenizer, eos_ids)
+    encoded = encode_prompts(tokenizer, prompts)
+    if any(not ids for ids in encoded):
+        raise ValueError("cannot generate from an empty prompt: every prompt needs at least one token")
+    side: Literal["left", "right"] = "left" if family == "causal" else "right"
+    kwargs = hf_generation_kwargs(gen, eos_ids, pad_id)
+    if gen.stop:
+        kwargs.update(stop_strings=list(gen.stop), tokenizer=tokenizer)
+    device = model.device
+    results: list[GenerationResult | None] = [None] * len(prompts)
+    bar = _progress_bar(len(prompts), progress)
+    rng_devices = [device] if device.type == "cuda" else []
+    with _eval_mode(model), torch.inference_mode(), torch.random.fork_rng(devices=rng_devices):
+        for b, batch in enumerate(length_sorted_batches([len(e) for e in encoded], gen.batch_size)):
+            inputs = _pad_batch([encoded[i] for i in batch], pad_id, side, device)
+            if gen.do_sample:
+                torch.manual_seed(seed * 1_000_003 + b)
+            start = time.perf_counter()
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model.generate(**inputs, **kwargs)
+            elapsed = time.perf_counter() - start
+            new = out[:, inputs["input_ids"].shape[1] :] if family == "causal" else out[:, 1:]
+            for row, i in zip(new.tolist(), batch, strict=True):
+                n_new = count_new_tokens(row, eos_ids, pad_id)
+                text = tokenizer.decode(row[:n_new], skip_special_tokens=True)
+                results[i] = GenerationResult(
+                    text=cut_at_stop(text, gen.stop),
+                    n_prompt_tokens=len(encoded[i]),
+                    n_new_tokens=n_new,
+                    time_s=elapsed / len(batch),
+                )
+            if bar is not None:
+                bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return [r for r in results if r is not None]
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="generate", unit="ex")
