@@ -36,10 +36,10 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     from tunebench.config import resolve_data_dir
     from tunebench.train.loop import train
 
-    cfg = _config(args)
     result = train(cfg, data_dir=resolve_data_dir(args.data_dir, cfg), resume=args.resume)
     print(f"trained: {result.output_dir}")
     return 130 if getattr(result, "interrupted", False) else 0
@@ -86,9 +86,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     from tunebench.pipeline import run_all
 
-    paths = run_all(_config(args), data_dir=args.data_dir)
+    paths = run_all(cfg, data_dir=args.data_dir)
     print(f"report: {paths['html']}")
     return 0
 
