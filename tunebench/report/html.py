@@ -1,0 +1,70 @@
+"""report.html, one self-contained file (inline CSS, charts as base64 PNG data URIs), and write_report.
+
+The template is rendered by Jinja2 with autoescape forced on (its `.j2` suffix would slip past
+select_autoescape) and StrictUndefined, so model output and data text are always escaped and a template
+typo fails loudly instead of printing nothing. The page's Content-Security-Policy allows no scripts and no
+network requests, so even a file edited by hand cannot phone home.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from tunebench.io import atomic_write_json, atomic_write_text
+from tunebench.report import tables
+from tunebench.report.markdown import render_markdown
+from tunebench.report.plots import pick_distribution_metric, render_plots
+from tunebench.report.results import build_results
+
+TEMPLATE = "report.html.j2"
+
+
+def _environment() -> Any:
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(loader=PackageLoader("tunebench.report", "templates"), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=tables.fmt_num, value=tables.fmt_value)
+    return env
+
+
+def render_html(results: dict[str, Any], plots: dict[str, bytes] | None = None) -> str:
+    """The report page; `plots` defaults to every chart the results support."""
+    if plots is None:
+        plots = render_plots(results)
+    context = {
+        "r": results,
+        "alpha": tables.ALPHA,
+        "test_set": tables.describe_test_set(results),
+        "headline": tables.headline(results) if results["comparisons"] else [],
+        "systems": tables.system_table(results),
+        "comparisons": tables.comparison_tables(results),
+        "training": tables.training_rows(results),
+        "bench": tables.bench_table(results),
+        "forgetting": tables.forgetting_rows(results),
+        "helm": tables.helm_table(results),
+        "signatures": tables.signature_rows(results),
+        "config": tables.config_text(results),
+        "dist_metric": pick_distribution_metric(results["systems"]),
+        "plots": {name: base64.b64encode(png).decode("ascii") for name, png in plots.items()},
+    }
+    return _environment().get_template(TEMPLATE).render(**context)
+
+
+def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
+    """Write results.json, report.md and report.html for a run, compare or eval directory (default: in it).
+
+    Everything is rendered before anything is written, so a failure never leaves a half-updated set.
+    """
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir
+    results = build_results(run_dir)
+    markdown = render_markdown(results)
+    page = render_html(results)
+    return {
+        "results": atomic_write_json(out / "results.json", results),
+        "markdown": atomic_write_text(out / "report.md", markdown),
+        "html": atomic_write_text(out / "report.html", page),
+    }

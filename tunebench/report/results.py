@@ -1,0 +1,324 @@
+"""Assemble results.json: everything a run directory holds, in one versioned document for other tools.
+
+Each stage wrote its own file (docs/formats.md); this module gathers them and tolerates missing stages, so a
+run without training or benchmarks, an eval-only run, or a compare output directory alone all report what
+exists. The schema is documented in docs/results_schema.md, whose required-keys table is REQUIRED_KEYS below.
+The key check is written by hand because a JSON-Schema dependency would be heavier than the rules it enforces.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tunebench import __version__
+from tunebench.errors import DataError
+from tunebench.io import read_jsonl
+
+SCHEMA = "tunebench.results/1"
+COMPARE_SCHEMA = "tunebench.compare/1"
+BENCH_SCHEMA = "tunebench.bench/1"
+EVAL_SCHEMA = "tunebench.eval/1"
+
+# Object pattern -> keys it must hold. `<name>` walks a mapping's values, `[]` a list's items.
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "top level": (
+        "schema", "tunebench_version", "created", "run_name", "source", "warnings", "config", "data_stats",
+        "training", "test_set", "systems", "comparisons", "benchmarks", "forgetting", "helm",
+    ),
+    "source": ("dir", "kind", "files"),
+    "training": ("summary", "log"),
+    "systems.<name>": ("path", "test_set", "metrics", "per_example"),
+    "systems.<name>.metrics.<metric>": ("score", "ci95", "signature"),
+    "comparisons[]": ("baseline", "candidate", "metrics", "win_tie_loss", "examples"),
+    "comparisons[].metrics.<metric>": ("baseline", "candidate", "delta", "ci95", "p_value", "method"),
+    "comparisons[].examples": ("gains", "losses"),
+    "benchmarks.<system>": ("tasks",),
+    "benchmarks.<system>.tasks.<task>": ("version", "n", "metrics"),
+    "forgetting[]": ("task", "metric", "base", "tuned", "delta", "ci95", "p_value", "significant_drop"),
+}
+
+
+class _ShapeError(Exception):
+    def __init__(self, path: str, expected: str, node: Any) -> None:
+        super().__init__(f"{path}: expected {expected}, got {type(node).__name__}")
+
+
+def _select(obj: Any, pattern: str) -> Iterator[tuple[str, Any]]:
+    """Yield (key path, node) for every node the pattern names; null optional sections yield nothing."""
+    nodes: list[tuple[str, Any]] = [("", obj)]
+    if pattern == "top level":
+        yield from nodes
+        return
+    for part in pattern.split("."):
+        name, is_list = (part[:-2], True) if part.endswith("[]") else (part, False)
+        step: list[tuple[str, Any]] = []
+        for path, node in nodes:
+            if name.startswith("<"):
+                if not isinstance(node, dict):
+                    raise _ShapeError(path or "top level", "a mapping", node)
+                step.extend((f"{path}.{key}".lstrip("."), value) for key, value in node.items())
+            elif isinstance(node, dict) and node.get(name) is not None:
+                step.append((f"{path}.{name}".lstrip("."), node[name]))
+        if is_list:
+            listed: list[tuple[str, Any]] = []
+            for path, node in step:
+                if not isinstance(node, list):
+                    raise _ShapeError(path, "a list", node)
+                listed.extend((f"{path}[{i}]", item) for i, item in enumerate(node))
+            step = listed
+        nodes = step
+    yield from nodes
+
+
+def check_keys(obj: Any, rules: dict[str, tuple[str, ...]], where: str, fix: str) -> None:
+    """Raise DataError naming `where`, the key path and the missing key when `obj` breaks a rule."""
+    for pattern, keys in rules.items():
+        try:
+            nodes = list(_select(obj, pattern))
+        except _ShapeError as exc:
+            raise DataError(f"{where}: {exc}; {fix}") from None
+        for path, node in nodes:
+            label = f"{where}: {path}" if path else where
+            if not isinstance(node, dict):
+                raise DataError(f"{label}: expected a mapping, got {type(node).__name__}; {fix}")
+            missing = [k for k in keys if k not in node]
+            if missing:
+                raise DataError(f"{label}: missing key '{missing[0]}'; {fix}")
+
+
+def validate_results(results: dict[str, Any], where: str = "results.json") -> None:
+    """Check a results document against the documented required keys and schema version."""
+    check_keys(results, REQUIRED_KEYS, where, "rebuild it with `tunebench report`")
+    if results["schema"] != SCHEMA:
+        raise DataError(f"{where}: schema '{results['schema']}' is not '{SCHEMA}'; rebuild it with `tunebench report`")
+
+
+class _Reader:
+    """Reads the run directory's JSON files, remembering which ones went into the results."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files: list[str] = []
+
+    def _note(self, path: Path) -> None:
+        try:
+            self.files.append(str(path.resolve().relative_to(self.root.resolve())))
+        except ValueError:
+            self.files.append(str(path.resolve()))
+
+    def json(self, path: Path, schema: str | None = None) -> Any:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: invalid JSON ({exc}); regenerate the file") from None
+        found = doc.get("schema") if isinstance(doc, dict) else None
+        if schema is not None and found is not None and found != schema:
+            raise DataError(f"{path}: schema '{found}' is not supported (expected '{schema}'); "
+                            "regenerate it with this tunebench version")
+        self._note(path)
+        return doc
+
+    def jsonl(self, path: Path) -> list[dict[str, Any]]:
+        rows = read_jsonl(path)
+        self._note(path)
+        return rows
+
+    def yaml(self, path: Path) -> Any:
+        import yaml
+
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise DataError(f"{path}: invalid YAML ({exc}); regenerate the file") from None
+        self._note(path)
+        return doc
+
+
+def _detect_kind(root: Path) -> str:
+    if (root / "comparison.json").is_file():
+        return "compare"
+    if (root / "scores.json").is_file():
+        return "eval"
+    run_markers = ("compare/comparison.json", "eval", "bench", "train_summary.json", "train_log.jsonl")
+    if any((root / m).exists() for m in run_markers):
+        return "run"
+    raise DataError(f"{root}: nothing to report (no comparison.json, scores.json, eval/, bench/ or training "
+                    "files); point `tunebench report` at a run or compare directory")
+
+
+def _per_example(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per-example metric values in file order, from predictions.jsonl `scores`."""
+    out: dict[str, list[float]] = {}
+    for row in rows:
+        for metric, value in (row.get("scores") or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out.setdefault(metric, []).append(float(value))
+    return out
+
+
+def _eval_system(reader: _Reader, eval_dir: Path) -> dict[str, Any]:
+    scores_path = eval_dir / "scores.json"
+    doc = reader.json(scores_path, EVAL_SCHEMA)
+    check_keys(doc, {"top level": ("metrics",), "metrics.<metric>": ("score", "ci95", "signature")},
+               str(scores_path), "re-run `tunebench eval`")
+    preds = eval_dir / "predictions.jsonl"
+    return {
+        "path": str(eval_dir),
+        "info": doc.get("system"),
+        "test_set": doc.get("test_set"),
+        "generation": doc.get("generation"),
+        "examples_per_s": doc.get("examples_per_s"),
+        "metrics": doc["metrics"],
+        "per_example": _per_example(reader.jsonl(preds)) if preds.is_file() else {},
+    }
+
+
+def _resolve_system_dir(raw: str | None, compare_dir: Path) -> Path | None:
+    """The eval directory a comparison names; relative paths may be from the caller's cwd or the run dir."""
+    if not raw:
+        return None
+    path = Path(raw)
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, compare_dir.parent / path, compare_dir / path]
+    for cand in candidates:
+        cand = cand.parent if cand.is_file() else cand
+        if (cand / "scores.json").is_file():
+            return cand
+    return None
+
+
+def _comparisons(reader: _Reader, compare_dir: Path, systems: dict[str, Any]) -> tuple[list[Any], Any]:
+    path = compare_dir / "comparison.json"
+    if not path.is_file():
+        return [], None
+    doc = reader.json(path, COMPARE_SCHEMA)
+    fix = "re-run `tunebench compare`"
+    check_keys(doc, {
+        "top level": ("systems", "comparisons"),
+        "systems.<name>": ("metrics",),
+        "systems.<name>.metrics.<metric>": ("score",),
+        "comparisons[]": ("baseline", "candidate", "metrics"),
+        "comparisons[].metrics.<metric>": REQUIRED_KEYS["comparisons[].metrics.<metric>"],
+    }, str(path), fix)
+    for name, entry in doc["systems"].items():
+        if name in systems:
+            continue
+        eval_dir = _resolve_system_dir(entry.get("path"), compare_dir)
+        if eval_dir is not None:
+            systems[name] = _eval_system(reader, eval_dir)
+        else:
+            metrics = {m: {"ci95": None, "signature": None, **v} for m, v in entry["metrics"].items()}
+            systems[name] = {"path": entry.get("path"), "info": None, "test_set": doc.get("test_set"),
+                             "generation": None, "examples_per_s": None, "metrics": metrics, "per_example": {}}
+    comparisons = []
+    for comp in doc["comparisons"]:
+        examples = comp.get("examples") or {}
+        comparisons.append({**comp, "win_tie_loss": comp.get("win_tie_loss") or {},
+                            "examples": {"gains": examples.get("gains") or [], "losses": examples.get("losses") or [],
+                                         **{k: v for k, v in examples.items() if k not in ("gains", "losses")}}})
+    return comparisons, doc.get("test_set")
+
+
+def _forgetting(reader: _Reader, compare_dir: Path) -> list[dict[str, Any]]:
+    path = compare_dir / "forgetting.json"
+    if not path.is_file():
+        return []
+    doc = reader.json(path)
+    rows = doc.get("rows") if isinstance(doc, dict) else doc
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a list of rows (or {{\"rows\": [...]}}); re-run the benchmark comparison")
+    check_keys({"forgetting": rows}, {"forgetting[]": REQUIRED_KEYS["forgetting[]"]}, str(path),
+               "re-run the benchmark comparison")
+    return rows
+
+
+def _benchmarks(reader: _Reader, bench_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    benchmarks: dict[str, Any] = {}
+    helm: dict[str, Any] = {}
+    if not bench_dir.is_dir():
+        return benchmarks, helm
+    for system_dir in sorted(p for p in bench_dir.iterdir() if p.is_dir()):
+        results_path = system_dir / "results.json"
+        if results_path.is_file():
+            doc = reader.json(results_path, BENCH_SCHEMA)
+            rules = {"top level": ("tasks",), "tasks.<task>": REQUIRED_KEYS["benchmarks.<system>.tasks.<task>"]}
+            check_keys(doc, rules, str(results_path), "re-run `tunebench bench`")
+            benchmarks[system_dir.name] = doc
+        helm_path = system_dir / "helm.json"
+        if helm_path.is_file():
+            helm[system_dir.name] = reader.json(helm_path)
+    return benchmarks, helm
+
+
+def _training(reader: _Reader, root: Path) -> dict[str, Any] | None:
+    summary_path, log_path = root / "train_summary.json", root / "train_log.jsonl"
+    summary = reader.json(summary_path) if summary_path.is_file() else None
+    log = reader.jsonl(log_path) if log_path.is_file() else []
+    if summary is None and not log:
+        return None
+    return {"summary": summary, "log": log}
+
+
+def _warnings(systems: dict[str, Any]) -> list[str]:
+    """Flag numbers that should not be compared: different test sets or different score signatures."""
+    out: list[str] = []
+    hashes = {n: (s.get("test_set") or {}).get("hash") for n, s in systems.items()}
+    known = {h for h in hashes.values() if h}
+    if len(known) > 1:
+        groups = ", ".join(f"{n}={h[:12]}" for n, h in hashes.items() if h)
+        out.append(f"systems were evaluated on different test sets ({groups}): their scores are not comparable")
+    metrics = sorted({m for s in systems.values() for m in s["metrics"]})
+    for metric in metrics:
+        sigs = {n: s["metrics"][metric].get("signature") for n, s in systems.items() if metric in s["metrics"]}
+        if len({v for v in sigs.values() if v}) > 1:
+            out.append(f"{metric}: signatures differ between systems ({', '.join(sorted(sigs))}): "
+                       "the scores were computed with different settings")
+    return out
+
+
+def build_results(run_dir: Path) -> dict[str, Any]:
+    """Gather a run directory (or a compare or eval output directory) into one results document."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory; give a run directory (runs/<name>) or a compare output directory")
+    kind = _detect_kind(root)
+    reader = _Reader(root)
+    systems: dict[str, Any] = {}
+    if kind == "eval":
+        systems[root.name] = _eval_system(reader, root)
+    eval_root = root / "eval"
+    if kind == "run" and eval_root.is_dir():
+        for eval_dir in sorted(p for p in eval_root.iterdir() if (p / "scores.json").is_file()):
+            systems[eval_dir.name] = _eval_system(reader, eval_dir)
+    compare_dir = root if kind == "compare" else root / "compare"
+    comparisons, compare_test_set = _comparisons(reader, compare_dir, systems)
+    forgetting = _forgetting(reader, compare_dir)
+    benchmarks, helm = _benchmarks(reader, root / "bench")
+    config = reader.yaml(root / "config.yaml") if (root / "config.yaml").is_file() else None
+    data_stats = reader.json(root / "data_stats.json") if (root / "data_stats.json").is_file() else None
+    test_set = compare_test_set or next((s["test_set"] for s in systems.values() if s.get("test_set")), None)
+    run_name = config.get("name") if isinstance(config, dict) and config.get("name") else root.resolve().name
+    results = {
+        "schema": SCHEMA,
+        "tunebench_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "run_name": run_name,
+        "source": {"dir": str(root.resolve()), "kind": kind, "files": reader.files},
+        "warnings": _warnings(systems),
+        "config": config,
+        "data_stats": data_stats,
+        "training": _training(reader, root),
+        "test_set": test_set,
+        "systems": systems,
+        "comparisons": comparisons,
+        "benchmarks": benchmarks,
+        "forgetting": forgetting,
+        "helm": helm,
+    }
+    validate_results(results, where=f"results for {root}")
+    return results

@@ -1,0 +1,233 @@
+"""Rows and formatted numbers shared by report.md and report.html, so both reports always say the same thing.
+
+Everything here returns plain strings; escaping is left to each renderer (Jinja2 autoescape for HTML,
+markdown.py's cell escaping for Markdown).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+ALPHA = 0.05  # significance level for marking comparisons (the p-values themselves are reported as-is)
+DASH = "—"
+LIST_CELL_MAX = 8  # longer lists (per-instance values) are summarized by their length, not spelled out
+
+
+def digits_for(*values: Any) -> int:
+    """Decimals for one row of related numbers: 4 on a [0, 1] scale (ROUGE, accuracy), 2 on [0, 100] (BLEU)."""
+    scale = max((abs(v) for v in values if isinstance(v, int | float) and math.isfinite(v)), default=0.0)
+    return 4 if scale <= 1.0 else 2
+
+
+def fmt_num(x: Any, digits: int | None = None) -> str:
+    """A number for a table; `digits` fixes the decimals so a row's score, delta and interval line up."""
+    if x is None:
+        return DASH
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if not isinstance(x, float):
+        return str(x)
+    if math.isnan(x) or math.isinf(x):
+        return str(x)
+    if digits is not None:
+        return f"{x:,.{digits}f}"
+    if x != 0 and abs(x) < 1e-3:
+        return f"{x:.3g}"
+    return f"{x:.4f}" if abs(x) < 10 else f"{x:.2f}" if abs(x) < 1000 else f"{x:,.1f}"
+
+
+def fmt_signed(x: Any, digits: int | None = None) -> str:
+    text = fmt_num(x, digits)
+    return f"+{text}" if isinstance(x, int | float) and not isinstance(x, bool) and x > 0 else text
+
+
+def fmt_ci(ci: Any, digits: int | None = None) -> str:
+    if not ci or len(ci) != 2 or ci[0] is None or ci[1] is None:
+        return DASH
+    return f"[{fmt_num(ci[0], digits)}, {fmt_num(ci[1], digits)}]"
+
+
+def fmt_p(p: Any) -> str:
+    if p is None:
+        return DASH
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def fmt_value(v: Any) -> str:
+    """Any JSON value as one line: numbers formatted, lists joined, mappings as k=v pairs."""
+    if isinstance(v, list):
+        if len(v) > LIST_CELL_MAX:
+            return f"[{len(v)} values]"
+        return ", ".join(fmt_value(x) for x in v) if v else DASH
+    if isinstance(v, dict):
+        return "; ".join(f"{k}={fmt_value(x)}" for k, x in v.items()) if v else DASH
+    return fmt_num(v)
+
+
+def flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested mappings as dotted keys, so summaries of any depth fit a two-column table."""
+    if not isinstance(tree, dict):
+        return [(prefix, tree)] if prefix else []
+    out: list[tuple[str, Any]] = []
+    for key, value in tree.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        out.extend(flatten(value, path) if isinstance(value, dict) and value else [(path, value)])
+    return out
+
+
+def verdict(entry: dict[str, Any]) -> str:
+    """'gain', 'loss' or 'n.s.': the stage's own `significant` flag when given, else p < ALPHA."""
+    p, delta = entry.get("p_value"), entry.get("delta")
+    significant = entry.get("significant")
+    if significant is None:
+        significant = p is not None and p < ALPHA
+    if not significant or not delta:
+        return "n.s."
+    return "gain" if delta > 0 else "loss"
+
+
+def system_table(results: dict[str, Any]) -> dict[str, Any]:
+    """Scores with 95% intervals, one row per metric and one column per system, plus each system's n."""
+    systems = list(results["systems"])
+    metrics: list[str] = []
+    for system in results["systems"].values():
+        metrics.extend(m for m in system["metrics"] if m not in metrics)
+    rows = []
+    for metric in metrics:
+        cells = []
+        for name in systems:
+            m = results["systems"][name]["metrics"].get(metric)
+            d = digits_for(m.get("score")) if m else 4
+            cells.append(DASH if m is None else f"{fmt_num(m.get('score'), d)} {fmt_ci(m.get('ci95'), d)}")
+        rows.append({"metric": metric, "cells": cells})
+    sizes = []
+    for name in systems:
+        ns = sorted({m.get("n") for m in results["systems"][name]["metrics"].values() if m.get("n") is not None})
+        sizes.append(", ".join(fmt_num(n) for n in ns) or DASH)
+    return {"systems": systems, "rows": rows, "n": sizes}
+
+
+def _example(ex: dict[str, Any]) -> dict[str, Any]:
+    refs = ex.get("references") or []
+    return {"id": str(ex.get("id", DASH)), "prompt": str(ex.get("prompt") or ""),
+            "references": [str(r) for r in (refs if isinstance(refs, list) else [refs])],
+            "baseline": str(ex.get("baseline") or ""), "candidate": str(ex.get("candidate") or ""),
+            "delta": fmt_signed(ex.get("delta"))}
+
+
+def comparison_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One table per baseline/candidate pair: deltas with intervals and p-values, win/tie/loss, examples."""
+    tables = []
+    for comp in results["comparisons"]:
+        rows = []
+        for metric, m in comp["metrics"].items():
+            d = digits_for(m["baseline"], m["candidate"])
+            rows.append({"metric": metric, "baseline": fmt_num(m["baseline"], d),
+                         "candidate": fmt_num(m["candidate"], d), "delta": fmt_signed(m["delta"], d),
+                         "ci": fmt_ci(m["ci95"], d), "p": fmt_p(m["p_value"]), "method": str(m["method"]),
+                         "verdict": verdict(m)})
+        wtl = [{"metric": metric, "win": fmt_num(c.get("win")), "tie": fmt_num(c.get("tie")),
+                "loss": fmt_num(c.get("loss"))} for metric, c in comp["win_tie_loss"].items()]
+        examples = comp["examples"]
+        tables.append({
+            "title": f"{comp['candidate']} vs {comp['baseline']}",
+            "baseline": comp["baseline"], "candidate": comp["candidate"], "rows": rows, "win_tie_loss": wtl,
+            "example_metric": examples.get("metric"),
+            "gains": [_example(e) for e in examples["gains"]],
+            "losses": [_example(e) for e in examples["losses"]],
+        })
+    return tables
+
+
+def headline(results: dict[str, Any]) -> list[str]:
+    """One sentence per comparison and metric: the number a reader came for."""
+    lines = []
+    for comp in results["comparisons"]:
+        for metric, m in comp["metrics"].items():
+            word = {"gain": "significant gain", "loss": "significant loss", "n.s.": "not significant"}[verdict(m)]
+            d = digits_for(m["baseline"], m["candidate"])
+            lines.append(f"{comp['candidate']} vs {comp['baseline']}, {metric}: {fmt_num(m['baseline'], d)} → "
+                         f"{fmt_num(m['candidate'], d)} (Δ {fmt_signed(m['delta'], d)}, 95% CI "
+                         f"{fmt_ci(m['ci95'], d)}, p = {fmt_p(m['p_value'])}): {word}")
+    return lines
+
+
+def training_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    training = results.get("training") or {}
+    return [(k, fmt_value(v)) for k, v in flatten(training.get("summary") or {})]
+
+
+def bench_table(results: dict[str, Any]) -> dict[str, Any]:
+    """Benchmark scores with rows (task, metric) and one column per system: value ± stderr."""
+    systems = list(results["benchmarks"])
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for col, system in enumerate(systems):
+        for task, t in results["benchmarks"][system]["tasks"].items():
+            for metric, m in (t.get("metrics") or {}).items():
+                row = rows.setdefault((task, metric), {
+                    "task": task, "metric": metric, "n": fmt_num(t.get("n")), "shots": fmt_num(t.get("shots")),
+                    "version": fmt_value(t.get("version")), "cells": [DASH] * len(systems)})
+                value = m.get("value") if isinstance(m, dict) else m
+                stderr = m.get("stderr") if isinstance(m, dict) else None
+                d = digits_for(value)
+                row["cells"][col] = fmt_num(value, d) + (f" ± {fmt_num(stderr, d)}" if stderr is not None else "")
+    return {"systems": systems, "rows": list(rows.values())}
+
+
+def forgetting_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for r in results["forgetting"]:
+        d = digits_for(r["base"], r["tuned"])
+        rows.append({"task": str(r["task"]), "metric": str(r["metric"]), "base": fmt_num(r["base"], d),
+                     "tuned": fmt_num(r["tuned"], d), "delta": fmt_signed(r["delta"], d), "ci": fmt_ci(r["ci95"], d),
+                     "p": fmt_p(r["p_value"]), "drop": bool(r["significant_drop"])})
+    return rows
+
+
+def helm_table(results: dict[str, Any]) -> dict[str, Any]:
+    """HELM-style summaries with one row per (flattened) metric and one column per model."""
+    systems = list(results["helm"])
+    keys: list[str] = []
+    values: dict[str, dict[str, str]] = {}
+    for system in systems:
+        for key, value in flatten(results["helm"][system]):
+            if key not in keys:
+                keys.append(key)
+            values.setdefault(key, {})[system] = fmt_value(value)
+    return {"systems": systems, "rows": [{"metric": k, "cells": [values[k].get(s, DASH) for s in systems]}
+                                         for k in keys]}
+
+
+def signature_rows(results: dict[str, Any]) -> list[dict[str, str]]:
+    """Every score's signature (and each benchmark task's version): what a number means travels with it."""
+    rows = [{"system": name, "metric": metric, "signature": str(m.get("signature") or DASH)}
+            for name, system in results["systems"].items() for metric, m in system["metrics"].items()]
+    for comp in results["comparisons"]:
+        for metric, m in comp["metrics"].items():
+            rows.append({"system": f"{comp['candidate']} vs {comp['baseline']}", "metric": f"Δ {metric}",
+                         "signature": str(m.get("signature") or f"method:{m['method']}")})
+    for system, doc in results["benchmarks"].items():
+        for task, t in doc["tasks"].items():
+            rows.append({"system": f"bench/{system}", "metric": task,
+                         "signature": f"version:{fmt_value(t.get('version'))}|shots:{fmt_num(t.get('shots'))}"
+                                      f"|n:{fmt_num(t.get('n'))}"})
+    return rows
+
+
+def describe_test_set(results: dict[str, Any]) -> str | None:
+    ts = results.get("test_set")
+    if not isinstance(ts, dict):
+        return None
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in ts.items())
+
+
+def config_text(results: dict[str, Any]) -> str | None:
+    """The resolved run config as YAML, for the reader who wants to reproduce the run."""
+    if results.get("config") is None:
+        return None
+    import yaml
+
+    return yaml.safe_dump(results["config"], sort_keys=False, allow_unicode=True)
