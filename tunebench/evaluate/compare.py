@@ -1,0 +1,286 @@
+"""`tunebench compare`: paired statistics between evaluations of the same test set.
+
+Each system is an eval dir (predictions.jsonl + scores.json); a run dir stands for every eval/<system>/ in it.
+Scores are recomputed from predictions.jsonl so that every number in comparison.json comes from one
+computation with one seed: all systems and metrics share the same bootstrap resample indices, which is what
+makes the deltas paired. Comparisons are refused when the test sets (ids + references) or the metric
+signatures differ, because such numbers do not measure the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunebench.errors import DataError
+from tunebench.evaluate.metrics import ROUGE_TYPES, MetricStats, compute_metric_stats, expand_metrics
+from tunebench.evaluate.metrics.signature import parse_signature
+from tunebench.evaluate.score import ScoringInputs, hash_test_set, load_scoring_inputs
+from tunebench.evaluate.stats import approximate_randomization_stats, bootstrap_ci, paired_bootstrap_stats
+from tunebench.io import atomic_write_json
+
+SCHEMA = "tunebench.compare/1"
+N_EXAMPLES_SHOWN = 5
+_TIE = 1e-12
+
+
+@dataclass
+class System:
+    name: str
+    path: Path
+    inputs: ScoringInputs
+    scores: dict[str, Any]  # scores.json
+
+
+def _system_dirs(path: Path) -> list[Path]:
+    if (path / "predictions.jsonl").is_file():
+        return [path]
+    eval_root = path / "eval"
+    if eval_root.is_dir():
+        dirs = [d for d in eval_root.iterdir() if (d / "predictions.jsonl").is_file()]
+        if dirs:
+            return sorted(dirs, key=_run_order)
+    raise DataError(
+        f"{path}: neither an eval dir (predictions.jsonl + scores.json) nor a run dir with eval/<system>/; "
+        "point compare at one of those"
+    )
+
+
+def _run_order(d: Path) -> tuple[int, int, str]:
+    """base-0shot first (the default baseline), then base-kshot by k, then the rest by name."""
+    name = d.name
+    if name.startswith("base-") and name.endswith("shot") and name[5:-4].isdigit():
+        return 0, int(name[5:-4]), name
+    return 1, 0, name
+
+
+def load_systems(paths: Sequence[Path]) -> list[System]:
+    """Every system under `paths`, named by its eval dir (prefixed with the run dir when names repeat)."""
+    dirs = [d for p in paths for d in _system_dirs(Path(p))]
+    names = [d.name for d in dirs]
+    systems = []
+    for d in dirs:
+        # a repeated name gets its run's name (runs/<run>/eval/<system>) or, for a bare eval dir, its parent's
+        origin = d.parent.parent if d.parent.name == "eval" else d.parent
+        name = d.name if names.count(d.name) == 1 else f"{origin.name}/{d.name}"
+        scores_path = d / "scores.json"
+        try:
+            scores = json.loads(scores_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(
+                f"{scores_path}: missing, so the evaluation did not finish; run it again"
+            ) from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{scores_path}: not valid JSON ({exc}); re-run the evaluation") from None
+        systems.append(System(name, d, load_scoring_inputs(d / "predictions.jsonl"), scores))
+    if len({s.name for s in systems}) != len(systems):
+        raise DataError("two systems share a name: " + ", ".join(str(s.path) for s in systems))
+    return systems
+
+
+def _check_test_sets(systems: list[System]) -> dict[str, Any]:
+    """Refuse systems evaluated on different examples; return the shared test_set description."""
+    stored = {s.name: (s.scores.get("test_set") or {}).get("hash") for s in systems}
+    known = {h for h in stored.values() if h}
+    recomputed = {s.name: hash_test_set(s.inputs.ids, s.inputs.references) for s in systems}
+    if len(known) > 1 or len(set(recomputed.values())) > 1:
+        base = systems[0]
+        details = []
+        for s in systems[1:]:
+            ids_a, ids_b = set(base.inputs.ids), set(s.inputs.ids)
+            details.append(
+                f"{s.name} vs {base.name}: {len(ids_b - ids_a)} ids only in {s.name}, "
+                f"{len(ids_a - ids_b)} only in {base.name}, "
+                f"hash {recomputed[s.name][:12]} vs {recomputed[base.name][:12]}"
+            )
+        raise DataError(
+            "the systems were evaluated on different test sets (ids or references differ): "
+            + "; ".join(details)
+            + "; evaluate them on the same split and limit"
+        )
+    first = systems[0].scores.get("test_set") or {}
+    return {
+        "n": len(systems[0].inputs.ids),
+        "hash": next(iter(known)) if known else recomputed[systems[0].name],
+        "split": first.get("split"),
+        "same_prompts": len({tuple(s.inputs.prompts) for s in systems}) == 1,
+    }
+
+
+def _metrics_and_stem(systems: list[System], metrics: Sequence[str] | None) -> tuple[list[str], bool]:
+    """Metrics to compare (default: those every scores.json holds) and the stemming their signatures used."""
+    if metrics is None:
+        stored = [set(s.scores.get("metrics", {})) for s in systems]
+        common = [m for m in systems[0].scores.get("metrics", {}) if all(m in names for names in stored)]
+        if not common:
+            where = systems[0].path / "scores.json"
+            raise DataError(f"{where}: no metric is common to all systems; name the metrics to compare")
+        metrics = common
+    names = expand_metrics(list(metrics))
+    for name in names:
+        sigs = {s.name: s.scores.get("metrics", {}).get(name, {}).get("signature") for s in systems}
+        present = {k: v for k, v in sigs.items() if v}
+        if len(set(present.values())) > 1:
+            listed = "; ".join(f"{k}: {v}" for k, v in present.items())
+            raise DataError(
+                f"metric {name} was computed with different settings ({listed}); re-score them alike"
+            )
+    stems = {
+        parse_signature(s.scores["metrics"][m]["signature"]).get("stem")
+        for s in systems
+        for m in names
+        if m in ROUGE_TYPES and s.scores.get("metrics", {}).get(m, {}).get("signature")
+    }
+    return names, "no" not in stems
+
+
+def _aligned(system: System, order: list[str]) -> ScoringInputs:
+    position = {i: k for k, i in enumerate(system.inputs.ids)}
+    take = [position[i] for i in order]
+    inp = system.inputs
+    return ScoringInputs(
+        order,
+        [inp.predictions[k] for k in take],
+        [inp.references[k] for k in take],
+        [inp.prompts[k] for k in take],
+    )
+
+
+def _per_example(ms: MetricStats) -> np.ndarray:
+    """Values for win/tie/loss: the metric's per-example score, or 0/1 correctness for macro-F1."""
+    return ms.per_example if ms.per_example is not None else ms.stats[:, 0::3].sum(axis=1)
+
+
+def _examples(
+    metric: str, base: ScoringInputs, cand: ScoringInputs, values_a: np.ndarray, values_b: np.ndarray
+) -> dict[str, Any]:
+    delta = values_b - values_a
+    order = np.argsort(-delta, kind="stable")
+
+    def row(k: int) -> dict[str, Any]:
+        item = {
+            "id": base.ids[k],
+            "prompt": base.prompts[k],
+            "references": base.references[k],
+            "baseline": base.predictions[k],
+            "candidate": cand.predictions[k],
+            "baseline_score": float(values_a[k]),
+            "candidate_score": float(values_b[k]),
+            "delta": float(delta[k]),
+        }
+        if cand.prompts[k] != base.prompts[k]:
+            item["candidate_prompt"] = cand.prompts[k]
+        return item
+
+    gains = [row(int(k)) for k in order[:N_EXAMPLES_SHOWN] if delta[k] > _TIE]
+    losses = [row(int(k)) for k in order[::-1][:N_EXAMPLES_SHOWN] if delta[k] < -_TIE]
+    return {"metric": metric, "gains": gains, "losses": losses}
+
+
+def _pair(
+    base: System,
+    cand: System,
+    stats: dict[str, dict[str, MetricStats]],
+    inputs: dict[str, ScoringInputs],
+    names: list[str],
+    n_resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    metrics, wtl = {}, {}
+    for m in names:
+        a, b = stats[base.name][m], stats[cand.name][m]
+        bs = paired_bootstrap_stats(a.stats, b.stats, a.score_fn, n_resamples=n_resamples, seed=seed)
+        ar = approximate_randomization_stats(a.stats, b.stats, a.score_fn, n_trials=n_resamples, seed=seed)
+        metrics[m] = {
+            "baseline": a.score(),
+            "candidate": b.score(),
+            "delta": bs["delta"],
+            "ci95": bs["ci95"],
+            "p_value": bs["p_value"],
+            "method": bs["method"],
+            "p_value_ar": ar["p_value"],
+            "n_resamples": n_resamples,
+        }
+        d = _per_example(b) - _per_example(a)
+        wtl[m] = {
+            "win": int((d > _TIE).sum()),
+            "tie": int((np.abs(d) <= _TIE).sum()),
+            "loss": int((d < -_TIE).sum()),
+        }
+    shown = "rougeL" if "rougeL" in names else names[0]
+    examples = _examples(
+        shown,
+        inputs[base.name],
+        inputs[cand.name],
+        _per_example(stats[base.name][shown]),
+        _per_example(stats[cand.name][shown]),
+    )
+    return {
+        "baseline": base.name,
+        "candidate": cand.name,
+        "metrics": metrics,
+        "win_tie_loss": wtl,
+        "examples": examples,
+    }
+
+
+def compare_systems(
+    paths: list[Path],
+    out_dir: Path,
+    *,
+    baseline: str | None = None,
+    metrics: list[str] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compare every system against the baseline (default: the first; base-0shot in a run dir).
+
+    Writes out_dir/comparison.json (schema tunebench.compare/1, docs/formats.md) and returns its content.
+    """
+    systems = load_systems(paths)
+    if len(systems) < 2:
+        where = ", ".join(map(str, paths))
+        raise DataError(f"compare needs at least two systems, found {len(systems)} under {where}")
+    names_by = {s.name: s for s in systems}
+    if baseline is not None and baseline not in names_by:
+        raise DataError(f"baseline {baseline!r} is not one of the systems: {', '.join(names_by)}")
+    base = names_by[baseline] if baseline else systems[0]
+    test_set = _check_test_sets(systems)
+    names, stem = _metrics_and_stem(systems, metrics)
+    order = base.inputs.ids
+    inputs = {s.name: _aligned(s, order) for s in systems}
+    stats = {
+        s.name: compute_metric_stats(inputs[s.name].predictions, inputs[s.name].references, names, stem=stem)
+        for s in systems
+    }
+    result = {
+        "schema": SCHEMA,
+        "test_set": test_set,
+        "seed": seed,
+        "n_resamples": n_resamples,
+        "systems": {
+            s.name: {
+                "path": str(s.path),
+                "system": s.scores.get("system", {}),
+                "metrics": {
+                    m: {
+                        "score": ms.score(),
+                        "ci95": bootstrap_ci(ms.stats, ms.score_fn, n_resamples=n_resamples, seed=seed),
+                        "signature": ms.signature,
+                    }
+                    for m, ms in stats[s.name].items()
+                },
+            }
+            for s in systems
+        },
+        "comparisons": [
+            _pair(base, s, stats, inputs, names, n_resamples, seed) for s in systems if s.name != base.name
+        ],
+    }
+    atomic_write_json(Path(out_dir) / "comparison.json", result)
+    return result
