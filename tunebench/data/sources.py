@@ -1,0 +1,338 @@
+"""Where examples come from: local JSONL/JSON/CSV/TSV files, Hugging Face datasets, and built-in `dialogsum`.
+
+Every source yields `Record`s (id, fields, references) per split name, so templates and splits never care
+where the data came from. Local files are read by hand rather than through `datasets` because a malformed line
+must name its file and line, which `datasets`' Arrow readers do not report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tunebench.config import DataConfig
+from tunebench.errors import DataError
+from tunebench.io import read_jsonl
+
+FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
+DIALOGSUM_HUB_ID = "knkarthick/dialogsum"
+DIALOGSUM_LOCAL = {"validation": "dialogsum.dev.jsonl", "test": "dialogsum.test.jsonl"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One source row after the field map: a stable id, template fields, and gold references when known."""
+
+    id: str
+    fields: dict[str, Any]
+    references: tuple[str, ...] | None = None
+    origin: str = field(default="", compare=False)
+
+
+# ---------------------------------------------------------------------------------------------- file readers
+
+
+def _decode(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
+
+
+def read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
+    """Read CSV/TSV with a header row; a row with the wrong number of columns names its line."""
+    text = _decode(path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows: list[dict[str, Any]] = []
+    try:
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise DataError(f"{path}:1: missing header row; the first line must name the columns")
+        header = [h.strip() for h in header]
+        for values in reader:
+            if not values or (len(values) == 1 and not values[0].strip()):
+                continue
+            if len(values) != len(header):
+                raise DataError(
+                    f"{path}:{reader.line_num}: expected {len(header)} columns as in the header, "
+                    f"found {len(values)}; check quoting of that row"
+                )
+            rows.append(dict(zip(header, values, strict=True)))
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: malformed row ({exc})") from None
+    return rows
+
+
+def read_json(path: Path) -> list[dict[str, Any]]:
+    """Read a JSON array of objects, or an object holding one such array (e.g. {"examples": [...]})."""
+    text = _decode(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(f"{path}: expected a JSON array of objects, or an object holding exactly one array")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            line = _json_item_line(text, i)
+            raise DataError(f"{path}:{line}: item {i} is {type(row).__name__}, expected a JSON object")
+    return data
+
+
+def _json_item_line(text: str, index: int) -> int:
+    """Best-effort line of the index-th array item, for error messages."""
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    for i in range(index + 1):
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if i == index:
+            return text.count("\n", 0, pos) + 1
+        _, pos = decoder.raw_decode(text, pos)
+    return 1
+
+
+def read_file(path: Path, fmt: str) -> list[dict[str, Any]]:
+    if fmt == "jsonl":
+        return read_jsonl(path)
+    if fmt == "json":
+        return read_json(path)
+    if fmt in ("csv", "tsv"):
+        return read_delimited(path, "," if fmt == "csv" else "\t")
+    raise DataError(f"{path}: unknown format '{fmt}'; set data.format to jsonl, json, csv or tsv")
+
+
+def file_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    found = FILE_FORMATS.get(path.suffix.lower())
+    if found is None:
+        raise DataError(f"{path}: cannot tell the format from the extension; set data.format (jsonl, json, csv, tsv)")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- resolution
+
+
+def resolve_path(source: str, data_dir: Path | None) -> Path | None:
+    """A relative path resolves against the data directory, then the working directory; None if neither has it."""
+    path = Path(source).expanduser()
+    if path.is_absolute():
+        return path if path.exists() else None
+    for base in ([data_dir] if data_dir else []) + [Path.cwd()]:
+        if (base / path).exists():
+            return base / path
+    return None
+
+
+def _looks_like_path(source: str) -> bool:
+    return (
+        source.startswith((".", "/", "~"))
+        or Path(source).suffix.lower() in FILE_FORMATS
+        or source.count("/") > 1
+        or "\\" in source
+    )
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and any((path / n).exists() for n in ("dataset_dict.json", "dataset_info.json", "state.json"))
+
+
+# ---------------------------------------------------------------------------------------------- normalization
+
+
+def apply_field_map(row: Mapping[str, Any], field_map: Mapping[str, str], where: str) -> dict[str, Any]:
+    """Copy the row and add each template field from its source column (other columns stay usable)."""
+    fields = dict(row)
+    for template_field, column in field_map.items():
+        if column not in row:
+            raise DataError(
+                f"{where}: data.field_map.{template_field} names column '{column}', which the data lacks "
+                f"(columns: {', '.join(sorted(map(str, row))) or 'none'}); fix the field map"
+            )
+        fields[template_field] = row[column]
+    return fields
+
+
+def _as_references(value: Any, where: str, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Iterable) and not isinstance(value, Mapping):
+        refs = tuple(str(v) for v in value if v is not None and str(v).strip())
+        if refs:
+            return refs
+    raise DataError(f"{where}: data.references_field '{key}' must hold a string or a non-empty list of strings")
+
+
+def to_records(rows: Iterable[Mapping[str, Any]], cfg: DataConfig, split: str, origin: str) -> list[Record]:
+    """Field-map rows and give each an id (data.id_field or `<split>_<row index>`) and optional references."""
+    records = []
+    for i, row in enumerate(rows):
+        where = f"{origin} (row {i + 1})"
+        fields = apply_field_map(row, cfg.field_map, where)
+        if cfg.id_field is not None:
+            if row.get(cfg.id_field) is None:
+                raise DataError(f"{where}: data.id_field '{cfg.id_field}' is missing; fix data.id_field or the data")
+            rid = str(row[cfg.id_field])
+        else:
+            rid = f"{split}_{i}"
+        refs = None
+        if cfg.references_field is not None:
+            if cfg.references_field not in row:
+                raise DataError(f"{where}: data.references_field '{cfg.references_field}' is missing from the row")
+            refs = _as_references(row[cfg.references_field], where, cfg.references_field)
+        records.append(Record(rid, fields, refs, origin))
+    return records
+
+
+# ---------------------------------------------------------------------------------------------- dialogsum
+
+
+def normalize_dialogsum_row(row: Mapping[str, Any], origin: str = "") -> Record:
+    """Local DialogSum rows (dev: summary/topic; test: summary1..3/topic1..3) -> common fields + references."""
+    if "summary1" in row:
+        refs = tuple(row[k] for k in ("summary1", "summary2", "summary3") if row.get(k))
+        summary, topic = row["summary1"], row.get("topic1", "")
+    else:
+        refs = (row["summary"],)
+        summary, topic = row["summary"], row.get("topic", "")
+    return Record(str(row["fname"]), {"dialogue": row["dialogue"], "summary": summary, "topic": topic}, refs, origin)
+
+
+def group_repeated_references(rows: Iterable[Mapping[str, Any]], origin: str = "") -> list[Record]:
+    """The Hub DialogSum test split repeats each dialogue once per reference: fold them into one record each.
+
+    Rows with the same dialogue become one record (first summary/topic kept as fields) whose references list
+    every summary in order; the id drops the per-reference suffix (test_0_1 -> test_0).
+    """
+    grouped: dict[str, tuple[str, dict[str, Any], list[str]]] = {}
+    for row in rows:
+        key = row["dialogue"]
+        if key not in grouped:
+            rid = re.sub(r"_\d+$", "", str(row.get("id", f"test_{len(grouped)}")))
+            grouped[key] = (rid, {"dialogue": key, "summary": row["summary"], "topic": row.get("topic", "")}, [])
+        grouped[key][2].append(row["summary"])
+    return [Record(rid, fields, tuple(refs), origin) for rid, fields, refs in grouped.values()]
+
+
+def dialogsum_records(split: str, data_dir: Path | None) -> list[Record]:
+    """Built-in DialogSum: the local copy in <data_dir>/dialogsum for the splits it has, else the Hub data set.
+
+    The local copy holds 'validation' (dev) and 'test'; 'train' (12,460 dialogues) exists only on the Hub.
+    """
+    local = data_dir / "dialogsum" if data_dir else None
+    if local is not None and local.is_dir() and split in DIALOGSUM_LOCAL:
+        path = local / DIALOGSUM_LOCAL[split]
+        if not path.is_file():
+            raise DataError(f"{path}: file not found; restore the DialogSum data set in the data directory")
+        return [normalize_dialogsum_row(r, str(path)) for r in read_jsonl(path)]
+    if local is not None and local.is_dir():
+        hint = (f"{local} holds only 'validation' (dev) and 'test': set data.splits.train to validation, "
+                "or allow Hub access")
+    else:
+        where = f"{local} does not exist" if local is not None else "no data directory is set"
+        hint = f"{where}: set $TUNEBENCH_DATA_DIR or data_dir to the folder holding dialogsum/"
+    rows = [dict(r) for r in _load_hub(DIALOGSUM_HUB_ID, None, split, hint)]
+    origin = f"{DIALOGSUM_HUB_ID}:{split}"
+    if split == "test":
+        return group_repeated_references(rows, origin)
+    return [Record(str(r["id"]), {k: r[k] for k in ("dialogue", "summary", "topic")}, (r["summary"],), origin)
+            for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------- Hub / disk
+
+
+def _load_hub(repo_id: str, subset: str | None, split: str,
+              hint: str = "check data.source, the network, or point data.source at a local file") -> Any:
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(repo_id, subset, split=split)
+    except ValueError as exc:
+        if "split" in str(exc).lower():
+            raise DataError(f"Hub dataset {repo_id}: no split '{split}' ({exc}); fix data.splits") from None
+        raise DataError(f"Hub dataset {repo_id}: cannot load ({exc}); check data.source and data.subset") from None
+    except Exception as exc:  # network, auth, missing repo: one sentence for the user
+        raise DataError(
+            f"Hub dataset {repo_id}: cannot load split '{split}' ({type(exc).__name__}: {exc}); {hint}"
+        ) from None
+
+
+def _load_disk(path: Path, split: str) -> Any:
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    data = load_from_disk(str(path))
+    if isinstance(data, DatasetDict):
+        if split not in data:
+            raise DataError(f"{path}: no split '{split}' (has: {', '.join(data)}); fix data.splits")
+        return data[split]
+    assert isinstance(data, Dataset)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def load_split(cfg: DataConfig, split: str, data_dir: Path | None) -> list[Record]:
+    """Read one named split of the configured source as records.
+
+    A single file is one split (the one data.splits.train names); another split name is looked up as a file
+    beside it (`test` -> test.jsonl). A folder holds `<split>.<ext>` files or a `save_to_disk` dataset.
+    """
+    if cfg.source == "dialogsum":  # ids and references are the data set's own
+        return [replace(r, fields=apply_field_map(r.fields, cfg.field_map, f"{r.origin} ({r.id})"))
+                for r in dialogsum_records(split, data_dir)]
+    path = resolve_path(cfg.source, data_dir)
+    if path is None:
+        if cfg.format in ("jsonl", "json", "csv", "tsv") or _looks_like_path(cfg.source):
+            raise DataError(f"data.source {cfg.source}: file not found (tried {', '.join(_tried(cfg.source, data_dir))})")
+        rows = _load_hub(cfg.source, cfg.subset, split)
+        return to_records(rows, cfg, split, f"{cfg.source}:{split}")
+    if path.is_dir():
+        if cfg.format == "hf" or _is_saved_dataset(path):
+            return to_records(_load_disk(path, split), cfg, split, f"{path}:{split}")
+        split_file = _split_file(path, split, cfg.format)
+        return to_records(read_file(split_file, file_format(split_file, cfg.format)), cfg, split, str(split_file))
+    if split == cfg.splits.train:
+        return to_records(read_file(path, file_format(path, cfg.format)), cfg, split, str(path))
+    sibling = _split_file(path.parent, split, cfg.format)
+    return to_records(read_file(sibling, file_format(sibling, cfg.format)), cfg, split, str(sibling))
+
+
+def _tried(source: str, data_dir: Path | None) -> list[str]:
+    path = Path(source).expanduser()
+    if path.is_absolute():
+        return [str(path)]
+    return [str(base / path) for base in ([data_dir] if data_dir else []) + [Path.cwd()]]
+
+
+def _split_file(folder: Path, split: str, fmt: str) -> Path:
+    exact = folder / split
+    if exact.is_file():
+        return exact
+    exts = [e for e, f in FILE_FORMATS.items() if fmt in ("auto", f)]
+    for ext in exts:
+        candidate = folder / f"{split}{ext}"
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"{folder}: no file for split '{split}' (looked for {split}{{{','.join(exts)}}}); add it, fix data.splits, "
+        "or set that split to null to carve it from train"
+    )

@@ -1,0 +1,217 @@
+"""Prompt templates: named built-ins for common instruction tasks, and user Jinja2 templates.
+
+Templates come from config files that people share, so they render in Jinja2's immutable sandbox (no dunder
+attributes, no mutation of the data, no file access: the environment has no loader) with StrictUndefined, so a
+field the data lacks is an error naming the template, the field and the record instead of an empty string.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError, meta
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from tunebench.config import TemplateConfig
+from tunebench.data.example import Example
+from tunebench.data.sources import Record
+from tunebench.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class BuiltinTemplate:
+    """Several phrasings of one prompt (FLAN-style instruction variety) and one completion."""
+
+    description: str
+    prompts: tuple[str, ...]
+    completion: str
+
+
+BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
+    "dialogsum": BuiltinTemplate(
+        "Dialogue summarization: dialogue -> summary.",
+        (
+            "Summarize the following dialogue.\n\n{{ dialogue }}",
+            "Dialogue:\n{{ dialogue }}\n\nWhat is a short summary of this dialogue?",
+            "{{ dialogue }}\n\nBriefly, what was this conversation about?",
+            "Write a one- or two-sentence summary of this conversation.\n\n{{ dialogue }}",
+            "Read the conversation below and summarize what happened.\n\n{{ dialogue }}",
+            "{{ dialogue }}\n\nSummarize the dialogue above in a few sentences.",
+        ),
+        "{{ summary }}",
+    ),
+    "sentiment": BuiltinTemplate(
+        "Sentiment classification: text -> label (e.g. positive / negative).",
+        (
+            "What is the sentiment of the following text?\n\n{{ text }}",
+            "{{ text }}\n\nIs the sentiment of this text positive or negative?",
+            "Classify the sentiment of this review.\n\nReview: {{ text }}",
+        ),
+        "{{ label }}",
+    ),
+    "nli": BuiltinTemplate(
+        "Natural language inference: premise, hypothesis -> label (entailment / neutral / contradiction).",
+        (
+            "Premise: {{ premise }}\nHypothesis: {{ hypothesis }}\n\n"
+            "Does the premise entail the hypothesis, contradict it, or neither?",
+            "{{ premise }}\n\nBased on the text above, is it true that \"{{ hypothesis }}\"?",
+            "Read the premise and decide whether the hypothesis follows from it.\n\n"
+            "Premise: {{ premise }}\nHypothesis: {{ hypothesis }}",
+        ),
+        "{{ label }}",
+    ),
+    "translation": BuiltinTemplate(
+        "Translation: source, target_lang -> target.",
+        (
+            "Translate the following text into {{ target_lang }}.\n\n{{ source }}",
+            "{{ source }}\n\nTranslate this into {{ target_lang }}.",
+            "How would you say this in {{ target_lang }}?\n\n{{ source }}",
+        ),
+        "{{ target }}",
+    ),
+    "qa_extractive": BuiltinTemplate(
+        "Extractive question answering: context, question -> answer (a span of the context).",
+        (
+            "Read the passage and answer the question with words copied from the passage.\n\n"
+            "Passage: {{ context }}\n\nQuestion: {{ question }}",
+            "{{ context }}\n\nUsing a phrase from the text above, answer: {{ question }}",
+            "Question: {{ question }}\n\nFind the answer in this passage:\n{{ context }}",
+        ),
+        "{{ answer }}",
+    ),
+    "qa_abstractive": BuiltinTemplate(
+        "Abstractive question answering: context, question -> answer (free text).",
+        (
+            "Answer the question about the passage in your own words.\n\n"
+            "Passage: {{ context }}\n\nQuestion: {{ question }}",
+            "{{ context }}\n\n{{ question }}",
+            "Question: {{ question }}\n\nUse this background to answer:\n{{ context }}",
+        ),
+        "{{ answer }}",
+    ),
+    "ner": BuiltinTemplate(
+        "Named entity recognition: text -> entities (a string, or a list rendered one per line).",
+        (
+            "List the named entities (people, organizations, locations, other) in this text, one per line "
+            "as 'type: entity'.\n\n{{ text }}",
+            "{{ text }}\n\nWhich named entities does the text above mention? Give one per line as 'type: entity'.",
+        ),
+        "{% if entities is string %}{{ entities }}{% else %}{{ entities | join('\n') }}{% endif %}",
+    ),
+}
+
+_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+class PromptTemplate:
+    """A compiled prompt/completion pair with its phrasings and the rule that picks one per example."""
+
+    def __init__(self, name: str, prompts: Iterable[str], completion: str, variant: int | str = 0) -> None:
+        self.name = name
+        self.prompt_sources = tuple(prompts)
+        self.completion_source = completion
+        self.variant = variant
+        if isinstance(variant, int) and not 0 <= variant < len(self.prompt_sources):
+            raise ConfigError(
+                f"data.template.variant: {variant} is out of range; template '{name}' has "
+                f"{len(self.prompt_sources)} phrasings (0-{len(self.prompt_sources) - 1}) or use 'random'"
+            )
+        self._prompts = [self._compile(src, "prompt") for src in self.prompt_sources]
+        self._completion = self._compile(completion, "completion")
+        self.fields = sorted(set().union(*(_fields(s) for s in (*self.prompt_sources, completion))))
+
+    def _compile(self, source: str, part: str) -> Any:
+        try:
+            if any(True for _ in meta.find_referenced_templates(_ENV.parse(source))):
+                raise ConfigError(
+                    f"template '{self.name}' {part}: include/import/extends are not allowed (templates cannot "
+                    "read files); inline the text instead"
+                )
+            return _ENV.from_string(source)
+        except TemplateSyntaxError as exc:
+            raise ConfigError(f"template '{self.name}' {part}, line {exc.lineno}: {exc.message}") from None
+
+    def variant_index(self, example_id: str, seed: int) -> int:
+        """Fixed index, or a per-example choice that depends only on (seed, id), never on data order."""
+        if self.variant == "random":
+            return random.Random(f"{seed}:{example_id}").randrange(len(self._prompts))
+        return int(self.variant)
+
+    def render(self, record: Record, seed: int = 0, variant: int | None = None) -> tuple[str, str]:
+        """Render (prompt, completion) for one record; errors name the template, field and record id."""
+        index = self.variant_index(record.id, seed) if variant is None else variant
+        prompt = self._render(self._prompts[index], record, "prompt")
+        completion = self._render(self._completion, record, "completion")
+        return prompt.strip(), completion.strip()
+
+    def _render(self, template: Any, record: Record, part: str) -> str:
+        try:
+            return template.render(**record.fields)
+        except SecurityError as exc:
+            raise DataError(
+                f"template '{self.name}' {part}, record '{record.id}': not allowed in the sandbox ({exc})"
+            ) from None
+        except UndefinedError as exc:
+            missing = [f for f in self.fields if f not in record.fields and f"'{f}'" in str(exc)]
+            if missing:
+                raise DataError(
+                    f"template '{self.name}' uses field '{missing[0]}', which record '{record.id}' "
+                    f"({record.origin or 'data'}) lacks (fields: {', '.join(sorted(record.fields))}); "
+                    "map a column to it with data.field_map"
+                ) from None
+            raise DataError(f"template '{self.name}' {part}, record '{record.id}': {exc.message}") from None
+        except (TemplateError, TypeError, ValueError) as exc:
+            raise DataError(f"template '{self.name}' {part}, record '{record.id}': {exc}") from None
+
+    def to_example(self, record: Record, seed: int = 0) -> Example:
+        prompt, completion = self.render(record, seed)
+        refs = record.references if record.references else (completion,)
+        return Example(id=record.id, prompt=prompt, completion=completion, references=tuple(refs),
+                       fields=record.fields)
+
+
+def _fields(source: str) -> set[str]:
+    try:
+        return set(meta.find_undeclared_variables(_ENV.parse(source)))
+    except TemplateSyntaxError:
+        return set()
+
+
+def load_template(cfg: TemplateConfig) -> PromptTemplate:
+    """The template a config asks for: a custom prompt/completion pair, or a built-in by name."""
+    if cfg.prompt is not None and cfg.completion is not None:
+        return PromptTemplate("custom", [cfg.prompt], cfg.completion, 0 if cfg.variant == "random" else cfg.variant)
+    assert cfg.name is not None
+    builtin = BUILTIN_TEMPLATES.get(cfg.name)
+    if builtin is None:
+        raise ConfigError(
+            f"data.template.name: unknown template '{cfg.name}'; choose one of {', '.join(BUILTIN_TEMPLATES)} "
+            "or give prompt and completion"
+        )
+    return PromptTemplate(cfg.name, builtin.prompts, builtin.completion, cfg.variant)
+
+
+def render_examples(records: Iterable[Record], template: PromptTemplate, seed: int) -> list[Example]:
+    return [template.to_example(r, seed) for r in records]
+
+
+def describe_templates() -> list[dict[str, Any]]:
+    """Built-in templates as data: name, description, fields, number of phrasings, first phrasing."""
+    out = []
+    for name, spec in BUILTIN_TEMPLATES.items():
+        tpl = PromptTemplate(name, spec.prompts, spec.completion)
+        out.append({"name": name, "description": spec.description, "fields": tpl.fields,
+                    "variants": len(spec.prompts), "prompt": spec.prompts[0], "completion": spec.completion})
+    return out
+
+
+def list_templates() -> list[tuple[str, str]]:
+    """(name, one-line description with fields and phrasings) pairs for `tunebench templates`."""
+    return [
+        (d["name"], f"{d['description']} Fields: {', '.join(d['fields'])}; {d['variants']} phrasings.")
+        for d in describe_templates()
+    ]
