@@ -94,7 +94,8 @@ class _OneModel:
 
         if self.loaded is None or adapter != self.adapter:
             self.release()
-            self.adapter, self.loaded = adapter, load_model(self.cfg.model, adapter=adapter)
+            # LoRA merged into the base for evaluation: same outputs, faster generation and scoring.
+            self.adapter, self.loaded = adapter, load_model(self.cfg.model, adapter=adapter, merge=adapter is not None)
         return self.loaded
 
     def release(self) -> None:

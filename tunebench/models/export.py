@@ -1,0 +1,74 @@
+"""Saving what training produced, and `tunebench export --merge`: a LoRA folded into a plain full model.
+
+Both go through `save_pretrained` (safetensors, no pickle) inside `tunebench.io.atomic_dir`, so a killed save
+never leaves a half-written adapter or model behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunebench.errors import ModelError
+from tunebench.io import atomic_dir
+from tunebench.models.load import base_model_config, load_model, resolve_trained_output
+
+
+@contextmanager
+def _float32_weights(model: nn.Module) -> Iterator[None]:
+    """Temporarily hold every weight in float32 (frozen bf16 ones included); bf16 -> f32 -> bf16 is exact."""
+    original = {}
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != torch.float32:
+            original[p] = p.dtype
+            p.data = p.data.float()
+    try:
+        yield
+    finally:
+        for p, dtype in original.items():
+            p.data = p.data.to(dtype)
+
+
+def save_trained(model: Any, tokenizer: Any, out_dir: Path, *, method: str) -> Path:
+    """Write the trained output with its tokenizer: a PEFT adapter dir for lora, else a full model dir.
+
+    Weights are saved in float32 even when frozen weights were held in bf16 during training.
+    """
+    from peft import PeftModel
+
+    if (method == "lora") != isinstance(model, PeftModel):
+        raise ValueError(f"save_trained(method={method!r}) got a {type(model).__name__}")
+    out_dir = Path(out_dir)
+    with _float32_weights(model), atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out_dir
+
+
+def export_merged(run_dir_or_adapter: Path, out_dir: Path) -> Path:
+    """Merge a LoRA adapter into its base and write a full model + tokenizer that `from_pretrained` loads.
+
+    The base comes from the run's config.yaml, else the adapter's `base_model_name_or_path`. A run that trained
+    the full model already has a full model: it is copied as is.
+    """
+    source = Path(run_dir_or_adapter)
+    kind, trained = resolve_trained_output(source)
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == trained.resolve():
+        raise ModelError(f"export --merge {out_dir}: choose an output dir other than the trained output")
+    if kind == "full":
+        with atomic_dir(out_dir) as tmp:
+            shutil.copytree(trained, tmp, dirs_exist_ok=True)
+        return out_dir
+    base = base_model_config(source)
+    loaded = load_model(base, adapter=trained, dtype=torch.float32, merge=True)
+    with atomic_dir(out_dir) as tmp:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+    return out_dir

