@@ -135,8 +135,8 @@ def test_full_run_writes_every_artifact(tmp_path: Path) -> None:
     assert "| mmlu | acc | 0.3100 | 0.2600 | -0.0500 | [-0.0800, -0.0200] | 0.0020 | YES ⚠ |" in md
     assert "| sst2 | acc | 0.8000 | 0.8000 | 0.0000 | [-0.0300, 0.0300] | 1.0000 | no |" in md
     assert "| rougeL | 27 | 4 | 9 |" in md
-    assert "| calibration_ece | 0.1230 | 0.0871 |" in md
-    assert "| efficiency.tokens_per_s | 812.50 | 812.50 |" in md
+    assert "| ECE-10 ↓ | 0.123 | 0.087 |" in md
+    assert "| tokens/s ↑ | 812.5 | 812.5 |" in md
     assert "| trainable_params | 921,600 |" in md
     assert "| rougeL | 0.2440 [0.2340, 0.2540] | 0.2700 [0.2600, 0.2800] | 0.3310 [0.3210, 0.3410] |" in md
     assert ROUGE_SIG.replace("|", "\\|") in md and BLEU_SIG.replace("|", "\\|") in md  # pipes escaped in cells
@@ -145,7 +145,7 @@ def test_full_run_writes_every_artifact(tmp_path: Path) -> None:
     images = _images(page)
     assert len(images) == 3 and all(img.startswith(b"\x89PNG\r\n\x1a\n") for img in images)
     for text in ("0.0031", "+0.0870", "[0.0750, 0.0990]", "▲ significant gain", "Per-example rougeL",
-                 "0.0871", "812.50", ROUGE_SIG, BLEU_SIG, "version:1|shots:5|n:100"):
+                 "0.087", "812.5", ROUGE_SIG, BLEU_SIG, "version:1|shots:5|n:100"):
         assert text in page, text
     drop_rows = re.findall(r'<tr class="drop">(.*?)</tr>', page, flags=re.S)
     assert len(drop_rows) == 1 and "<td>mmlu</td>" in drop_rows[0] and "-0.0500" in drop_rows[0]

@@ -54,7 +54,7 @@ def evaluate_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: 
 
     splits = _splits(cfg, resolve_data_dir(data_dir, cfg))
     examples = _eval_examples(cfg, splits, split, limit)
-    loaded = load_model(cfg.model, adapter=adapter)
+    loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
     system = {"name": out_dir.name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
     return _evaluate_system(cfg, loaded, examples, splits, out_dir, system, shots)
 
@@ -123,7 +123,7 @@ def bench_loaded(cfg: RunConfig, loaded, out_dir: Path, data_dir: Path | None,
         from tunebench.bench.helm.runner import helm_evaluate
 
         helm_evaluate(loaded, tasks, data_dir=data_dir, limit=limit, out_dir=out_dir, seed=cfg.seed,
-                      train_summary=train_summary)
+                      train_summary=train_summary, shots=shots if shots is not None else cfg.bench.shots)
     return results
 
 
@@ -134,7 +134,8 @@ def bench_reference(cfg: RunConfig, *, tasks: list[str], data_dir: str | Path | 
 
     summary_path = Path(adapter) / "train_summary.json" if adapter else None
     summary = _read_json(summary_path) if summary_path and summary_path.is_file() else None
-    return bench_loaded(cfg, load_model(cfg.model, adapter=adapter), out_dir, resolve_data_dir(data_dir, cfg),
+    loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
+    return bench_loaded(cfg, loaded, out_dir, resolve_data_dir(data_dir, cfg),
                         summary, tasks=tasks, limit=limit, shots=shots, helm=helm)
 
 

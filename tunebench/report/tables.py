@@ -188,17 +188,14 @@ def forgetting_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def helm_table(results: dict[str, Any]) -> dict[str, Any]:
-    """HELM-style summaries with one row per (flattened) metric and one column per model."""
+    """HELM-style summaries: one row per HELM column (accuracy, ECE, robustness, ...), one column per model."""
+    from tunebench.bench.helm.summary import summary_cells
+
     systems = list(results["helm"])
-    keys: list[str] = []
-    values: dict[str, dict[str, str]] = {}
-    for system in systems:
-        for key, value in flatten(results["helm"][system]):
-            if key not in keys:
-                keys.append(key)
-            values.setdefault(key, {})[system] = fmt_value(value)
-    return {"systems": systems, "rows": [{"metric": k, "cells": [values[k].get(s, DASH) for s in systems]}
-                                         for k in keys]}
+    cells = {system: summary_cells(results["helm"][system]) for system in systems}
+    titles = [title for title, _ in cells[systems[0]]] if systems else []
+    return {"systems": systems, "rows": [{"metric": title, "cells": [cells[s][i][1] for s in systems]}
+                                         for i, title in enumerate(titles)]}
 
 
 def signature_rows(results: dict[str, Any]) -> list[dict[str, str]]:
