@@ -1,0 +1,58 @@
+"""`tunebench run` end to end on a tiny model: every artifact of the run directory appears, and reruns resume."""
+
+import json
+
+import pytest
+import yaml
+
+from tunebench.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_causal_dir, data_dir):
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = {
+        "name": "tiny",
+        "output_dir": str(root / "runs"),
+        "seed": 3,
+        "model": {"ref": str(tiny_causal_dir)},
+        "data": {"source": "dialogsum", "splits": {"train": "validation", "validation": None, "test": "test"},
+                 "fractions": {"validation": 0.2}, "limits": {"train": 16, "validation": 8, "test": 6},
+                 "max_length": 256},
+        "train": {"method": "lora", "lora": {"r": 4, "alpha": 8}, "batch_size": 4, "max_steps": 4, "lr": 1e-3,
+                  "eval_every": 2, "save_every": 2},
+        "eval": {"limit": 6, "shots": [0, 1], "bootstrap": 200,
+                 "generation": {"max_new_tokens": 8, "batch_size": 4}},
+        "bench": {"tasks": ["sst2", "mmlu:abstract_algebra"], "limit": 6, "shots": 1},
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--data-dir", str(data_dir)]) == 0
+    return root / "runs" / "tiny", path
+
+
+def test_run_writes_every_artifact(tiny_run):
+    run_dir, _ = tiny_run
+    for rel in ["config.yaml", "train_log.jsonl", "loss_curve.png", "train_summary.json",
+                "adapter/adapter_config.json", "eval/base-0shot/predictions.jsonl", "eval/base-1shot/scores.json",
+                "eval/tuned/predictions.jsonl", "eval/tuned/scores.json", "compare/comparison.json",
+                "compare/forgetting.json", "bench/base/results.json", "bench/tuned/results.json",
+                "results.json", "report.md", "report.html"]:
+        assert (run_dir / rel).is_file(), rel
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["schema"] == "tunebench.results/1"
+    comparison = json.loads((run_dir / "compare/comparison.json").read_text())
+    assert {c["candidate"] for c in comparison["comparisons"]} >= {"tuned", "base-1shot"}
+    forgetting = json.loads((run_dir / "compare/forgetting.json").read_text())
+    rows = forgetting["rows"] if isinstance(forgetting, dict) else forgetting
+    assert {r["task"] for r in rows} >= {"sst2"}
+    html = (run_dir / "report.html").read_text()
+    assert "orgetting" in html and "rouge1" in html.lower()
+
+
+def test_rerun_skips_finished_stages(tiny_run, capsys):
+    run_dir, path = tiny_run
+    before = (run_dir / "eval/tuned/scores.json").stat().st_mtime_ns
+    assert main(["run", str(path)]) == 0
+    assert (run_dir / "eval/tuned/scores.json").stat().st_mtime_ns == before
+    assert "already done" in capsys.readouterr().err
