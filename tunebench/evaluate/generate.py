@@ -86,7 +86,10 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _pad_batch(rows: list[list[int]], pad_id: int, side: Literal["left", "right"], device: Any) -> dict[str, Any]:
+def pad_batch(
+    rows: list[list[int]], pad_id: int, side: Literal["left", "right"], device: Any
+) -> dict[str, Any]:
+    """One padded batch with its attention mask: left for decoder-only models, so every row ends where it generates."""
     import torch
 
     width = max(len(r) for r in rows)
@@ -188,7 +191,7 @@ def generate_texts(
     rng_devices = [device] if device.type == "cuda" else []
     with _eval_mode(model), torch.inference_mode(), torch.random.fork_rng(devices=rng_devices):
         for b, batch in enumerate(length_sorted_batches([len(e) for e in encoded], gen.batch_size)):
-            inputs = _pad_batch([encoded[i] for i in batch], pad_id, side, device)
+            inputs = pad_batch([encoded[i] for i in batch], pad_id, side, device)
             if gen.do_sample:
                 torch.manual_seed(seed * 1_000_003 + b)
             start = time.perf_counter()

@@ -1,0 +1,182 @@
+"""Generation throughput: tunebench's generate_texts against plain Hugging Face loops, outputs checked equal.
+
+    .venv/bin/python bench/eval_throughput.py --n 32 --batch-size 16 --max-new-tokens 64
+
+Same model (default: the embedded smollm2-135m-instruct through load_model), same DialogSum test prompts in
+its chat template, greedy decoding, same EOS ids for all three:
+  loop     one `generate` call per prompt (no padding: the reference outputs);
+  batched  `generate` on left-padded batches in input order (no length sorting);
+  ours     tunebench.evaluate.generate.generate_texts (length-sorted batches, results back in input order).
+Prints examples/s and the ratios, and for every output that differs from the loop's, where the token streams
+part and the loop's top-1 vs top-2 logit margin there (a tiny margin means a float near-tie that padding's
+different reduction order flipped, not a bug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TUNEBENCH_DATA_DIR", str(REPO.parent / "shared" / "data"))
+
+from tunebench.config import DataConfig, GenerationConfig, ModelConfig, resolve_data_dir  # noqa: E402
+from tunebench.evaluate.generate import (  # noqa: E402
+    count_new_tokens,
+    encode_prompts,
+    eos_token_ids,
+    generate_texts,
+    pad_batch,
+    pad_token_id,
+)
+
+
+def dialogsum_prompts(loaded: Any, n: int, data_dir: Path | None) -> list[str]:
+    """The first n DialogSum test prompts, formatted as the model sees them (chat template)."""
+    from tunebench.data.pipeline import build_splits
+
+    cfg = DataConfig(
+        source="dialogsum", splits={"train": "validation", "validation": None, "test": "test"}, limits={"test": n}
+    )
+    return [loaded.format_prompt(e.prompt) for e in build_splits(cfg, data_dir, seed=0).test]
+
+
+def hf_loop(model: Any, tok: Any, prompts: list[str], max_new: int) -> tuple[list[list[int]], float]:
+    """Plain Hugging Face: one prompt per `generate` call; returns new token ids and seconds."""
+    import torch
+
+    eos, pad = eos_token_ids(model, tok), pad_token_id(tok, eos_token_ids(model, tok))
+    out: list[list[int]] = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for ids in encode_prompts(tok, prompts):
+            x = torch.tensor([ids])
+            y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new, do_sample=False,
+                               eos_token_id=eos, pad_token_id=pad)  # fmt: skip
+            row = y[0, len(ids) :].tolist()
+            out.append(row[: count_new_tokens(row, eos, pad)])
+    return out, time.perf_counter() - start
+
+
+def hf_batched(model: Any, tok: Any, prompts: list[str], max_new: int, bs: int) -> tuple[list[list[int]], float]:
+    """Hugging Face `generate` on left-padded batches in input order (what most eval scripts do)."""
+    import torch
+
+    eos = eos_token_ids(model, tok)
+    pad = pad_token_id(tok, eos)
+    encoded = encode_prompts(tok, prompts)
+    out: list[list[int]] = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(encoded), bs):
+            inputs = pad_batch(encoded[i : i + bs], pad, "left", model.device)
+            y = model.generate(**inputs, max_new_tokens=max_new, do_sample=False, eos_token_id=eos, pad_token_id=pad)
+            for row in y[:, inputs["input_ids"].shape[1] :].tolist():
+                out.append(row[: count_new_tokens(row, eos, pad)])
+    return out, time.perf_counter() - start
+
+
+def divergence(model: Any, tok: Any, prompt: str, ref: list[int], other: list[int]) -> dict[str, Any]:
+    """Where two token streams part, and the reference's top-1 minus top-2 logit there (unpadded forward)."""
+    import torch
+
+    k = next((i for i, (a, b) in enumerate(zip(ref, other, strict=False)) if a != b), min(len(ref), len(other)))
+    ids = encode_prompts(tok, [prompt])[0] + ref[:k]
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits[0, -1].float()
+    top = torch.topk(logits, 2)
+    return {"token": k, "margin": float(top.values[0] - top.values[1]),
+            "ref": tok.decode(ref[k : k + 1]), "other": tok.decode(other[k : k + 1])}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=32, help="DialogSum test prompts")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="as in eval.generation")
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="model.ref (alias, local dir, .gguf)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--skip", choices=["loop", "batched"], action="append", default=[], help="skip a baseline")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from tunebench.models.load import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(ModelConfig(ref=args.model))
+    model, tok = loaded.model, loaded.tokenizer
+    prompts = dialogsum_prompts(loaded, args.n, resolve_data_dir(args.data_dir))
+    lengths = [len(x) for x in encode_prompts(tok, prompts)]
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    print(f"model {args.model} on {model.device}, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
+    print(f"{len(prompts)} prompts, {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f}), "
+          f"max_new_tokens {args.max_new_tokens}, batch size {args.batch_size}")  # fmt: skip
+    generate_texts(model, tok, prompts[:2], family=loaded.family, gen=gen.model_copy(update={"max_new_tokens": 4}))
+
+    timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    runs: dict[str, list[list[int]]] = {}
+    start, cpu_start = time.perf_counter(), time.process_time()
+    ours = generate_texts(model, tok, prompts, family=loaded.family, gen=gen)
+    timings["ours"], cpu["ours"] = time.perf_counter() - start, time.process_time() - cpu_start
+    print(f"ours done, load {os.getloadavg()[0]:.1f}", flush=True)
+    for name in ("loop", "batched"):
+        if name in args.skip:
+            continue
+        cpu_start = time.process_time()
+        if name == "loop":
+            runs[name], timings[name] = hf_loop(model, tok, prompts, args.max_new_tokens)
+        else:
+            runs[name], timings[name] = hf_batched(model, tok, prompts, args.max_new_tokens, args.batch_size)
+        cpu[name] = time.process_time() - cpu_start
+        print(f"{name} done, load {os.getloadavg()[0]:.1f}", flush=True)
+
+    report: dict[str, Any] = {"n": len(prompts), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+                              "threads": torch.get_num_threads(), "device": str(model.device),
+                              "mean_new_tokens": sum(r.n_new_tokens for r in ours) / len(ours)}  # fmt: skip
+    for name, secs in timings.items():
+        report[f"{name}_examples_per_s"] = len(prompts) / secs
+        report[f"{name}_cpu_s"] = cpu[name]
+        print(f"{name:8s} {secs:8.1f} s wall {cpu[name]:8.1f} s cpu  {len(prompts) / secs:7.3f} examples/s  "
+              f"{secs / len(prompts):6.2f} s/example")  # fmt: skip
+    for name in runs:
+        report[f"speedup_vs_{name}"] = timings[name] / timings["ours"]
+        report[f"cpu_speedup_vs_{name}"] = cpu[name] / cpu["ours"]
+        print(f"ours vs {name}: {timings[name] / timings['ours']:.2f}x wall, {cpu[name] / cpu['ours']:.2f}x cpu time")
+
+    if "loop" in runs:
+        texts = {"loop": [tok.decode(r, skip_special_tokens=True).strip() for r in runs["loop"]],
+                 "ours": [r.text for r in ours]}  # fmt: skip
+        if "batched" in runs:
+            texts["batched"] = [tok.decode(r, skip_special_tokens=True).strip() for r in runs["batched"]]
+        ours_ids = encode_prompts(tok, [r.text for r in ours])  # token ids of our text, for locating divergence
+        for name in ("ours", "batched"):
+            if name not in texts:
+                continue
+            bad = [i for i, (a, b) in enumerate(zip(texts["loop"], texts[name], strict=True)) if a != b]
+            report[f"mismatches_{name}"] = len(bad)
+            print(f"{name} outputs equal to the loop's: {len(prompts) - len(bad)}/{len(prompts)}")
+            for i in bad:
+                other = runs["batched"][i] if name == "batched" else ours_ids[i]
+                info = divergence(model, tok, prompts[i], runs["loop"][i], other)
+                report.setdefault(f"divergences_{name}", []).append({"index": i, **info})
+                print(f"  #{i}: parts at new token {info['token']} ({info['ref']!r} vs {info['other']!r}), "
+                      f"loop's top-1/top-2 logit margin {info['margin']:.4f}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

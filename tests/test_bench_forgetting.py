@@ -1,0 +1,73 @@
+"""forgetting_table on synthetic benchmark logs: a clear drop is flagged, a tie is not, mismatches are refused."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from tunebench.bench.forgetting import forgetting_table
+from tunebench.errors import DataError
+from tunebench.io import atomic_write_json, atomic_write_jsonl
+
+
+def write_run(
+    folder: Path, tasks: dict[str, list[float]], *, version: int = 1, shots: int = 0, ids: list[str] | None = None
+) -> Path:
+    results = {"schema": "tunebench.bench/1", "model": {"ref": folder.name}, "tasks": {}}
+    for task, correct in tasks.items():
+        names = ids or [f"q{i}" for i in range(len(correct))]
+        rows = [{"id": name, "correct": bool(c), "scores": {"acc": c, "acc_norm": c}} for name, c in zip(names, correct, strict=True)]
+        rows.reverse()  # the tuned run may log in another order: matching is by id
+        atomic_write_jsonl(folder / f"samples_{task}.jsonl", rows)
+        mean = sum(correct) / len(correct)
+        results["tasks"][task] = {
+            "version": version, "n": len(correct), "shots": shots, "output_type": "multiple_choice",
+            "metrics": {"acc": {"value": mean, "stderr": 0.0}, "acc_norm": {"value": mean, "stderr": 0.0}},
+            "samples": f"samples_{task}.jsonl",
+        }
+    atomic_write_json(folder / "results.json", results)
+    return folder
+
+
+def test_clear_drop_flagged_tie_not(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    base_drop = [1.0 if rng.random() < 0.8 else 0.0 for _ in range(300)]
+    tuned_drop = [c if rng.random() < 0.6 else 0.0 for c in base_drop]  # loses ~40% of what it knew
+    tie = [1.0 if rng.random() < 0.5 else 0.0 for _ in range(300)]
+    tie_shuffled = tie[:150] + tie[150:][::-1]  # same accuracy, different examples right
+    base = write_run(tmp_path / "base", {"mmlu": base_drop, "cb": tie, "only_base": [1.0]})
+    tuned = write_run(tmp_path / "tuned", {"mmlu": tuned_drop, "cb": tie_shuffled})
+    rows = forgetting_table(base, tuned, n_resamples=500, seed=0)
+    by_key = {(r["task"], r["metric"]): r for r in rows}
+    assert set(by_key) == {("mmlu", "acc"), ("mmlu", "acc_norm"), ("cb", "acc"), ("cb", "acc_norm")}
+    drop = by_key[("mmlu", "acc")]
+    assert drop["significant_drop"] and drop["delta"] < -0.2 and drop["ci95"][1] < 0 and drop["p_value"] < 0.01
+    assert drop["base"] == pytest.approx(sum(base_drop) / 300) and drop["tuned"] == pytest.approx(sum(tuned_drop) / 300)
+    assert drop["delta"] == pytest.approx(drop["tuned"] - drop["base"])
+    tie_row = by_key[("cb", "acc")]
+    assert tie_row["delta"] == pytest.approx(0.0) and not tie_row["significant_drop"] and tie_row["p_value"] > 0.5
+    assert set(drop) == {"task", "metric", "n", "base", "tuned", "delta", "ci95", "p_value", "significant_drop"}
+
+
+def test_an_improvement_is_not_a_drop(tmp_path: Path) -> None:
+    base = write_run(tmp_path / "base", {"rte": [0.0] * 80 + [1.0] * 20})
+    tuned = write_run(tmp_path / "tuned", {"rte": [1.0] * 80 + [1.0] * 20})
+    (row, _) = forgetting_table(base, tuned, n_resamples=200)
+    assert row["delta"] > 0 and row["p_value"] < 0.05 and not row["significant_drop"]
+
+
+def test_mismatched_samples_are_refused(tmp_path: Path) -> None:
+    base = write_run(tmp_path / "base", {"sst2": [1.0, 0.0, 1.0]})
+    tuned = write_run(tmp_path / "tuned", {"sst2": [1.0, 0.0, 1.0]}, ids=["q0", "q1", "q7"])
+    with pytest.raises(DataError, match=r"task 'sst2': base and tuned scored different examples .*'q2'.*'q7'"):
+        forgetting_table(base, tuned)
+    other_version = write_run(tmp_path / "v2", {"sst2": [1.0, 0.0, 1.0]}, version=2)
+    with pytest.raises(DataError, match="task 'sst2': base ran version 1 and tuned version 2"):
+        forgetting_table(base, other_version)
+    five_shot = write_run(tmp_path / "shots", {"sst2": [1.0, 0.0, 1.0]}, shots=5)
+    with pytest.raises(DataError, match="task 'sst2': base ran 0-shot and tuned 5-shot"):
+        forgetting_table(base, five_shot)
+    with pytest.raises(DataError, match="results.json: cannot read benchmark results"):
+        forgetting_table(base, tmp_path / "nowhere")

@@ -1,0 +1,105 @@
+"""run_benchmarks end to end on the tiny model: built-in BBH files, a user's YAML task, resuming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunebench.bench import runner
+from tunebench.bench.runner import run_benchmarks
+from tunebench.errors import DataError
+from tunebench.io import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_causal_dir: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunebench.models.load import LoadedModel
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
+    return LoadedModel(model=model, tokenizer=tok, family="causal", ref="tiny", source=str(tiny_causal_dir),
+                       use_chat=False, system_prompt=None)
+
+
+def test_bbh_files_run_by_name(tiny, data_dir: Path, tmp_path: Path) -> None:
+    tasks = ["bbh:date_understanding", "bbh:object_counting"]
+    results = run_benchmarks(tiny, tasks, data_dir=data_dir, limit=4, shots=1, out_dir=tmp_path, progress=False)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results)) and on_disk["schema"] == "tunebench.bench/1"
+    assert on_disk["model"]["ref"] == "tiny" and not (tmp_path / runner.PARTIAL).exists()
+    mc = on_disk["tasks"]["bbh:date_understanding"]
+    assert mc["output_type"] == "multiple_choice" and mc["n"] == 4 and mc["shots"] == 1 and mc["version"] == 1
+    assert set(mc["metrics"]) == {"acc", "acc_norm"} and set(mc["metrics"]["acc"]) == {"value", "stderr"}
+    rows = read_jsonl(tmp_path / mc["samples"])
+    assert mc["samples"] == "samples_bbh_date_understanding.jsonl" and len(rows) == 4
+    assert rows[0]["choices"] == ["(A)", "(B)", "(C)", "(D)", "(E)", "(F)"] and len(rows[0]["loglikelihoods"]) == 6
+    assert mc["metrics"]["acc"]["value"] == sum(r["correct"] for r in rows) / 4
+    gen = on_disk["tasks"]["bbh:object_counting"]
+    assert gen["output_type"] == "generate" and set(gen["metrics"]) == {"exact_match"}
+    assert gen["metrics"]["exact_match"]["signature"].startswith("exact_match|")
+    row = read_jsonl(tmp_path / gen["samples"])[0]
+    assert {"output", "prediction", "references", "scores"} <= set(row) and "\n" not in row["prediction"]
+
+
+def write_user_task(folder: Path, **extra) -> Path:
+    rows = [{"q": f"What is {i} + {i}?", "a": str(2 * i), "uid": f"u{i}"} for i in range(8)]
+    (folder / "sums.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    spec = {
+        "name": "sums", "version": "2024-1", "source": {"format": "jsonl", "splits": {"test": "sums.jsonl"}},
+        "id_field": "uid", "fewshot": {"n": 2}, "template": "Q: {{ q }}\nA:", "target": "{{ a }}",
+        **extra,
+    }
+    path = folder / "sums.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return path
+
+
+def test_user_yaml_tasks_run_end_to_end(tiny, tmp_path: Path) -> None:
+    (tmp_path / "mc").mkdir()
+    (tmp_path / "gen").mkdir()
+    mc = write_user_task(tmp_path / "mc", output_type="multiple_choice", choices=["0", "2", "4", "6", "8", "10", "12", "14"])
+    gen = write_user_task(tmp_path / "gen", name="sums_gen", output_type="generate", metrics=["exact_match", "f1"],
+                          filters=["first_line", {"regex": r"\d+"}], generation={"max_new_tokens": 4})
+    out = tmp_path / "out"
+    results = run_benchmarks(tiny, [str(mc), str(gen)], data_dir=None, limit=None, shots=None, out_dir=out,
+                             progress=False)
+    assert list(results["tasks"]) == ["sums", "sums_gen"]
+    mc_rows = read_jsonl(out / "samples_sums.jsonl")
+    assert [r["id"] for r in mc_rows] == [f"u{i}" for i in range(2, 8)]
+    assert all(r["choices"][r["target"]] == str(2 * int(r["id"][1:])) for r in mc_rows)
+    assert results["tasks"]["sums"]["version"] == "2024-1"
+    gen_rows = read_jsonl(out / "samples_sums_gen.jsonl")
+    assert all(r["prediction"].isdigit() or r["prediction"] == "[invalid]" for r in gen_rows)
+    assert set(results["tasks"]["sums_gen"]["metrics"]) == {"exact_match", "f1"}
+    assert gen_rows[0]["prompt"].startswith("Q: What is 0 + 0?\nA: 0\n\nQ: What is 1 + 1?\nA: 2\n\nQ: What is 2 + 2?")
+
+
+def test_missing_file_fails_before_any_scoring(tiny, data_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    spec = yaml.safe_load(write_user_task(tmp_path, output_type="generate").read_text())
+    spec["source"]["splits"]["test"] = "missing/sums.jsonl"
+    bad.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    with pytest.raises(DataError, match="missing/sums.jsonl"):
+        run_benchmarks(tiny, ["cb", str(bad)], data_dir=data_dir, limit=2, shots=0, out_dir=tmp_path / "o",
+                       progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_interrupted_run_resumes_finished_tasks(tiny, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    kwargs = dict(data_dir=data_dir, limit=3, shots=0, out_dir=tmp_path, progress=False)
+    first = run_benchmarks(tiny, ["rte", "sst2"], **kwargs)
+    (tmp_path / "results.json").replace(tmp_path / runner.PARTIAL)  # as if the run stopped after both tasks
+
+    def boom(*_a, **_k):
+        raise AssertionError("a finished task was scored again")
+
+    monkeypatch.setattr(runner, "score_task", boom)
+    again = run_benchmarks(tiny, ["rte", "sst2"], **kwargs)
+    assert again["tasks"] == first["tasks"] and (tmp_path / "results.json").is_file()
+    with pytest.raises(AssertionError, match="scored again"):  # other settings: nothing is reused
+        run_benchmarks(tiny, ["rte", "sst2"], **{**kwargs, "limit": 4})

@@ -1,0 +1,135 @@
+"""Log-likelihood scoring on tiny models: the prefix-cached, single-pass scorer equals the straightforward one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunebench.bench.instances import prepare_task
+from tunebench.bench.loglik import (
+    Request,
+    encode,
+    loglikelihoods,
+    loglikelihoods_naive,
+    loglikelihoods_seq2seq,
+    split_tokens,
+)
+from tunebench.bench.scoring import choice_probs, mean_stderr, score_task
+from tunebench.bench.spec import resolve_tasks
+
+SUBJECTS = ["abstract_algebra", "anatomy"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_causal_dir: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunebench.models.load import LoadedModel
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
+    return LoadedModel(model=model, tokenizer=tok, family="causal", ref="tiny", source=str(tiny_causal_dir),
+                       use_chat=True, system_prompt=None)
+
+
+def mmlu_task(name: str, data_dir: Path, *, shots: int = 2, per_subject: int = 3):
+    (spec,) = resolve_tasks([name], data_dir)
+    spec = spec.derive(subtasks={"param": "subject", "values": SUBJECTS})
+    return prepare_task(spec, data_dir=data_dir, shots=shots, limit=per_subject * len(SUBJECTS), seed=0)
+
+
+def requests_of(task, tok, use_chat: bool) -> list[Request]:
+    from tunebench.models.chat import format_prompt
+
+    return [
+        Request(format_prompt(tok, i.prompt, use_chat=use_chat), tuple(" " + c for c in i.choices), i.prefix)
+        for i in task.instances
+    ]
+
+
+def count_forwards(model) -> tuple[list[int], object]:
+    calls: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, args, kwargs: calls.append(kwargs["input_ids"].shape[1]),
+                                             with_kwargs=True)
+    return calls, handle
+
+
+@pytest.mark.parametrize(("name", "use_chat"), [("mmlu", True), ("mmlu_cloze", False)])
+def test_cached_scorer_equals_straightforward(tiny, data_dir: Path, name: str, use_chat: bool) -> None:
+    task = mmlu_task(name, data_dir)
+    requests = requests_of(task, tiny.tokenizer, use_chat)
+    calls, handle = count_forwards(tiny.model)
+    try:
+        fast = loglikelihoods(tiny.model, tiny.tokenizer, requests, batch_size=4)
+    finally:
+        handle.remove()
+    slow = loglikelihoods_naive(tiny.model, tiny.tokenizer, requests)
+    assert len(fast) == 6 and all(len(row) == 4 for row in fast)
+    assert max(abs(a - b) for fr, sr in zip(fast, slow, strict=True) for a, b in zip(fr, sr, strict=True)) < 1e-4
+    # each subject's prefix runs once; letters: one row per question; cloze: one row per question and choice
+    rows = 6 if name == "mmlu" else 24
+    assert len(calls) == len(SUBJECTS) + sum(-(-n // 4) for n in [rows // 2] * 2)
+    # the first call is the shared prefix (chat header, description, demonstrations), the others are short
+    assert calls[0] >= len(encode(tiny.tokenizer, task.instances[0].prefix)) - 1
+    assert max(calls[1:]) < calls[0]
+
+
+def test_letter_scoring_is_one_pass_per_question(tiny, data_dir: Path) -> None:
+    from tunebench.bench.loglik import _rows
+
+    requests = requests_of(mmlu_task("mmlu", data_dir), tiny.tokenizer, True)
+    rows = _rows(tiny.tokenizer, requests)
+    assert len(rows) == len(requests) and all(r.choice is None and len(r.targets) == 4 for r in rows)
+    letters = {tiny.tokenizer.decode([t]) for t in rows[0].targets}
+    assert letters == {" A", " B", " C", " D"}
+
+
+def test_token_split_concatenation_equals_whole(tiny) -> None:
+    tok = tiny.tokenizer
+    for context, continuation in [("Answer:", " A"), ("Answer: ", "A"), ("x = ", "3.14159"), ("Q\n", "\nA")]:
+        tokens, boundary = split_tokens(tok, context, continuation)
+        assert tokens == encode(tok, context + continuation)
+        assert 1 <= boundary < len(tokens)
+    tokens, boundary = split_tokens(tok, "Answer: ", "A")  # the trailing space joins the continuation token
+    assert tok.decode(tokens[boundary:]) == " A"
+
+
+def test_prefix_reuse_off_gives_same_scores(tiny, data_dir: Path) -> None:
+    requests = requests_of(mmlu_task("mmlu_cloze", data_dir, shots=1, per_subject=1), tiny.tokenizer, False)
+    with_cache = loglikelihoods(tiny.model, tiny.tokenizer, requests, batch_size=3)
+    without = loglikelihoods(tiny.model, tiny.tokenizer, requests, batch_size=3, reuse_prefix=False)
+    assert max(abs(a - b) for x, y in zip(with_cache, without, strict=True) for a, b in zip(x, y, strict=True)) < 1e-4
+
+
+def test_score_task_rows_and_metrics(tiny, data_dir: Path) -> None:
+    task = mmlu_task("mmlu", data_dir, shots=1)
+    scores = score_task(tiny, task, batch_size=8)
+    row = scores.samples[0]
+    assert set(row) >= {"id", "prompt", "choices", "target", "loglikelihoods", "probs", "prediction", "correct"}
+    assert abs(sum(row["probs"]) - 1) < 1e-9 and row["prediction"] == max(range(4), key=row["loglikelihoods"].__getitem__)
+    acc = [s["scores"]["acc"] for s in scores.samples]
+    assert scores.metrics["acc"] == pytest.approx(mean_stderr(acc))
+    # a perturbed copy of the instances scores through the same entry point (HELM robustness)
+    from dataclasses import replace
+
+    perturbed = [replace(i, query=i.query.upper()) for i in task.instances]
+    assert score_task(tiny, task, perturbed).samples[0]["prompt"].endswith("ANSWER:")
+
+
+def test_seq2seq_scores_do_not_depend_on_batching(tiny_t5_dir: Path) -> None:
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_t5_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir)
+    requests = [Request("Is the sky blue?", (" yes", " no", " it depends")), Request("2 + 2 =", (" 4", " five"))]
+    batched = loglikelihoods_seq2seq(model, tok, requests, batch_size=8)
+    single = loglikelihoods_seq2seq(model, tok, requests, batch_size=1)
+    assert max(abs(a - b) for x, y in zip(batched, single, strict=True) for a, b in zip(x, y, strict=True)) < 1e-4
+    assert all(v < 0 for row in batched for v in row)
+
+
+def test_mean_stderr_and_probs() -> None:
+    assert mean_stderr([1.0, 0.0, 1.0, 0.0]) == pytest.approx({"value": 0.5, "stderr": (1 / 3) ** 0.5 / 2})
+    assert mean_stderr([1.0]) == {"value": 1.0, "stderr": 0.0}
+    assert choice_probs([0.0, 0.0]) == [0.5, 0.5]

@@ -1,0 +1,116 @@
+"""The eval stage writes predictions.jsonl and scores.json with the fields docs/formats.md documents."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunebench.config import DataConfig, EvalConfig, GenerationConfig, ModelConfig
+from tunebench.data.example import Example
+from tunebench.errors import DataError
+from tunebench.evaluate import run_eval
+
+ROW_KEYS = {
+    "id",
+    "prompt",
+    "references",
+    "prediction",
+    "scores",
+    "gen_time_s",
+    "n_prompt_tokens",
+    "n_new_tokens",
+}
+EXAMPLES = [
+    Example(f"test_{i}", f"Summarize: #Person1#: item {i} is late. #Person2#: ok.", f"item {i} late", (f"item {i} is late", f"late {i}"))
+    for i in range(5)
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_causal_dir):
+    from tunebench.models.load import load_model
+
+    return load_model(ModelConfig(ref=str(tiny_causal_dir)))
+
+
+def _cfg(**kw) -> EvalConfig:
+    return EvalConfig(bootstrap=50, generation=GenerationConfig(max_new_tokens=6, batch_size=2), **kw)
+
+
+def test_evaluate_writes_both_files_with_documented_fields(loaded, tmp_path):
+    from tunebench.evaluate.generate import generate_texts
+
+    system = {"name": "base-0shot", "model": "tiny", "adapter": None}
+    scores = run_eval.evaluate(loaded, EXAMPLES, cfg=_cfg(), out_dir=tmp_path, system=system, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [e.id for e in EXAMPLES]
+    assert all(set(r) == ROW_KEYS for r in rows)
+    assert {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu"} <= set(rows[0]["scores"])
+    assert rows[0]["prompt"] == EXAMPLES[0].prompt and rows[0]["references"] == list(EXAMPLES[0].references)
+    expected = generate_texts(
+        loaded.model, loaded.tokenizer, [loaded.format_prompt(e.prompt) for e in EXAMPLES],
+        family="causal", gen=_cfg().generation,
+    )  # fmt: skip
+    assert [r["prediction"] for r in rows] == [g.text for g in expected]
+    assert [r["n_prompt_tokens"] for r in rows] == [g.n_prompt_tokens for g in expected]
+
+    on_disk = json.loads((tmp_path / "scores.json").read_text())
+    assert on_disk == json.loads(json.dumps(scores))
+    assert on_disk["schema"] == "tunebench.eval/1" and on_disk["system"] == system
+    assert on_disk["test_set"] == {"split": "test", "n": 5, "hash": run_eval.test_set_hash(EXAMPLES)}
+    assert on_disk["test_set"]["hash"] == run_eval.test_set_hash(rows)
+    assert on_disk["generation"]["max_new_tokens"] == 6 and on_disk["generation"]["prompt_format"] == "chat"
+    assert {"rouge1", "rougeL", "bleu"} <= set(on_disk["metrics"]) and on_disk["metrics"]["rouge1"]["n"] == 5
+    assert len(on_disk["metrics"]["rougeL"]["ci95"]) == 2
+    assert on_disk["examples_per_s"] > 0 and on_disk["fewshot"]["k"] == 0
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_fewshot_evaluation_on_dialogsum_records_demonstrations(loaded, tmp_path, data_dir):
+    from tunebench.data.pipeline import build_splits
+
+    data = DataConfig(
+        splits={"train": "validation", "validation": None, "test": "test"}, limits={"train": 40, "test": 3}
+    )
+    splits = build_splits(data, data_dir, seed=0)
+    scores = run_eval.evaluate(
+        loaded, splits.test, cfg=_cfg(metrics=["rougeL"]), out_dir=tmp_path, system={"name": "base-2shot"},
+        shots=2, demos=splits.train, seed=3, progress=False, context_budget=1500,
+    )  # fmt: skip
+    fs = scores["fewshot"]
+    assert fs["k"] == 2 and len(fs["demo_ids"]) == 2 and fs["context_limit"] == 1500
+    train_by_id = {e.id: e for e in splits.train}
+    assert all(i in train_by_id for i in fs["demo_ids"])
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    kept = []
+    for row, ex in zip(rows, splits.test, strict=True):
+        assert row["prompt"].endswith(ex.prompt)
+        kept.append(sum(train_by_id[i].completion in row["prompt"] for i in fs["demo_ids"]))
+        assert row["n_prompt_tokens"] + 6 <= 1500
+    assert fs["dropped_total"] == sum(2 - n for n in kept) and fs["prompts_over_limit"] == 0
+    assert scores["test_set"]["n"] == 3
+
+
+def test_examples_are_scored_as_given_and_the_split_is_recorded(loaded, tmp_path):
+    # the caller applies eval.limit (the CLI's --limit may differ from the config's), so evaluate must not
+    scores = run_eval.evaluate(
+        loaded, EXAMPLES[:2], cfg=_cfg(limit=1, metrics=["exact_match"]), out_dir=tmp_path, system={},
+        progress=False, split="validation",
+    )  # fmt: skip
+    assert scores["test_set"] == {"split": "validation", "n": 2, "hash": run_eval.test_set_hash(EXAMPLES[:2])}
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+def test_test_set_hash_ignores_order_and_sees_reference_changes():
+    h = run_eval.test_set_hash(EXAMPLES)
+    assert h == run_eval.test_set_hash(list(reversed(EXAMPLES)))
+    changed = [*EXAMPLES[:-1], Example("test_4", "p", "c", ("another reference",))]
+    assert h != run_eval.test_set_hash(changed)
+    assert h != run_eval.test_set_hash(EXAMPLES[:-1])
+    assert len(h) == 64
+
+
+def test_empty_split_is_a_user_error(loaded, tmp_path):
+    with pytest.raises(DataError, match="no examples"):
+        run_eval.evaluate(loaded, [], cfg=_cfg(), out_dir=tmp_path, system={}, progress=False)

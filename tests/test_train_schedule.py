@@ -1,0 +1,82 @@
+"""Learning-rate schedules, step counts, step windows, forward chunks and the bf16 switch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunebench.errors import ConfigError
+from tunebench.train.batches import forward_chunks, step_windows
+from tunebench.train.precision import resolve_bf16
+from tunebench.train.schedule import build_optimizer, build_scheduler, total_optimizer_steps, warmup_steps
+
+
+def lrs(kind: str, total: int, warmup_ratio: float) -> list[float]:
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, lr=1.0, weight_decay=0.0)
+    sched = build_scheduler(opt, kind, total_steps=total, warmup_ratio=warmup_ratio)
+    out = []
+    for _ in range(total):
+        out.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_warmup_then_linear_cosine_constant():
+    assert warmup_steps(10, 0.2) == 2 and warmup_steps(10, 0.01) == 1 and warmup_steps(10, 0.0) == 0
+    assert lrs("linear", 10, 0.2)[:4] == pytest.approx([0.0, 0.5, 1.0, 0.875])
+    cosine = lrs("cosine", 10, 0.2)
+    assert cosine[2] == pytest.approx(1.0)
+    assert cosine[6] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert lrs("constant", 10, 0.2)[2:] == pytest.approx([1.0] * 8)
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
+    groups = build_optimizer(model, lr=0.1, weight_decay=0.1).param_groups
+    assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(1, 0.1), (3, 0.0)]
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        build_optimizer(model, lr=0.1, weight_decay=0.0)
+
+
+def test_total_steps_count_partial_windows_and_fractional_epochs():
+    assert total_optimizer_steps(3, epochs=1.0, max_steps=None) == 3
+    assert total_optimizer_steps(3, epochs=1.5, max_steps=None) == 5
+    assert total_optimizer_steps(3, epochs=0.1, max_steps=None) == 1
+    assert total_optimizer_steps(3, epochs=2.0, max_steps=7) == 7
+
+
+def test_step_windows_share_batches_between_processes():
+    batches = [[i] for i in range(7)]
+    assert step_windows(batches, grad_accum=2, num_processes=1) == [
+        [[0], [1]], [[2], [3]], [[4], [5]], [[6]]]
+    # two processes: the odd batch out is dropped so both take part in every all-reduce
+    assert step_windows(batches, grad_accum=2, num_processes=2) == [[[0], [1], [2], [3]], [[4], [5]]]
+
+
+def test_forward_chunks_bound_padded_tokens():
+    lengths = [100, 400, 300, 50, 390]
+    chunks = forward_chunks([0, 1, 2, 3, 4], lengths, max_tokens=800)
+    assert sorted(i for c in chunks for i in c) == [0, 1, 2, 3, 4]
+    assert all(len(c) * max(lengths[i] for i in c) <= 800 for c in chunks)
+    assert chunks[0] == [1, 4]  # longest first, so rows of a chunk have similar lengths
+    assert forward_chunks([0, 1], [5000, 10], max_tokens=800) == [[0], [1]]  # one long row runs alone
+    assert forward_chunks([0, 1, 2], lengths, max_tokens=None) == [[0, 1, 2]]
+
+
+def test_bf16_switch():
+    cpu = torch.device("cpu")
+    assert resolve_bf16("off", cpu) is False
+    assert resolve_bf16("on", cpu) is True
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if flags:  # auto follows the CPU's native bf16 support
+        native = " avx512_bf16" in flags or " amx_bf16" in flags
+        assert resolve_bf16("auto", cpu) is native
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        with pytest.raises(ConfigError):
+            resolve_bf16("on", torch.device("cuda"))

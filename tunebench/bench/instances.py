@@ -1,0 +1,227 @@
+"""From a task spec and its data files to scored-ready instances: few-shot prefix, rendered example, choices.
+
+The demonstrations are drawn once per subtask (not per example), so every instance of a subtask shares one prefix
+and the scorer can run it once and reuse its KV cache. `limit` draws a seeded subset, stratified across subtasks,
+so base and tuned models see the same examples.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunebench.bench.sources import read_records, resolve_source_path
+from tunebench.bench.spec import TaskSpec
+from tunebench.bench.templates import SpecError, render
+from tunebench.errors import DataError
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One benchmark example. `prefix` (description + demonstrations) is shared by its subtask; `query` is its own.
+
+    Perturbations (HELM robustness) replace `query` and keep `prefix`, so the KV-cache reuse still applies.
+    """
+
+    id: str
+    prefix: str
+    query: str
+    choices: tuple[str, ...] = ()
+    target: int | None = None
+    references: tuple[str, ...] = ()
+    target_delimiter: str = " "
+    subtask: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def prompt(self) -> str:
+        """The plain prompt (before any chat template)."""
+        return self.prefix + self.query
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """A task ready to score: its spec, the output type resolved (never 'auto'), instances and metrics."""
+
+    spec: TaskSpec
+    output_type: str
+    instances: list[Instance]
+    shots: int
+    metrics: list[str]
+
+
+@dataclass
+class _Subtask:
+    value: str | None
+    variables: dict[str, str]
+    path: Path
+    records: list[dict[str, Any]]
+    demos: list[tuple[str, dict[str, Any]]]  # (where it came from, record)
+    eval_rows: list[int]
+
+
+def prepare_task(
+    spec: TaskSpec, *, data_dir: Path | None, shots: int | None = None, limit: int | None = None, seed: int = 0
+) -> PreparedTask:
+    """Read the data, draw demonstrations, take the seeded subset and render every instance."""
+    n_shots = spec.fewshot.n if shots is None else shots
+    values: list[str | None] = list(spec.subtasks.values) if spec.subtasks else [None]
+    subtasks = [_load_subtask(spec, value, data_dir, n_shots, seed) for value in values]
+    output_type, target_set = _resolve_output_type(spec, subtasks)
+    _apply_limit(spec, subtasks, limit, seed)
+    instances = [inst for sub in subtasks for inst in _render_subtask(spec, sub, output_type, target_set)]
+    return PreparedTask(spec, output_type, instances, n_shots, spec.default_metrics(output_type))
+
+
+def _map_fields(spec: TaskSpec, record: dict[str, Any], path: Path, row: int) -> dict[str, Any]:
+    out = dict(record)
+    for name, column in spec.field_map.items():
+        if column not in record:
+            have = ", ".join(sorted(record))
+            raise SpecError(
+                f"{spec.origin}: field_map.{name}: column '{column}' is not in {path} record {row} (it has: {have})"
+            )
+        out[name] = record[column]
+    return out
+
+
+def _split_path(spec: TaskSpec, split: str, variables: dict[str, str], data_dir: Path | None) -> Path:
+    raw = spec.source.splits[split]
+    for key, value in variables.items():
+        raw = raw.replace("{" + key + "}", value)
+    where = f"{spec.origin}: source.splits.{split}"
+    return resolve_source_path(raw, data_dir=data_dir, spec_origin=spec.origin, where=where)
+
+
+def _read(spec: TaskSpec, path: Path) -> list[dict[str, Any]]:
+    records = read_records(spec.source.format, path, records_key=spec.source.records_key)
+    return [_map_fields(spec, r, path, i) for i, r in enumerate(records)]
+
+
+def _load_subtask(spec: TaskSpec, value: str | None, data_dir: Path | None, n_shots: int, seed: int) -> _Subtask:
+    variables = {spec.subtasks.param: value} if spec.subtasks and value is not None else {}
+    path = _split_path(spec, spec.eval_split, variables, data_dir)
+    records = _read(spec, path)
+    if not records:
+        raise DataError(f"{path}: no records to score ({spec.origin}: source.splits.{spec.eval_split})")
+    eval_rows = list(range(len(records)))
+    fewshot_split = spec.fewshot.split or spec.eval_split
+    same_split = fewshot_split == spec.eval_split
+    pool_path = path if same_split else _split_path(spec, fewshot_split, variables, data_dir)
+    pool = records if same_split else _read(spec, pool_path)
+    if n_shots > len(pool) - (1 if same_split else 0):
+        raise SpecError(
+            f"{spec.origin}: fewshot.n: {n_shots} demonstrations asked but {pool_path} has {len(pool)} records; "
+            "lower --shots or fewshot.n"
+        )
+    if spec.fewshot.sampler == "first":
+        picked = list(range(n_shots))
+    else:
+        family = spec.name.split(":")[0]  # `mmlu:x` draws the same demonstrations as `mmlu` does for x
+        picked = sorted(random.Random(f"{seed}:fewshot:{family}:{value}").sample(range(len(pool)), n_shots))
+    if same_split:
+        taken = set(picked)
+        eval_rows = [i for i in eval_rows if i not in taken]
+    demos = [(f"{pool_path} record {i} (a demonstration)", pool[i]) for i in picked]
+    return _Subtask(value, variables, path, records, demos, eval_rows)
+
+
+def _resolve_output_type(spec: TaskSpec, subtasks: list[_Subtask]) -> tuple[str, list[str] | None]:
+    """'choices: targets' gathers the distinct targets; 'auto' becomes multiple choice only for a closed set."""
+    if spec.choices != "targets":
+        return spec.output_type, None
+    counts: Counter[str] = Counter()
+    for sub in subtasks:
+        for row in range(len(sub.records)):
+            counts[_render_target(spec, sub, row)] += 1
+    target_set = sorted(counts)
+    closed = len(target_set) <= spec.closed_set_max and min(counts.values()) >= 2
+    if spec.output_type == "auto":
+        return ("multiple_choice" if closed else "generate"), (target_set if closed else None)
+    return spec.output_type, target_set
+
+
+def _render_target(spec: TaskSpec, sub: _Subtask, row: int) -> str:
+    where = f"{sub.path} record {row}"
+    return render(spec.target, {**sub.records[row], **sub.variables}, spec.origin, "target", where)
+
+
+def _apply_limit(spec: TaskSpec, subtasks: list[_Subtask], limit: int | None, seed: int) -> None:
+    """Keep a seeded subset of `limit` rows, split across subtasks in proportion to their sizes."""
+    sizes = [len(s.eval_rows) for s in subtasks]
+    total = sum(sizes)
+    if limit is None or limit >= total:
+        return
+    exact = [limit * n / total for n in sizes]
+    quotas = [int(x) for x in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - quotas[i]), i))
+    for i in by_remainder[: limit - sum(quotas)]:
+        quotas[i] += 1
+    for sub, quota in zip(subtasks, quotas, strict=True):
+        rng = random.Random(f"{seed}:limit:{spec.name}:{sub.value}")
+        sub.eval_rows = sorted(rng.sample(sub.eval_rows, quota))
+
+
+def _render_subtask(spec: TaskSpec, sub: _Subtask, output_type: str, target_set: list[str] | None) -> list[Instance]:
+    origin = spec.origin
+    description = render(spec.description, dict(sub.variables), origin, "description", f"subtask {sub.value}")
+    blocks = []
+    for where, demo in sub.demos:
+        fields = {**demo, **sub.variables}
+        query = render(spec.template, fields, origin, "template", where)
+        if output_type == "multiple_choice":
+            choices = _choices(spec, fields, target_set, where)
+            answer = choices[_target_index(spec, fields, choices, where)]
+        else:
+            answer = render(spec.target, fields, origin, "target", where)
+        blocks.append(query + spec.target_delimiter + answer + spec.fewshot_delimiter)
+    prefix = description + "".join(blocks)
+    instances = []
+    for row in sub.eval_rows:
+        record = sub.records[row]
+        fields = {**record, **sub.variables}
+        where = f"{sub.path} record {row}"
+        raw_id = str(record[spec.id_field]) if spec.id_field and spec.id_field in record else str(row)
+        inst_id = f"{sub.value}/{raw_id}" if sub.value is not None else raw_id
+        query = render(spec.template, fields, origin, "template", where)
+        common = dict(id=inst_id, prefix=prefix, query=query, target_delimiter=spec.target_delimiter,
+                      subtask=sub.value, fields=fields)
+        if output_type == "multiple_choice":
+            choices = _choices(spec, fields, target_set, where)
+            target = _target_index(spec, fields, choices, where)
+            instances.append(Instance(**common, choices=tuple(choices), target=target, references=(choices[target],)))
+        else:
+            refs = spec.references or [spec.target]
+            key = "references" if spec.references else "target"
+            references = tuple(render(r, fields, origin, key, where) for r in refs)
+            instances.append(Instance(**common, references=references))
+    return instances
+
+
+def _choices(spec: TaskSpec, fields: dict[str, Any], target_set: list[str] | None, where: str) -> list[str]:
+    if target_set is not None:
+        return target_set
+    assert isinstance(spec.choices, list)
+    return [render(c, fields, spec.origin, f"choices.{i}", where) for i, c in enumerate(spec.choices)]
+
+
+def _target_index(spec: TaskSpec, fields: dict[str, Any], choices: list[str], where: str) -> int:
+    """The gold choice: a rendered index, or a rendered text that must be one of the choices."""
+    value = render(spec.target, fields, spec.origin, "target", where).strip()
+    if spec.target_type == "index":
+        if not value.lstrip("-").isdigit() or not 0 <= int(value) < len(choices):
+            raise SpecError(
+                f"{spec.origin}: target: '{value}' in {where} is not a choice index 0..{len(choices) - 1}; "
+                "fix target or target_type"
+            )
+        return int(value)
+    stripped = [c.strip() for c in choices]
+    if value not in stripped:
+        raise SpecError(
+            f"{spec.origin}: target: '{value}' in {where} is not one of the choices {choices}; "
+            "fix choices or target (or set target_type: index)"
+        )
+    return stripped.index(value)

@@ -1,0 +1,279 @@
+"""Log-likelihood of continuations given a context: the engine behind multiple-choice benchmarks.
+
+Written here because transformers has no scorer and lm-evaluation-harness is a heavy dependency that re-runs
+the whole prompt per choice. Two speed-ups, both exact up to float rounding:
+- prefix reuse: requests of one group (a subject's few-shot prompt) share their leading tokens; those run once
+  and every batch starts from a copy of their KV cache (a `DynamicCache` expanded along the batch);
+- single pass: when every choice is one token after the same context (" A" .. " D"), one next-token
+  distribution scores all of them.
+`loglikelihoods_naive` is the straightforward reference: one full forward pass per request and choice.
+
+Token boundaries follow lm-evaluation-harness: encode context + continuation as a whole and the context alone;
+the continuation is what the whole has beyond their common prefix, so context + continuation tokens always
+equal the tokenization of the whole text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Request:
+    """Score each continuation after `context` (already chat-formatted). Requests with the same `group` should
+    share a long common prefix (their few-shot demonstrations); any grouping is correct, a good one is fast."""
+
+    context: str
+    continuations: tuple[str, ...]
+    group: str = ""
+
+
+@dataclass
+class _Row:
+    request: int
+    choice: int | None  # None: one row scores every (single-token) choice
+    input_ids: list[int]
+    positions: list[int]  # absolute positions whose next-token logits are needed
+    targets: list[int]  # choice rows: the token after each position; single-pass rows: each choice's token
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids as generation sees them: special tokens added unless the text already starts with BOS."""
+    bos = getattr(tokenizer, "bos_token", None)
+    ids = list(tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"])
+    eos = tokenizer.eos_token_id
+    if ids and eos is not None and ids[-1] == eos and not text.endswith(tokenizer.eos_token or "\0"):
+        ids.pop()  # tokenizers that append EOS would make it part of every continuation
+    return ids
+
+
+def split_tokens(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], int]:
+    """Tokens of context + continuation and the index where the continuation starts (at least 1)."""
+    whole = encode(tokenizer, context + continuation)
+    ctx = encode(tokenizer, context)
+    boundary = 0
+    while boundary < min(len(whole), len(ctx)) and whole[boundary] == ctx[boundary]:
+        boundary += 1
+    if boundary == len(whole):
+        raise ValueError(f"continuation {continuation!r} adds no tokens to its context")
+    if boundary == 0:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if start is None:
+            raise ValueError("an empty context needs a BOS or EOS token to condition on; the tokenizer has neither")
+        whole, boundary = [start, *whole], 1
+    return whole, boundary
+
+
+def _rows(tokenizer: Any, requests: Sequence[Request]) -> list[_Row]:
+    rows = []
+    for r, req in enumerate(requests):
+        split = [split_tokens(tokenizer, req.context, c) for c in req.continuations]
+        contexts = {tuple(tokens[:b]) for tokens, b in split}
+        if all(len(tokens) - b == 1 for tokens, b in split) and len(contexts) == 1:
+            tokens, b = split[0]
+            rows.append(_Row(r, None, tokens[:b], [b - 1], [t[b] for t, _ in split]))
+            continue
+        for c, (tokens, b) in enumerate(split):
+            rows.append(_Row(r, c, tokens[:-1], list(range(b - 1, len(tokens) - 1)), tokens[b:]))
+    return rows
+
+
+def _common_prefix(rows: Sequence[_Row]) -> int:
+    """Leading tokens shared by every row and needed by none as a scored position."""
+    first = rows[0].input_ids
+    n = min(min(len(r.input_ids) for r in rows), min(r.positions[0] for r in rows))
+    for row in rows[1:]:
+        ids = row.input_ids
+        i = 0
+        while i < n and ids[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+@contextlib.contextmanager
+def inference(model: Any) -> Iterator[None]:
+    """Eval mode and no autograd for scoring; the caller's training mode comes back afterwards."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _forward_params(model: Any) -> set[str]:
+    """Keyword names the (PEFT-unwrapped) model's forward takes: transformers renamed and added some in 5.x."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(base.forward).parameters)
+
+
+def _scores(rows: Sequence[_Row], logprobs: Any, out: list[list[float]]) -> None:
+    """Fill `out` from log-probabilities of shape (rows, positions kept, vocab)."""
+    import torch
+
+    for i, row in enumerate(rows):
+        targets = torch.tensor(row.targets, device=logprobs.device)
+        if row.choice is None:
+            out[row.request] = logprobs[i, 0, targets].tolist()
+        else:
+            picked = logprobs[i, : len(row.targets)].gather(-1, targets.unsqueeze(-1))
+            out[row.request][row.choice] = float(picked.sum())
+
+
+def _cache_bytes(cache: Any) -> int:
+    """Memory of one copy of a KV cache (0 when its layout is unknown: then batches are not capped)."""
+    layers = getattr(cache, "layers", None) or []
+    return sum(t.nbytes for layer in layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+               if hasattr(t, "nbytes"))
+
+
+class _Forward:
+    """One model's forward calls, adapted to its transformers version (cache keyword, logits subset)."""
+
+    def __init__(self, model: Any) -> None:
+        params = _forward_params(model)
+        self.model = model
+        self.subset = "logits_to_keep" in params
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def prefix(self, ids: list[int]) -> Any:
+        """Run shared leading tokens once; only their KV cache is kept (no vocabulary projection)."""
+        import torch
+
+        x = torch.tensor([ids], device=self.model.device)
+        out = self.model(input_ids=x, use_cache=True, **({"logits_to_keep": 1} if self.subset else {}))
+        return out[self.cache_kw] if self.cache_kw in out else out.past_key_values
+
+    def logprobs(self, batch: Sequence[_Row], n_prefix: int, prefix_cache: Any, pad: int) -> Any:
+        """Log-probabilities (rows, positions kept, vocab) at each row's scored positions, after the prefix."""
+        import torch
+
+        width = max(len(r.input_ids) for r in batch) - n_prefix
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        for i, row in enumerate(batch):  # right padding: real tokens never attend to the pads (causal)
+            ids[i, : len(row.input_ids) - n_prefix] = torch.tensor(row.input_ids[n_prefix:])
+        k = max(len(r.positions) for r in batch)
+        keep = torch.tensor(
+            [[p - n_prefix for p in r.positions] + [r.positions[-1] - n_prefix] * (k - len(r.positions)) for r in batch],
+            device=self.model.device,
+        )
+        kwargs: dict[str, Any] = {"input_ids": ids.to(self.model.device), "use_cache": prefix_cache is not None}
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)  # the forward pass appends to it; the prefix serves the next batch
+            cache.batch_repeat_interleave(len(batch))
+            kwargs[self.cache_kw] = cache
+        if self.subset:
+            logits = self.model(**kwargs, logits_to_keep=keep).logits
+        else:
+            logits = torch.take_along_dim(self.model(**kwargs).logits, keep[..., None], dim=1)
+        return torch.log_softmax(logits.float(), dim=-1)
+
+
+def loglikelihoods(
+    model: Any, tokenizer: Any, requests: Sequence[Request], *, batch_size: int = 16, progress: bool = False,
+    reuse_prefix: bool = True, max_cache_bytes: int = 2**30,
+) -> list[list[float]]:
+    """Log-likelihood of every continuation of every request (causal LMs), reusing each group's prefix cache.
+
+    max_cache_bytes caps the prefix cache expanded along a batch (long few-shot prompts shrink the batch).
+    """
+    rows = _rows(tokenizer, requests)
+    out: list[list[float]] = [[0.0] * len(req.continuations) for req in requests]
+    groups: dict[str, list[_Row]] = {}
+    for row in rows:
+        groups.setdefault(requests[row.request].group, []).append(row)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    forward = _Forward(model)
+    bar = _progress_bar(len(rows), progress)
+    with inference(model):
+        for group_rows in groups.values():
+            n_prefix = _common_prefix(group_rows) if reuse_prefix and len(group_rows) > 1 else 0
+            prefix_cache = forward.prefix(group_rows[0].input_ids[:n_prefix]) if n_prefix > 0 else None
+            per_row = _cache_bytes(prefix_cache)
+            size = max(1, min(batch_size, max_cache_bytes // per_row)) if per_row else batch_size
+            ordered = sorted(group_rows, key=lambda r: -len(r.input_ids))
+            for start in range(0, len(ordered), size):
+                batch = ordered[start : start + size]
+                _scores(batch, forward.logprobs(batch, n_prefix, prefix_cache, pad), out)
+                if bar is not None:
+                    bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def loglikelihoods_naive(model: Any, tokenizer: Any, requests: Sequence[Request]) -> list[list[float]]:
+    """The straightforward scorer: one forward pass over the whole context + continuation per request and choice."""
+    import torch
+
+    out: list[list[float]] = []
+    with inference(model):
+        for req in requests:
+            scores = []
+            for continuation in req.continuations:
+                tokens, b = split_tokens(tokenizer, req.context, continuation)
+                ids = torch.tensor([tokens[:-1]], device=model.device)
+                logprobs = torch.log_softmax(model(input_ids=ids).logits[0, b - 1 :].float(), dim=-1)
+                targets = torch.tensor(tokens[b:], device=model.device)
+                scores.append(float(logprobs.gather(-1, targets.unsqueeze(-1)).sum()))
+            out.append(scores)
+    return out
+
+
+def loglikelihoods_seq2seq(
+    model: Any, tokenizer: Any, requests: Sequence[Request], *, batch_size: int = 16, progress: bool = False
+) -> list[list[float]]:
+    """Encoder-decoder models: the context is the encoder input, each continuation the decoder's labels."""
+    import torch
+
+    rows = []
+    for r, req in enumerate(requests):
+        source = list(tokenizer(req.context)["input_ids"])
+        for c, continuation in enumerate(req.continuations):
+            labels = list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
+            if not labels:
+                raise ValueError(f"continuation {continuation!r} has no tokens")
+            rows.append((r, c, source, labels))
+    out: list[list[float]] = [[0.0] * len(req.continuations) for req in requests]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows.sort(key=lambda row: -len(row[2]))
+    bar = _progress_bar(len(rows), progress)
+    with inference(model):
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            width = max(len(s) for _, _, s, _ in batch)
+            depth = max(len(lab) for _, _, _, lab in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            labels = torch.full((len(batch), depth), -100, dtype=torch.long)
+            for i, (_, _, source, lab) in enumerate(batch):
+                ids[i, : len(source)], mask[i, : len(source)] = torch.tensor(source), 1
+                labels[i, : len(lab)] = torch.tensor(lab)
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                           labels=labels.to(model.device)).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels != -100)
+            for i, (r, c, _, _) in enumerate(batch):
+                out[r][c] = float(picked[i].sum())
+            if bar is not None:
+                bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="score", unit="row")

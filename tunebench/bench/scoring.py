@@ -1,0 +1,160 @@
+"""Score a prepared task: multiple choice by log-likelihood, generation by answer extraction and metrics.
+
+`score_task` takes any list of instances (the prepared ones, or perturbed copies for the HELM-style views) and
+returns per-sample log rows plus metric means with standard errors (sample std / sqrt(n), as lm-eval reports).
+Multiple choice reports acc (argmax log-likelihood) and acc_norm (argmax log-likelihood per character of the
+choice, lm-eval's length normalisation).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tunebench.bench.answers import apply_filters, token_f1
+from tunebench.bench.instances import Instance, PreparedTask
+
+
+@dataclass
+class TaskScores:
+    """Per-sample log rows (samples_<task>.jsonl), metrics {name: {"value", "stderr"}}, and wall time."""
+
+    samples: list[dict[str, Any]]
+    metrics: dict[str, dict[str, Any]]
+    time_s: float
+
+
+def mean_stderr(values: Sequence[float]) -> dict[str, float]:
+    """Mean and its standard error (sample standard deviation / sqrt(n); 0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"value": mean, "stderr": 0.0}
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return {"value": mean, "stderr": math.sqrt(var / n)}
+
+
+def choice_probs(loglikelihoods: Sequence[float]) -> list[float]:
+    """Softmax over the choices' log-likelihoods: the model's probabilities restricted to the choice set."""
+    top = max(loglikelihoods)
+    exps = [math.exp(x - top) for x in loglikelihoods]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _argmax(values: Sequence[float]) -> int:
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+def choice_loglikelihoods(
+    loaded: Any, instances: Sequence[Instance], *, batch_size: int = 16, progress: bool = False,
+    reuse_prefix: bool = True,
+) -> list[list[float]]:
+    """Log-likelihood of each instance's choices, in the prompt format the model was loaded with."""
+    from tunebench.bench.loglik import Request, loglikelihoods, loglikelihoods_seq2seq
+
+    requests = [
+        Request(loaded.format_prompt(inst.prompt), tuple(inst.target_delimiter + c for c in inst.choices), inst.prefix)
+        for inst in instances
+    ]
+    if loaded.family == "seq2seq":
+        return loglikelihoods_seq2seq(loaded.model, loaded.tokenizer, requests, batch_size=batch_size, progress=progress)
+    return loglikelihoods(
+        loaded.model, loaded.tokenizer, requests, batch_size=batch_size, progress=progress, reuse_prefix=reuse_prefix
+    )
+
+
+def score_multiple_choice(
+    loaded: Any, instances: Sequence[Instance], *, batch_size: int = 16, progress: bool = False
+) -> list[dict[str, Any]]:
+    """Per-sample rows: log-likelihoods, choice probabilities, predictions (raw and length-normalised)."""
+    lls = choice_loglikelihoods(loaded, instances, batch_size=batch_size, progress=progress)
+    rows = []
+    for inst, ll in zip(instances, lls, strict=True):
+        pred = _argmax(ll)
+        pred_norm = _argmax([x / max(1, len(c)) for x, c in zip(ll, inst.choices, strict=True)])
+        rows.append({
+            "id": inst.id, "subtask": inst.subtask, "prompt": inst.prompt, "choices": list(inst.choices),
+            "target": inst.target, "loglikelihoods": ll, "probs": choice_probs(ll),
+            "prediction": pred, "prediction_norm": pred_norm, "correct": pred == inst.target,
+            "scores": {"acc": float(pred == inst.target), "acc_norm": float(pred_norm == inst.target)},
+        })
+    return rows
+
+
+def score_generation(
+    loaded: Any, task: PreparedTask, instances: Sequence[Instance], *, batch_size: int = 16, progress: bool = False,
+    seed: int = 0,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Per-sample rows (raw output, extracted answer, scores) and each metric's signature."""
+    from tunebench.config import GenerationConfig
+    from tunebench.evaluate.generate import generate_texts
+    from tunebench.evaluate.metrics.registry import compute_metric_stats
+
+    spec = task.spec
+    gen = GenerationConfig(
+        max_new_tokens=spec.generation.max_new_tokens, stop=list(spec.generation.stop), batch_size=batch_size
+    )
+    prompts = [loaded.format_prompt(inst.prompt) for inst in instances]
+    outputs = generate_texts(loaded.model, loaded.tokenizer, prompts, family=loaded.family, gen=gen,
+                             progress=progress, seed=seed)
+    answers = [apply_filters(out.text, spec.filters) for out in outputs]
+    references = [list(inst.references) for inst in instances]
+    registry_metrics = [m for m in task.metrics if m != "f1"]
+    stats = compute_metric_stats(answers, references, registry_metrics) if registry_metrics else {}
+    signatures = {name: ms.signature for name, ms in stats.items()}
+    if "f1" in task.metrics:
+        signatures["f1"] = "f1|norm:squad|agg:best-ref"
+    rows = []
+    for k, (inst, out, answer) in enumerate(zip(instances, outputs, answers, strict=True)):
+        scores = {name: float(ms.per_example[k]) for name, ms in stats.items() if ms.per_example is not None}
+        if "f1" in task.metrics:
+            scores["f1"] = token_f1(answer, inst.references)
+        first = task.metrics[0]
+        rows.append({
+            "id": inst.id, "subtask": inst.subtask, "prompt": inst.prompt, "references": list(inst.references),
+            "output": out.text, "prediction": answer, "correct": scores.get("exact_match", scores[first]) == 1.0,
+            "scores": {m: scores[m] for m in task.metrics}, "n_new_tokens": out.n_new_tokens, "time_s": out.time_s,
+        })
+    return rows, signatures
+
+
+def score_task(
+    loaded: Any, task: PreparedTask, instances: Sequence[Instance] | None = None, *, batch_size: int = 16,
+    progress: bool = False, seed: int = 0,
+) -> TaskScores:
+    """Score `instances` (default: the task's own) with the task's output type and metrics.
+
+    `loaded` needs .model, .tokenizer, .family and .format_prompt(prompt) (tunebench.models.load.LoadedModel).
+    """
+    items = list(task.instances if instances is None else instances)
+    if not items:
+        raise ValueError(f"task {task.spec.name}: no instances to score")
+    start = time.perf_counter()
+    signatures: dict[str, str] = {}
+    if task.output_type == "multiple_choice":
+        samples = score_multiple_choice(loaded, items, batch_size=batch_size, progress=progress)
+    else:
+        samples, signatures = score_generation(loaded, task, items, batch_size=batch_size, progress=progress, seed=seed)
+    elapsed = time.perf_counter() - start
+    metrics = {}
+    for name in task.metrics:
+        metrics[name] = mean_stderr([s["scores"][name] for s in samples])
+        if name in signatures:
+            metrics[name]["signature"] = signatures[name]
+    return TaskScores(samples, metrics, elapsed)
+
+
+def subtask_breakdown(samples: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per-subtask n and metric means (MMLU subjects), for reports; the task's own metrics stay micro-averaged."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        if s.get("subtask") is not None:
+            groups.setdefault(s["subtask"], []).append(s)
+    return {
+        name: {"n": len(rows), **{m: sum(r["scores"][m] for r in rows) / len(rows) for m in metrics}}
+        for name, rows in sorted(groups.items())
+    }

@@ -1,0 +1,275 @@
+"""Benchmark task specs: one YAML file per task, validated by pydantic (lm-evaluation-harness's idea).
+
+A user adds a benchmark with a YAML file and no code. Every error names the spec file and the key path. Built-in
+specs live in `tunebench/bench/tasks/`; `resolve_tasks` turns CLI names (`mmlu`, `mmlu:anatomy`, `bbh:navigate`,
+`path/to/task.yaml`, `path/to/bbh_style.json`) into specs.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tunebench.bench.templates import SpecError, check_syntax
+from tunebench.errors import ConfigError, DataError
+
+__all__ = ["SpecError", "TaskSpec", "load_spec", "resolve_tasks", "samples_filename"]
+
+MC_METRICS = ("acc", "acc_norm")
+GEN_METRICS = ("exact_match", "f1", "rouge1", "rouge2", "rougeL", "rougeLsum")
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(_Strict):
+    format: Literal["jsonl", "json", "csv", "tsv", "label_text"] = Field(
+        description="jsonl/json/csv/tsv records, or label_text lines '<label> <text>' (SST-2)."
+    )
+    splits: dict[str, str] = Field(
+        description="Split name -> file path, relative to the data dir (or the spec's folder); "
+        "'{param}' is replaced by the subtask value."
+    )
+    records_key: str | None = Field(None, description="json: the key holding the list of records, e.g. examples.")
+
+    @field_validator("splits")
+    @classmethod
+    def _some_split(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("name at least one split, e.g. {test: mydata/test.jsonl}")
+        return value
+
+
+class SubtaskSpec(_Strict):
+    param: str = Field(description="Variable name used in source paths ({subject}) and templates.")
+    values: list[str] = Field(min_length=1, description="Subtasks; results are micro-averaged over all of them.")
+
+
+class FewshotSpec(_Strict):
+    n: int = Field(0, ge=0, description="Demonstrations before each example (--shots overrides).")
+    split: str | None = Field(
+        None, description="Split the demonstrations come from (None: the eval split, minus the demonstrations)."
+    )
+    sampler: Literal["first", "random"] = Field("first", description="First n records, or a seeded sample.")
+
+
+class RegexFilter(_Strict):
+    regex: str = Field(description="Pattern searched in the output; the first match is kept.")
+    group: int = Field(0, ge=0, description="Capture group kept (0: the whole match).")
+    fallback: str = Field("[invalid]", description="Answer used when the pattern does not match.")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression ({exc})") from None
+        return value
+
+
+Filter = Literal["strip", "first_line", "lower"] | RegexFilter
+
+
+class GenerateSpec(_Strict):
+    max_new_tokens: int = Field(32, gt=0, description="Cap on generated tokens.")
+    stop: list[str] = Field(default_factory=lambda: ["\n\n"], description="Stop strings, cut from the output.")
+
+
+class TaskSpec(_Strict):
+    """One benchmark: where its data is, how an example becomes a prompt, and how an answer is scored."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Task name used in results and sample file names.")
+    version: int | str = Field(description="Bump when prompts or scoring change: scores compare only within one.")
+    description: str = Field("", description="Jinja2 text put once before the demonstrations.")
+    source: SourceSpec
+    eval_split: str = Field("test", description="The split that is scored.")
+    subtasks: SubtaskSpec | None = Field(None, description="A family of files run as one task (MMLU subjects).")
+    fewshot: FewshotSpec = Field(default_factory=FewshotSpec)
+    field_map: dict[str, str] = Field(default_factory=dict, description="Template field -> source column.")
+    id_field: str | None = Field(None, description="Column holding a stable example id (None: row index).")
+    template: str = Field(description="Jinja2 prompt of one example (sandboxed; fields are the record's columns).")
+    output_type: Literal["multiple_choice", "generate", "auto"] = Field(
+        description="multiple_choice: log-likelihood of each choice; generate: decode and compare; auto: "
+        "multiple_choice when the targets form a closed set (needs choices: targets), else generate."
+    )
+    choices: list[str] | Literal["targets"] | None = Field(
+        None, description="Jinja2 text of each choice, or 'targets': the distinct targets of the eval split."
+    )
+    target: str = Field(description="Jinja2 gold answer: a choice text or index (target_type), or the output.")
+    target_type: Literal["text", "index"] = Field("text", description="Does target render a choice text or index?")
+    references: list[str] | None = Field(None, description="generate: Jinja2 gold outputs (None: [target]).")
+    target_delimiter: str = Field(" ", description="Between the prompt and the answer (choice or demonstration).")
+    fewshot_delimiter: str = Field("\n\n", description="Between demonstrations, and before the example.")
+    metrics: list[str] | None = Field(None, description="Metrics reported (None: the output type's defaults).")
+    filters: list[Filter] = Field(default_factory=list, description="Answer extraction applied to generations.")
+    generation: GenerateSpec = Field(default_factory=GenerateSpec)
+    closed_set_max: int = Field(10, gt=1, description="auto: at most this many distinct targets for MC.")
+
+    _origin: str = PrivateAttr("<spec>")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        if self.eval_split not in self.source.splits:
+            raise ValueError(f"eval_split: '{self.eval_split}' is not one of source.splits {sorted(self.source.splits)}")
+        if self.fewshot.split is not None and self.fewshot.split not in self.source.splits:
+            raise ValueError(f"fewshot.split: '{self.fewshot.split}' is not one of source.splits")
+        if self.output_type == "multiple_choice" and not self.choices:
+            raise ValueError("choices: output_type multiple_choice needs a list of choices")
+        if self.output_type == "auto" and self.choices != "targets":
+            raise ValueError("choices: output_type auto needs 'choices: targets'")
+        if self.output_type == "generate" and self.choices is not None:
+            raise ValueError("choices: output_type generate takes no choices; remove the key")
+        if self.output_type == "multiple_choice" and self.filters:
+            raise ValueError("filters: apply to generated answers; multiple_choice takes none")
+        allowed = {"multiple_choice": MC_METRICS, "generate": GEN_METRICS, "auto": MC_METRICS + GEN_METRICS}
+        for metric in self.metrics or []:
+            if metric not in allowed[self.output_type]:
+                raise ValueError(f"metrics: '{metric}' is not one of {list(allowed[self.output_type])}")
+        return self
+
+    @property
+    def origin(self) -> str:
+        """The file this spec came from, for error messages."""
+        return self._origin
+
+    def with_origin(self, origin: str) -> TaskSpec:
+        self._origin = origin
+        return self
+
+    def derive(self, **update: Any) -> TaskSpec:
+        """A validated copy with some keys replaced (keeps the origin for error messages)."""
+        data = self.model_dump()
+        data.update(update)
+        return spec_from_dict(data, self.origin)
+
+    def default_metrics(self, output_type: str) -> list[str]:
+        """The metrics reported for the resolved output type ('auto' may list metrics of both kinds)."""
+        allowed = MC_METRICS if output_type == "multiple_choice" else GEN_METRICS
+        chosen = [m for m in self.metrics or [] if m in allowed]
+        return chosen or (list(MC_METRICS) if output_type == "multiple_choice" else ["exact_match"])
+
+    def templates(self) -> dict[str, str]:
+        """Every Jinja2 template of the spec, keyed by its key path (for error messages)."""
+        out = {"description": self.description, "template": self.template, "target": self.target}
+        if isinstance(self.choices, list):
+            out.update({f"choices.{i}": c for i, c in enumerate(self.choices)})
+        out.update({f"references.{i}": r for i, r in enumerate(self.references or [])})
+        return out
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        lines.append(f"{origin}: {path}: {msg}" if path else f"{origin}: {msg}")  # model checks name their key
+    return "\n".join(lines)
+
+
+def spec_from_dict(data: dict[str, Any], origin: str) -> TaskSpec:
+    try:
+        spec = TaskSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_errors(err, origin)) from None
+    for key, text in spec.templates().items():
+        check_syntax(text, origin, key)
+    return spec.with_origin(origin)
+
+
+def load_spec(path: str | Path) -> TaskSpec:
+    """Read and validate a task spec YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the task spec ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SpecError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a task spec must be a mapping of keys, not {type(data).__name__}")
+    return spec_from_dict(data, str(path))
+
+
+def builtin_tasks() -> dict[str, Path]:
+    """Built-in task names and their spec files."""
+    folder = resources.files("tunebench") / "bench" / "tasks"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def bbh_spec(path: Path, name: str) -> TaskSpec:
+    """A BIG-Bench Hard style JSON file ({"examples": [{"input", "target"}]}) as a task, from the bbh template."""
+    template = load_spec(builtin_tasks()["bbh"])
+    return template.derive(name=name, source={"format": "json", "splits": {"test": str(path)}, "records_key": "examples"})
+
+
+def resolve_tasks(names: list[str], data_dir: Path | None) -> list[TaskSpec]:
+    """CLI task names to specs: built-in names, `name:subtask`, `bbh`, `bbh:<task>`, or paths to .yaml/.json."""
+    builtin = builtin_tasks()
+    specs: list[TaskSpec] = []
+    for raw in names:
+        name = raw.strip()
+        base, _, sub = name.partition(":")
+        if name.endswith((".yaml", ".yml")):
+            specs.append(load_spec(name))
+        elif name.endswith(".json"):
+            path = Path(name)
+            if not path.is_file():
+                raise DataError(f"{path}: benchmark data file not found; check the --tasks path")
+            specs.append(bbh_spec(path.resolve(), f"bbh:{path.stem}"))
+        elif base == "bbh":
+            specs.extend(_bbh_tasks(sub, data_dir))
+        elif base in builtin and base != "bbh":
+            spec = load_spec(builtin[base])
+            specs.append(_select_subtask(spec, sub) if sub else spec)
+        else:
+            known = ", ".join(sorted(set(builtin) - {"bbh"}) + ["bbh:<task>"])
+            raise ConfigError(f"--tasks: unknown task '{name}'; use one of {known}, or a path to a .yaml spec")
+    return specs
+
+
+def _bbh_tasks(sub: str, data_dir: Path | None) -> list[TaskSpec]:
+    if data_dir is None:
+        raise ConfigError("bbh tasks read their files from the data directory: set --data-dir or $TUNEBENCH_DATA_DIR")
+    folder = data_dir / "bbh"
+    if sub:
+        path = folder / f"{sub}.json"
+        if not path.is_file():
+            raise DataError(f"{path}: benchmark data file not found; put the BBH task file there or fix the name")
+        return [bbh_spec(Path("bbh") / path.name, f"bbh:{sub}")]
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise DataError(f"{folder}: no BBH task files (*.json) found; put them there or name a file")
+    return [bbh_spec(Path("bbh") / f.name, f"bbh:{f.stem}") for f in files]
+
+
+def _select_subtask(spec: TaskSpec, sub: str) -> TaskSpec:
+    if spec.subtasks is None:
+        raise ConfigError(f"--tasks: '{spec.name}' has no subtasks, so '{spec.name}:{sub}' names nothing")
+    if sub not in spec.subtasks.values:
+        raise ConfigError(f"--tasks: '{sub}' is not a {spec.name} subtask; see subtasks.values in {spec.origin}")
+    return spec.derive(name=f"{spec.name}:{sub}", subtasks={"param": spec.subtasks.param, "values": [sub]})
+
+
+def samples_filename(task: str) -> str:
+    """The per-sample log's file name: `samples_<task>.jsonl`, with characters unsafe in file names replaced."""
+    return "samples_" + re.sub(r"[^A-Za-z0-9_.-]", "_", task) + ".jsonl"

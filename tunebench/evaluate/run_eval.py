@@ -1,0 +1,146 @@
+"""The `eval` stage: generate on a split, score, and write predictions.jsonl and scores.json (docs/formats.md).
+
+One call per system (base zero-shot, base k-shot, tuned), so `compare` can pair any two evaluations whose
+test-set hashes agree. scores.json is written last: its presence means the evaluation finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tunebench.config import EvalConfig
+from tunebench.data.example import Example
+from tunebench.errors import DataError
+from tunebench.io import atomic_write_json, atomic_write_jsonl
+
+SCHEMA = "tunebench.eval/1"
+
+
+def test_set_hash(examples: Iterable[Example | Mapping[str, Any]]) -> str:
+    """SHA-256 over the sorted (id, references) pairs: equal hashes mean two evaluations scored the same items.
+
+    Accepts Examples or predictions.jsonl rows (dicts with "id" and "references"). The hashing itself is
+    `score.hash_test_set`, which `compare` recomputes from files, so the two can never disagree.
+    """
+    from tunebench.evaluate.score import hash_test_set
+
+    ids: list[str] = []
+    refs: list[list[str]] = []
+    for e in examples:
+        if isinstance(e, Mapping):
+            ids.append(str(e["id"]))
+            refs.append([str(r) for r in e["references"]])
+        else:
+            ids.append(e.id)
+            refs.append(list(e.references))
+    return hash_test_set(ids, refs)
+
+
+test_set_hash.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite its name
+
+
+def _software() -> dict[str, str]:
+    import torch
+    import transformers
+
+    import tunebench
+
+    return {
+        "tunebench": tunebench.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def evaluate(
+    loaded: Any,
+    examples: Sequence[Example],
+    *,
+    cfg: EvalConfig,
+    out_dir: Path,
+    system: dict[str, Any],
+    shots: int = 0,
+    demos: Sequence[Example] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    context_budget: int | None = None,
+    bf16: bool = False,
+    split: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate `loaded` (a models.load.LoadedModel) on `examples` and write both files into `out_dir`.
+
+    Examples are scored as given: the caller applies eval.limit (the CLI's --limit may differ) and names the
+    split when it is not `cfg.split`. shots > 0 prepends that many demonstrations drawn from `demos` (the
+    TRAIN split); `context_budget` caps prompt + max_new_tokens below the model's own limit. Returns the
+    scores.json content.
+    """
+    from tunebench.evaluate.fewshot import build_fewshot_prompts
+    from tunebench.evaluate.generate import generate_texts
+    from tunebench.evaluate.metrics import per_example_scores, score_corpus
+
+    examples = list(examples)
+    split = split or cfg.split
+    if not examples:
+        raise DataError(f"the {split} split has no examples to evaluate; check data.splits and eval.limit")
+    gen = cfg.generation
+    fewshot = build_fewshot_prompts(
+        loaded,
+        examples,
+        k=shots,
+        pool=demos,
+        seed=seed,
+        max_new_tokens=gen.max_new_tokens,
+        budget=context_budget,
+    )
+    start = time.perf_counter()
+    results = generate_texts(
+        loaded.model, loaded.tokenizer, fewshot.model_prompts,
+        family=loaded.family, gen=gen, progress=progress, seed=seed, bf16=bf16,
+    )  # fmt: skip
+    wall_s = time.perf_counter() - start
+    predictions = [r.text for r in results]
+    references = [list(e.references) for e in examples]
+    per_example = per_example_scores(predictions, references, cfg.metrics, stem=cfg.stem)
+    metrics = score_corpus(
+        predictions, references, cfg.metrics, stem=cfg.stem, bootstrap=cfg.bootstrap, seed=seed
+    )
+
+    out_dir = Path(out_dir)
+    rows = [
+        {
+            "id": e.id,
+            "prompt": plain,
+            "references": list(e.references),
+            "prediction": r.text,
+            "scores": s,
+            "gen_time_s": round(r.time_s, 4),
+            "n_prompt_tokens": r.n_prompt_tokens,
+            "n_new_tokens": r.n_new_tokens,
+        }
+        for e, plain, r, s in zip(examples, fewshot.plain_prompts, results, per_example, strict=True)
+    ]
+    atomic_write_jsonl(out_dir / "predictions.jsonl", rows)
+    scores = {
+        "schema": SCHEMA,
+        "system": dict(system),
+        "test_set": {"split": split, "n": len(examples), "hash": test_set_hash(examples)},
+        "generation": {
+            **gen.model_dump(mode="json"),
+            "seed": seed,
+            "family": loaded.family,
+            "prompt_format": "chat" if loaded.use_chat else "plain",
+            "system_prompt": loaded.system_prompt,
+            "bf16": bf16,
+            "software": _software(),
+        },
+        "metrics": metrics,
+        "examples_per_s": len(examples) / wall_s if wall_s > 0 else None,
+        "gen_time_s": wall_s,
+        "mean_new_tokens": sum(r.n_new_tokens for r in results) / len(results),
+        "fewshot": fewshot.stats,
+    }
+    atomic_write_json(out_dir / "scores.json", scores)
+    return scores

@@ -1,0 +1,77 @@
+"""The run directory around a training run: checks before it starts, the summary after it ends."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunebench.config import RunConfig, dump_config
+from tunebench.errors import ConfigError, TunebenchError
+from tunebench.io import atomic_write_text
+from tunebench.train.checkpoint import list_checkpoints
+
+# Sections whose change makes a resumed run differ from the interrupted one.
+RESUME_KEYS = ("seed", "model", "data", "train")
+
+
+class RunDirError(TunebenchError):
+    """The run directory cannot be written, or already holds a run that would be overwritten."""
+
+
+def prepare_run_dir(cfg: RunConfig, *, resume: bool, write: bool) -> Path:
+    """Check the run directory is writable and free (or resumable), then write config.yaml.
+
+    `write` is False on all but the main process, which only checks.
+    """
+    run_dir = cfg.run_dir
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise RunDirError(f"{run_dir}: cannot write the run directory ({exc.strerror}); "
+                          "set output_dir or name to a writable place") from None
+    has_run = bool(list_checkpoints(run_dir / "checkpoints")) or (run_dir / "train_summary.json").exists()
+    if has_run and not resume:
+        raise RunDirError(f"{run_dir} already holds a training run: pass --resume to continue it, or set "
+                          "another name or output_dir")
+    if resume and (run_dir / "config.yaml").exists():
+        check_resume_config(run_dir / "config.yaml", cfg)
+    if write:
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    return run_dir
+
+
+def check_resume_config(path: Path, cfg: RunConfig) -> None:
+    """A resumed run must train what the interrupted one trained: same seed, model, data and train keys."""
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    current = cfg.model_dump(mode="json")
+    changed = [key for section in RESUME_KEYS for key in _diff(saved.get(section), current.get(section), section)]
+    if changed:
+        raise ConfigError(f"{path}: --resume needs the config the run started with, but {', '.join(changed[:4])} "
+                          "changed; restore them or train under another name")
+
+
+def _diff(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(old.keys() | new.keys())
+                for k in _diff(old.get(key), new.get(key), f"{prefix}.{key}")]
+    return [] if old == new else [prefix]
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def relative_drop(initial: float | None, final: float | None) -> float | None:
+    """(initial - final) / initial: 0.25 means the validation loss ended 25% below where it started."""
+    if initial is None or final is None or initial == 0:
+        return None
+    return round((initial - final) / initial, 4)
