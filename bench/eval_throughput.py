@@ -43,18 +43,19 @@ def dialogsum_prompts(loaded: Any, n: int, data_dir: Path | None) -> list[str]:
     from tunebench.data.pipeline import build_splits
 
     cfg = DataConfig(
-        source="dialogsum", splits={"train": "validation", "validation": None, "test": "test"}, limits={"test": n}
+        source="dialogsum",
+        splits={"train": "validation", "validation": None, "test": "test"},
+        limits={"test": n},
     )
     return [loaded.format_prompt(e.prompt) for e in build_splits(cfg, data_dir, seed=0).test]
 
 
-def hf_loop(model: Any, tok: Any, prompts: list[str], max_new: int) -> tuple[list[list[int]], float]:
-    """Plain Hugging Face: one prompt per `generate` call; returns new token ids and seconds."""
+def hf_loop(model: Any, tok: Any, prompts: list[str], max_new: int) -> list[list[int]]:
+    """Plain Hugging Face: one prompt per `generate` call; returns the new token ids of each."""
     import torch
 
     eos, pad = eos_token_ids(model, tok), pad_token_id(tok, eos_token_ids(model, tok))
     out: list[list[int]] = []
-    start = time.perf_counter()
     with torch.inference_mode():
         for ids in encode_prompts(tok, prompts):
             x = torch.tensor([ids])
@@ -62,10 +63,10 @@ def hf_loop(model: Any, tok: Any, prompts: list[str], max_new: int) -> tuple[lis
                                eos_token_id=eos, pad_token_id=pad)  # fmt: skip
             row = y[0, len(ids) :].tolist()
             out.append(row[: count_new_tokens(row, eos, pad)])
-    return out, time.perf_counter() - start
+    return out
 
 
-def hf_batched(model: Any, tok: Any, prompts: list[str], max_new: int, bs: int) -> tuple[list[list[int]], float]:
+def hf_batched(model: Any, tok: Any, prompts: list[str], max_new: int, bs: int) -> list[list[int]]:
     """Hugging Face `generate` on left-padded batches in input order (what most eval scripts do)."""
     import torch
 
@@ -73,21 +74,24 @@ def hf_batched(model: Any, tok: Any, prompts: list[str], max_new: int, bs: int) 
     pad = pad_token_id(tok, eos)
     encoded = encode_prompts(tok, prompts)
     out: list[list[int]] = []
-    start = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(encoded), bs):
             inputs = pad_batch(encoded[i : i + bs], pad, "left", model.device)
-            y = model.generate(**inputs, max_new_tokens=max_new, do_sample=False, eos_token_id=eos, pad_token_id=pad)
+            y = model.generate(
+                **inputs, max_new_tokens=max_new, do_sample=False, eos_token_id=eos, pad_token_id=pad
+            )
             for row in y[:, inputs["input_ids"].shape[1] :].tolist():
                 out.append(row[: count_new_tokens(row, eos, pad)])
-    return out, time.perf_counter() - start
+    return out
 
 
 def divergence(model: Any, tok: Any, prompt: str, ref: list[int], other: list[int]) -> dict[str, Any]:
     """Where two token streams part, and the reference's top-1 minus top-2 logit there (unpadded forward)."""
     import torch
 
-    k = next((i for i, (a, b) in enumerate(zip(ref, other, strict=False)) if a != b), min(len(ref), len(other)))
+    k = next(
+        (i for i, (a, b) in enumerate(zip(ref, other, strict=False)) if a != b), min(len(ref), len(other))
+    )
     ids = encode_prompts(tok, [prompt])[0] + ref[:k]
     with torch.inference_mode():
         logits = model(torch.tensor([ids])).logits[0, -1].float()
@@ -96,15 +100,49 @@ def divergence(model: Any, tok: Any, prompt: str, ref: list[int], other: list[in
             "ref": tok.decode(ref[k : k + 1]), "other": tok.decode(other[k : k + 1])}  # fmt: skip
 
 
+def timed(fn: Any) -> tuple[Any, float, float]:
+    """(result, wall seconds, CPU seconds of this process): CPU time shows the work when other jobs share the CPU."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def check_equal(
+    model: Any,
+    tok: Any,
+    prompts: list[str],
+    loop: list[list[int]],
+    name: str,
+    texts: list[str],
+    report: dict[str, Any],
+) -> None:
+    """Count outputs that differ from the loop's and say where each parts and how close the loop's choice was."""
+    ref_texts = [tok.decode(r, skip_special_tokens=True).strip() for r in loop]
+    bad = [i for i, (a, b) in enumerate(zip(ref_texts, texts, strict=True)) if a != b]
+    report[f"mismatches_{name}"] = len(bad)
+    print(f"{name} outputs equal to the loop's: {len(prompts) - len(bad)}/{len(prompts)}")
+    for i in bad:
+        other = tok(texts[i], add_special_tokens=False)["input_ids"]
+        info = divergence(model, tok, prompts[i], loop[i], other)
+        report.setdefault(f"divergences_{name}", []).append({"index": i, **info})
+        print(f"  #{i}: parts at new token {info['token']} ({info['ref']!r} vs {info['other']!r}), "
+              f"loop's top-1/top-2 logit margin {info['margin']:.4f}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=32, help="DialogSum test prompts")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=96, help="as in eval.generation")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model.ref (alias, local dir, .gguf)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for all runs (0: torch's default)")
+    ap.add_argument(
+        "--bf16", action="store_true", help="also time ours under bf16 autocast (outputs may differ)"
+    )
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--skip", choices=["loop", "batched"], action="append", default=[], help="skip a baseline")
+    ap.add_argument(
+        "--skip", choices=["loop", "batched"], action="append", default=[], help="skip a baseline"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
 
@@ -115,64 +153,60 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(ModelConfig(ref=args.model))
-    model, tok = loaded.model, loaded.tokenizer
+    model, tok, family = loaded.model, loaded.tokenizer, loaded.family
     prompts = dialogsum_prompts(loaded, args.n, resolve_data_dir(args.data_dir))
     lengths = [len(x) for x in encode_prompts(tok, prompts)]
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    print(f"model {args.model} on {model.device}, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"model {args.model} on {model.device}, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}"
+    )
     print(f"{len(prompts)} prompts, {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f}), "
           f"max_new_tokens {args.max_new_tokens}, batch size {args.batch_size}")  # fmt: skip
-    generate_texts(model, tok, prompts[:2], family=loaded.family, gen=gen.model_copy(update={"max_new_tokens": 4}))
+    generate_texts(model, tok, prompts[:2], family=family, gen=gen.model_copy(update={"max_new_tokens": 4}))
 
-    timings: dict[str, float] = {}
-    cpu: dict[str, float] = {}
-    runs: dict[str, list[list[int]]] = {}
-    start, cpu_start = time.perf_counter(), time.process_time()
-    ours = generate_texts(model, tok, prompts, family=loaded.family, gen=gen)
-    timings["ours"], cpu["ours"] = time.perf_counter() - start, time.process_time() - cpu_start
-    print(f"ours done, load {os.getloadavg()[0]:.1f}", flush=True)
-    for name in ("loop", "batched"):
-        if name in args.skip:
-            continue
-        cpu_start = time.process_time()
-        if name == "loop":
-            runs[name], timings[name] = hf_loop(model, tok, prompts, args.max_new_tokens)
-        else:
-            runs[name], timings[name] = hf_batched(model, tok, prompts, args.max_new_tokens, args.batch_size)
-        cpu[name] = time.process_time() - cpu_start
+    jobs: dict[str, Any] = {"ours": lambda: generate_texts(model, tok, prompts, family=family, gen=gen)}
+    if "loop" not in args.skip:
+        jobs["loop"] = lambda: hf_loop(model, tok, prompts, args.max_new_tokens)
+    if "batched" not in args.skip:
+        jobs["batched"] = lambda: hf_batched(model, tok, prompts, args.max_new_tokens, args.batch_size)
+    if args.bf16:
+        jobs["ours_bf16"] = lambda: generate_texts(model, tok, prompts, family=family, gen=gen, bf16=True)
+    results, wall, cpu = {}, {}, {}
+    for name, job in jobs.items():
+        results[name], wall[name], cpu[name] = timed(job)
         print(f"{name} done, load {os.getloadavg()[0]:.1f}", flush=True)
 
+    ours = results["ours"]
     report: dict[str, Any] = {"n": len(prompts), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
                               "threads": torch.get_num_threads(), "device": str(model.device),
                               "mean_new_tokens": sum(r.n_new_tokens for r in ours) / len(ours)}  # fmt: skip
-    for name, secs in timings.items():
-        report[f"{name}_examples_per_s"] = len(prompts) / secs
-        report[f"{name}_cpu_s"] = cpu[name]
-        print(f"{name:8s} {secs:8.1f} s wall {cpu[name]:8.1f} s cpu  {len(prompts) / secs:7.3f} examples/s  "
-              f"{secs / len(prompts):6.2f} s/example")  # fmt: skip
-    for name in runs:
-        report[f"speedup_vs_{name}"] = timings[name] / timings["ours"]
-        report[f"cpu_speedup_vs_{name}"] = cpu[name] / cpu["ours"]
-        print(f"ours vs {name}: {timings[name] / timings['ours']:.2f}x wall, {cpu[name] / cpu['ours']:.2f}x cpu time")
-
-    if "loop" in runs:
-        texts = {"loop": [tok.decode(r, skip_special_tokens=True).strip() for r in runs["loop"]],
-                 "ours": [r.text for r in ours]}  # fmt: skip
-        if "batched" in runs:
-            texts["batched"] = [tok.decode(r, skip_special_tokens=True).strip() for r in runs["batched"]]
-        ours_ids = encode_prompts(tok, [r.text for r in ours])  # token ids of our text, for locating divergence
-        for name in ("ours", "batched"):
-            if name not in texts:
-                continue
-            bad = [i for i, (a, b) in enumerate(zip(texts["loop"], texts[name], strict=True)) if a != b]
-            report[f"mismatches_{name}"] = len(bad)
-            print(f"{name} outputs equal to the loop's: {len(prompts) - len(bad)}/{len(prompts)}")
-            for i in bad:
-                other = runs["batched"][i] if name == "batched" else ours_ids[i]
-                info = divergence(model, tok, prompts[i], runs["loop"][i], other)
-                report.setdefault(f"divergences_{name}", []).append({"index": i, **info})
-                print(f"  #{i}: parts at new token {info['token']} ({info['ref']!r} vs {info['other']!r}), "
-                      f"loop's top-1/top-2 logit margin {info['margin']:.4f}")  # fmt: skip
+    for name in jobs:
+        report[f"{name}_examples_per_s"], report[f"{name}_cpu_s"] = len(prompts) / wall[name], cpu[name]
+        print(f"{name:9s} {wall[name]:8.1f} s wall {cpu[name]:8.1f} s cpu  {len(prompts) / wall[name]:7.3f} "
+              f"examples/s  {wall[name] / len(prompts):6.2f} s/example")  # fmt: skip
+    for name in ("loop", "batched"):
+        if name in jobs:
+            report[f"speedup_vs_{name}"] = wall[name] / wall["ours"]
+            report[f"cpu_speedup_vs_{name}"] = cpu[name] / cpu["ours"]
+            print(
+                f"ours vs {name}: {wall[name] / wall['ours']:.2f}x wall, {cpu[name] / cpu['ours']:.2f}x cpu time"
+            )
+    if "loop" in jobs:
+        loop = results["loop"]
+        check_equal(model, tok, prompts, loop, "ours", [r.text for r in ours], report)
+        if "batched" in jobs:
+            texts = [tok.decode(r, skip_special_tokens=True).strip() for r in results["batched"]]
+            check_equal(model, tok, prompts, loop, "batched", texts, report)
+        if args.bf16:
+            report["bf16_speedup_vs_loop"] = wall["loop"] / wall["ours_bf16"]
+            print(f"ours (bf16 autocast) vs loop: {wall['loop'] / wall['ours_bf16']:.2f}x wall, "
+                  f"{cpu['loop'] / cpu['ours_bf16']:.2f}x cpu time")  # fmt: skip
+            report["mismatches_ours_bf16"] = sum(
+                tok.decode(r, skip_special_tokens=True).strip() != b.text
+                for r, b in zip(loop, results["ours_bf16"], strict=True)
+            )
+            print(f"bf16 outputs equal to the fp32 loop's: {len(prompts) - report['mismatches_ours_bf16']}/{len(prompts)}"
+                  " (bf16 rounding changes greedy paths: expected)")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

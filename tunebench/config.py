@@ -203,6 +203,9 @@ class EvalConfig(Section):
         default_factory=lambda: [0], description="In-context baselines of the base model: numbers of demonstrations."
     )
     bootstrap: int = Field(1000, gt=0, description="Bootstrap resamples for intervals and paired tests.")
+    context_budget: int | None = Field(
+        None, gt=8, description="Cap on few-shot prompt + max_new_tokens tokens (None: the model's maximum positions)."
+    )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
     @model_validator(mode="after")

@@ -40,11 +40,12 @@ def _eval_examples(cfg: RunConfig, splits, split: str | None = None, limit: int 
 
 
 def _evaluate_system(cfg: RunConfig, loaded, examples, splits, out_dir: Path, system: dict[str, Any],
-                     shots: int) -> dict[str, Any]:
+                     shots: int, split: str | None = None) -> dict[str, Any]:
     from tunebench.evaluate.run_eval import evaluate
 
     return evaluate(loaded, examples, cfg=cfg.eval, out_dir=out_dir, system=system, shots=shots,
-                    demos=list(splits.train) if shots else None, seed=cfg.seed)
+                    demos=list(splits.train) if shots else None, seed=cfg.seed,
+                    context_budget=cfg.eval.context_budget, split=split or cfg.eval.split)
 
 
 def evaluate_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: str | None, split: str | None,
@@ -56,7 +57,7 @@ def evaluate_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: 
     examples = _eval_examples(cfg, splits, split, limit)
     loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
     system = {"name": out_dir.name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
-    return _evaluate_system(cfg, loaded, examples, splits, out_dir, system, shots)
+    return _evaluate_system(cfg, loaded, examples, splits, out_dir, system, shots, split)
 
 
 def compare_paths(paths: list[Path], out_dir: Path, *, baseline: str | None = None, n_resamples: int = 1000,

@@ -88,26 +88,33 @@ def context_limit(model: Any, tokenizer: Any, budget: int | None) -> int | None:
 
 
 def _count(tokenizer: Any, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    """Tokens of a prompt exactly as generation will encode it (BOS added unless the text has one)."""
+    from tunebench.evaluate.generate import encode_prompts
+
+    return len(encode_prompts(tokenizer, [text])[0])
 
 
 def _fit(
-    demos: list[Example], query: Example, render: Any, tokenizer: Any, limit: int | None, max_new_tokens: int
+    demos: list[Example],
+    drop_order: list[int],
+    query: Example,
+    render: Any,
+    count: Any,
+    limit: int | None,
+    max_new_tokens: int,
 ) -> tuple[list[Example], str, bool]:
-    """Drop the longest demonstrations until prompt + max_new_tokens fits; (kept, model prompt, fits)."""
+    """Drop demonstrations in `drop_order` until prompt + max_new_tokens fits; (kept, model prompt, fits)."""
     kept = list(demos)
     text = render(kept, query.prompt)
     if limit is None:
         return kept, text, True
-    by_length = sorted(
-        range(len(kept)), key=lambda i: (-_count(tokenizer, kept[i].prompt + kept[i].completion), i)
-    )
-    dropped: set[int] = set()
-    while _count(tokenizer, text) + max_new_tokens > limit and len(dropped) < len(demos):
-        dropped.add(by_length[len(dropped)])
-        kept = [d for i, d in enumerate(demos) if i not in dropped]
+    n_dropped = 0
+    while (too_long := count(text) + max_new_tokens > limit) and n_dropped < len(demos):
+        n_dropped += 1
+        gone = set(drop_order[:n_dropped])
+        kept = [d for i, d in enumerate(demos) if i not in gone]
         text = render(kept, query.prompt)
-    return kept, text, _count(tokenizer, text) + max_new_tokens <= limit
+    return kept, text, not too_long
 
 
 def build_fewshot_prompts(
@@ -139,9 +146,14 @@ def build_fewshot_prompts(
             return render_chat(tokenizer, chosen, prompt, loaded.system_prompt)
         return render_plain(chosen, prompt)
 
+    def count(text: str) -> int:
+        return _count(tokenizer, text)
+
+    # longest first, so the fewest demonstrations go
+    drop_order = sorted(range(len(demos)), key=lambda i: (-count(demos[i].prompt + demos[i].completion), i))
     model_prompts, plain_prompts, kept_counts, over = [], [], [], 0
     for ex in examples:
-        kept, text, fits = _fit(demos, ex, render, tokenizer, limit, max_new_tokens)
+        kept, text, fits = _fit(demos, drop_order, ex, render, count, limit, max_new_tokens)
         model_prompts.append(text)
         plain_prompts.append(render_plain(kept, ex.prompt))
         kept_counts.append(len(kept))
