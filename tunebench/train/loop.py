@@ -34,7 +34,7 @@ from tunebench.io import atomic_write_json
 from tunebench.models import apply_method, load_model, parameter_counts, save_trained
 from tunebench.train import checkpoint as ckpt
 from tunebench.train.batches import DEFAULT_MAX_FORWARD_TOKENS, forward_chunks, step_windows
-from tunebench.train.fast_paths import keep_lora_input_dtype, use_bool_mask_dropout
+from tunebench.train.fast_paths import keep_lora_input_dtype, release_free_memory, use_bool_mask_dropout
 from tunebench.train.gen_eval import gen_eval_generation, gen_eval_set, run_gen_eval
 from tunebench.train.logging import ProgressBar, Throughput, TrainLog, plot_loss_curve
 from tunebench.train.loss import base_model, completion_loss_sum, supports_logits_to_keep, target_count
@@ -90,7 +90,8 @@ def train(
                                                                                       "validation": val_stats}})
     lengths = [ex.length for ex in train_set]
     targets = [target_count(ex, family) for ex in train_set]
-    collate = PaddingCollator(pad_token_id(tokenizer), family)
+    # widths in multiples of 16: few distinct tensor shapes, so freed memory is reused instead of fragmenting
+    collate = PaddingCollator(pad_token_id(tokenizer), family, pad_to_multiple_of=16)
     gen_subset = gen_eval_set(splits.validation, tc.gen_eval.examples, loaded.format_prompt) if tc.gen_eval.every else None
 
     frozen_bf16 = use_bf16 and tc.frozen_bf16 and tc.method != "full"
@@ -203,6 +204,8 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if accelerator.device.type == "cpu":
+                    release_free_memory()
                 step += 1
                 state["window"] = w + 1
                 step_tokens = sum(lengths[i] for batch in windows[w] for i in batch)
