@@ -55,6 +55,8 @@ LEVERS = {
     "bool_mask_dropout": "torch.nn.Dropout (float noise tensor) for LoRA dropout",
     "forward_chunks": "whole batch of 8 in one forward pass, however long its rows",
     "group_by_length": "random batches instead of length-grouped ones",
+    "pad_to_16": "batches padded to their longest row, not to a multiple of 16",
+    "malloc_trim": "freed heap memory kept by glibc between steps (no malloc_trim)",
     "omp_passive": "OpenMP threads spin while waiting (OMP_WAIT_POLICY unset)",
 }
 
@@ -85,6 +87,11 @@ def switch_off(lever: str, cfg: Any) -> dict[str, Any]:
         return {"max_forward_tokens": None}
     elif lever == "group_by_length":
         cfg.train.group_by_length = False
+    elif lever == "pad_to_16":
+        real_collator = loop.PaddingCollator
+        loop.PaddingCollator = lambda pad_id, family, pad_to_multiple_of=None: real_collator(pad_id, family)
+    elif lever == "malloc_trim":
+        loop.release_free_memory = lambda: False
     return {}
 
 
@@ -210,7 +217,7 @@ def main() -> None:
             r = in_subprocess("ours", args, without=lever)
             rate = r["tokens"] / r["train_s"]
             print(f"{lever:<20}{rate:>10.1f}{rate / results['ours']['tokens_per_s']:>10.2f}x"
-                  f"{r['peak_rss_gib']:>6.2f} GiB  {what}", flush=True)
+                  f"{r['peak_rss_gib']:>6.2f} GiB  {what} (load {os.getloadavg()[0]:.1f})", flush=True)
 
 
 if __name__ == "__main__":
