@@ -34,7 +34,7 @@ from tunebench.io import atomic_write_json
 from tunebench.models import apply_method, load_model, parameter_counts, save_trained
 from tunebench.train import checkpoint as ckpt
 from tunebench.train.batches import DEFAULT_MAX_FORWARD_TOKENS, forward_chunks, step_windows
-from tunebench.train.fast_paths import keep_lora_input_dtype, release_free_memory, use_bool_mask_dropout
+from tunebench.train.fast_paths import keep_lora_input_dtype, release_free_memory
 from tunebench.train.gen_eval import gen_eval_generation, gen_eval_set, run_gen_eval
 from tunebench.train.logging import ProgressBar, Throughput, TrainLog, plot_loss_curve
 from tunebench.train.loss import base_model, completion_loss_sum, supports_logits_to_keep, target_count
@@ -98,8 +98,6 @@ def train(
     model = apply_method(loaded.model, tc, frozen_dtype=torch.bfloat16 if frozen_bf16 else None)
     model.train()
     lean_lora = tc.method == "lora" and accelerator.device.type == "cpu"
-    if lean_lora:
-        use_bool_mask_dropout(model)
     trainable_params, total_params = parameter_counts(model)
     optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = len(step_windows(epoch_batches(lengths, tc.batch_size, cfg.seed, 0), tc.grad_accum, world))
@@ -133,7 +131,7 @@ def train(
         return float(totals[0] / totals[1].clamp(min=1))
 
     # ---- state: fresh, or the last checkpoint's
-    state: dict[str, Any] = {"epoch": 0, "window": 0, "tokens": 0, "train_time_s": 0.0, "best": None,
+    state: dict[str, Any] = {"epoch": 0, "window": 0, "tokens": 0, "train_time_s": 0.0, "train_cpu_s": 0.0, "best": None,
                              "bad_evals": 0, "initial_val_loss": None, "last_val_loss": None,
                              "last_gen": None, "stopped_early": False, "unlogged_losses": []}
     step = 0
@@ -166,7 +164,7 @@ def train(
     interrupted = False
     stop = _StopRequest()
     with stop, keep_lora_input_dtype(model, active=lean_lora and use_bf16):
-        if step == 0 and val_set and tc.eval_every:
+        if resumed_from is None and val_set and tc.eval_every:
             state["initial_val_loss"] = state["last_val_loss"] = validation_loss()
             if is_main:
                 log.append({"step": 0, "epoch": 0.0, "val_loss": state["initial_val_loss"]})
@@ -175,7 +173,7 @@ def train(
             windows = step_windows(epoch_batches(lengths, tc.batch_size, cfg.seed, epoch,
                                                  group_by_length=tc.group_by_length), tc.grad_accum, world)
             for w in range(state["window"], len(windows)):
-                step_start, rng_at_start = time.perf_counter(), capture_all_rng()
+                step_start, cpu_start, rng_at_start = time.perf_counter(), time.process_time(), capture_all_rng()
                 n_targets = max(1, sum(targets[i] for batch in windows[w] for i in batch))
                 chunks = [c for batch in windows[w][rank::world] for c in forward_chunks(batch, lengths, max_forward_tokens)]
                 step_loss = 0.0
@@ -211,6 +209,7 @@ def train(
                 step_tokens = sum(lengths[i] for batch in windows[w] for i in batch)
                 state["tokens"] += step_tokens
                 state["train_time_s"] += time.perf_counter() - step_start
+                state["train_cpu_s"] += time.process_time() - cpu_start
                 speed.add(step_tokens)
                 train_loss = float(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device))) / n_targets
                 losses = state["unlogged_losses"]
@@ -272,6 +271,7 @@ def train(
             "examples": len(train_set), "train_tokens": state["tokens"],
             "train_time_s": round(state["train_time_s"], 2),
             "tokens_per_s": round(state["tokens"] / state["train_time_s"], 1) if state["train_time_s"] else None,
+            "train_cpu_s": round(state["train_cpu_s"], 2), "threads": torch.get_num_threads(),
             "wall_time_s": round(time.perf_counter() - wall_start, 2), "peak_rss_gib": round(peak_rss_bytes() / 2**30, 3),
             "initial_val_loss": state["initial_val_loss"], "final_val_loss": state["last_val_loss"],
             "val_loss_drop": relative_drop(state["initial_val_loss"], state["last_val_loss"]),

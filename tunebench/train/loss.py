@@ -8,7 +8,7 @@ only), and the loss is a *sum*, which the loop divides by the target count of th
 
 Right-padded causal batches are run without an attention mask: under causal masking no real token can see the
 padding that follows it, so the outputs at real positions are identical, and SDPA takes its faster `is_causal`
-path instead of a dense mask.
+path instead of a dense mask. `use_cache=False`: a training forward has no use for a KV cache.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def completion_loss_sum(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             decoder_input_ids=decoder_inputs(labels=labels),
+            use_cache=False,
         )
         mask = labels != IGNORE_INDEX
         return F.cross_entropy(out.logits[mask].float(), labels[mask], reduction="sum")
@@ -74,7 +75,7 @@ def completion_loss_sum(
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     targets = labels[:, 1:][keep[:, :-1]]
     if keep_logits:
-        logits = model(input_ids=batch["input_ids"], logits_to_keep=keep).logits
+        logits = model(input_ids=batch["input_ids"], logits_to_keep=keep, use_cache=False).logits
     else:
-        logits = model(input_ids=batch["input_ids"]).logits[keep]
+        logits = model(input_ids=batch["input_ids"], use_cache=False).logits[keep]
     return F.cross_entropy(logits.float(), targets, reduction="sum")
