@@ -1,12 +1,13 @@
 """Generation throughput: tunebench's generate_texts against plain Hugging Face loops, outputs checked equal.
 
-    .venv/bin/python bench/eval_throughput.py --n 32 --batch-size 16 --max-new-tokens 64
+    .venv/bin/python bench/eval_throughput.py --n 64 --batch-size 32
 
 Same model (default: the embedded smollm2-135m-instruct through load_model), same DialogSum test prompts in
 its chat template, greedy decoding, same EOS ids for all three:
   loop     one `generate` call per prompt (no padding: the reference outputs);
   batched  `generate` on left-padded batches in input order (no length sorting);
-  ours     tunebench.evaluate.generate.generate_texts (length-sorted batches, results back in input order).
+  ours     tunebench.evaluate.generate.generate_texts: for greedy decoding of this decoder-only model, the
+           continuous-batching decoder of tunebench.evaluate.decode with --batch-size slots.
 Prints examples/s and the ratios, and for every output that differs from the loop's, where the token streams
 part and the loop's top-1 vs top-2 logit margin there (a tiny margin means a float near-tie that padding's
 different reduction order flipped, not a bug).
@@ -131,8 +132,8 @@ def check_equal(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=32, help="DialogSum test prompts")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--n", type=int, default=64, help="DialogSum test prompts")
+    ap.add_argument("--batch-size", type=int, default=32, help="our decode slots and HF's batch size")
     ap.add_argument("--max-new-tokens", type=int, default=96, help="as in eval.generation")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model.ref (alias, local dir, .gguf)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for all runs (0: torch's default)")

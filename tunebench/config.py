@@ -178,7 +178,7 @@ class TrainConfig(Section):
 
 class GenerationConfig(Section):
     max_new_tokens: int = Field(96, gt=0, description="Cap on generated tokens.")
-    batch_size: int = Field(16, gt=0, description="Prompts per generation batch.")
+    batch_size: int = Field(32, gt=0, description="Prompts decoded together (greedy decoder-only: KV-cache slots).")
     num_beams: int = Field(1, gt=0, description="Beam search width (1 = greedy or sampling).")
     do_sample: bool = Field(False, description="Sample instead of greedy/beam decoding.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")

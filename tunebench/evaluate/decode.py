@@ -1,0 +1,299 @@
+"""Greedy decoding of decoder-only models with continuous batching, written here because `generate` lacks it on CPU.
+
+Hugging Face `generate` pads a batch's prompts to one width, keeps every row until the batch's last one ends,
+and its dynamic KV cache re-copies all past keys and values at every step (`torch.cat`). On a CPU, where each
+padded position and each copied byte is paid in compute time, this decoder instead:
+
+1. prefills each prompt on its own: no padding, and the very forward pass a one-at-a-time loop runs;
+2. decodes all active rows together, one token per step, in a preallocated KV cache where each row has its own
+   length: a row's new key and value are written in place, the past is never copied;
+3. gives a finished row's slot to the next waiting prompt at once (continuous batching), and drops empty slots
+   from the batch once no prompt is left.
+
+HF's own continuous batching (`generate_batch`) targets GPUs and measured slower here (see generate.py). This
+decoder covers greedy decoding through a cache of plain full-attention layers only; `supports_fast_greedy`
+says when, and `generate_texts` uses `generate` for everything else (beam search, sampling, seq2seq,
+sliding-window or hybrid caches, checkpoints whose generation config adds logits processors).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunebench.config import GenerationConfig
+
+MAX_CACHE_BYTES = 2 * 2**30  # cap on the decode slots' preallocated KV cache
+
+# Generation-config fields that add a logits processor to greedy decoding in `generate`, with their inactive values.
+_PROCESSOR_FIELDS: dict[str, tuple[Any, ...]] = {
+    "repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "suppress_tokens": (None, []),
+    "begin_suppress_tokens": (None, []),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "sequence_bias": (None,),
+    "min_new_tokens": (None, 0),
+    "min_length": (None, 0),
+    "exponential_decay_length_penalty": (None,),
+    "guidance_scale": (None, 1.0),
+    "watermarking_config": (None,),
+}
+
+
+def _forward_params(model: Any) -> set[str]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(base.forward).parameters)
+
+
+def _plain_cache(model: Any) -> Any | None:
+    """An empty DynamicCache for the model when all its layers are full-attention `DynamicLayer`s, else None."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # noqa: BLE001 - an architecture this decoder does not know: `generate` handles it
+        return None
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    return cache
+
+
+def supports_fast_greedy(model: Any, family: str, gen: GenerationConfig) -> bool:
+    """Whether `greedy_decode` gives what `generate` would: greedy, decoder-only, plain cache, no logits processors."""
+    if family != "causal" or gen.do_sample or gen.num_beams != 1:
+        return False
+    gen_cfg = getattr(model, "generation_config", None)
+    for name, inactive in _PROCESSOR_FIELDS.items():
+        if getattr(gen_cfg, name, None) not in inactive:
+            return False
+    params = _forward_params(model)
+    if "position_ids" not in params or not ({"cache", "past_key_values"} & params):
+        return False
+    return _plain_cache(model) is not None
+
+
+def _slot_layer_class() -> type:
+    """`_SlotLayer`, built on first use so that importing this module does not import transformers."""
+    from transformers.cache_utils import DynamicLayer
+
+    class _SlotLayer(DynamicLayer):
+        """One layer's KV cache for a batch of rows of different lengths, preallocated and written in place.
+
+        `update` writes each row's new key/value at that row's own column and returns views up to the longest
+        row; the attention mask hides each shorter row's unused columns.
+        """
+
+        def __init__(self, keys: Any, values: Any, state: _StepState) -> None:
+            super().__init__()
+            self.keys, self.values, self.state, self.is_initialized = keys, values, state, True
+            self.device = keys.device
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            rows, cols, width = self.state.rows, self.state.cols, self.state.width
+            self.keys[rows, :, cols, :] = key_states[:, :, 0, :]
+            self.values[rows, :, cols, :] = value_states[:, :, 0, :]
+            return self.keys[:, :, : width + 1], self.values[:, :, : width + 1]
+
+        def get_seq_length(self) -> int:
+            return self.state.width
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.state.width + query_length, 0
+
+    return _SlotLayer
+
+
+@dataclass
+class _StepState:
+    """What every layer of the slot cache needs for the current step (shared by all layers)."""
+
+    rows: Any = None  # arange(batch)
+    cols: Any = None  # each row's write column = its number of cached tokens
+    width: int = 0  # the longest row's cached tokens
+
+
+@dataclass
+class _Row:
+    index: int
+    n_prompt: int
+    tokens: list[int] = field(default_factory=list)
+    time_s: float = 0.0
+
+    @property
+    def cached(self) -> int:
+        """Tokens in this row's KV cache: the prompt and every generated token but the newest."""
+        return self.n_prompt + len(self.tokens) - 1
+
+
+@dataclass(frozen=True)
+class DecodedRow:
+    """One prompt's generated token ids (up to and including the first EOS) and its share of the wall time."""
+
+    tokens: list[int]
+    time_s: float
+
+
+class _Decoder:
+    def __init__(self, model: Any, encoded: Sequence[list[int]], gen: GenerationConfig, eos_ids: Sequence[int],
+                 is_done_text: Callable[[list[int]], bool] | None, autocast: Any, max_cache_bytes: int) -> None:  # fmt: skip
+        import torch
+
+        self.torch, self.model, self.encoded, self.gen = torch, model, encoded, gen
+        self.eos, self.is_done_text, self.autocast = set(eos_ids), is_done_text, autocast
+        params = _forward_params(model)
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self.device = model.device
+        self.capacity = max(len(e) for e in encoded) + gen.max_new_tokens
+        self.state = _StepState()
+        self.max_cache_bytes = max_cache_bytes
+        self.cache: Any = None
+        self.layers: list[Any] = []
+
+    def _forward(self, **kwargs: Any) -> Any:
+        with self.autocast():
+            logits = self.model(use_cache=True, **self.keep_kw, **kwargs).logits
+        return logits[:, -1].argmax(-1)
+
+    def prefill(self, index: int) -> tuple[_Row, Any]:
+        """Run one prompt alone; returns its row (first token chosen) and its filled DynamicCache."""
+        start = time.perf_counter()
+        ids = self.torch.tensor([self.encoded[index]], device=self.device)
+        cache = _plain_cache(self.model)
+        first = int(self._forward(input_ids=ids, **{self.cache_kw: cache})[0])
+        return _Row(index, len(self.encoded[index]), [first], time.perf_counter() - start), cache
+
+    def allocate(self, slots: int, like: Any) -> int:
+        """The slot cache, shaped after one prefilled cache (heads, head size and dtype may differ per layer).
+
+        Returns the number of slots: `slots`, fewer when their cache would exceed `max_cache_bytes`.
+        """
+        torch = self.torch
+        per_row = self.capacity * sum(
+            t[0, :, 0].numel() * t.element_size() for layer in like.layers for t in (layer.keys, layer.values)
+        )
+        slots = max(1, min(slots, self.max_cache_bytes // per_row))
+        self.cache = _plain_cache(self.model)
+        self.layers = []
+        slot_layer = _slot_layer_class()
+        for layer in like.layers:
+            shape = (slots, layer.keys.shape[1], self.capacity, layer.keys.shape[3])
+            vshape = (slots, layer.values.shape[1], self.capacity, layer.values.shape[3])
+            self.layers.append(slot_layer(torch.zeros(shape, dtype=layer.keys.dtype, device=self.device),
+                                          torch.zeros(vshape, dtype=layer.values.dtype, device=self.device),
+                                          self.state))  # fmt: skip
+        self.cache.layers = self.layers
+        return slots
+
+    def place(self, slot: int, row: _Row, cache: Any) -> None:
+        n = row.n_prompt
+        for mine, theirs in zip(self.layers, cache.layers, strict=True):
+            mine.keys[slot, :, :n] = theirs.keys[0]
+            mine.values[slot, :, :n] = theirs.values[0]
+
+    def keep(self, slots: list[int]) -> None:
+        index = self.torch.tensor(slots, device=self.device)
+        for layer in self.layers:
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+
+    def finished(self, row: _Row) -> bool:
+        if row.tokens[-1] in self.eos or len(row.tokens) >= self.gen.max_new_tokens:
+            return True
+        return self.is_done_text is not None and self.is_done_text(row.tokens)
+
+    def step(self, rows: list[_Row]) -> list[int]:
+        torch = self.torch
+        cols = torch.tensor([r.cached for r in rows], device=self.device)
+        width = int(cols.max())
+        self.state.rows, self.state.cols, self.state.width = torch.arange(len(rows), device=self.device), cols, width
+        mask = torch.arange(width + 1, device=self.device)[None, :] <= cols[:, None]
+        inputs = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)
+        out = self._forward(input_ids=inputs, attention_mask=mask.long(), position_ids=cols[:, None],
+                            **{self.cache_kw: self.cache})  # fmt: skip
+        return out.tolist()
+
+
+def greedy_decode(
+    model: Any,
+    encoded: Sequence[list[int]],
+    gen: GenerationConfig,
+    eos_ids: Sequence[int],
+    *,
+    order: Sequence[int] | None = None,
+    is_done_text: Callable[[list[int]], bool] | None = None,
+    on_done: Callable[[int], None] | None = None,
+    autocast: Callable[[], Any] | None = None,
+    max_cache_bytes: int = MAX_CACHE_BYTES,
+) -> list[DecodedRow]:
+    """Greedy completions of tokenized prompts with `gen.batch_size` decode slots; results in input order.
+
+    `order` is the admission order (default: input order); `is_done_text(tokens)` ends a row early (stop strings);
+    `on_done(index)` is called as each prompt finishes. The slots' KV cache is preallocated for the longest prompt
+    plus `max_new_tokens`; fewer slots are used where `gen.batch_size` of them would exceed `max_cache_bytes`. Call under `torch.inference_mode()` with the model in eval mode.
+    """
+    import contextlib
+
+    if not encoded:
+        return []
+    dec = _Decoder(model, encoded, gen, eos_ids, is_done_text, autocast or contextlib.nullcontext, max_cache_bytes)
+    queue = deque(order if order is not None else range(len(encoded)))
+    results: dict[int, DecodedRow] = {}
+
+    def finish(row: _Row) -> None:
+        results[row.index] = DecodedRow(row.tokens, row.time_s)
+        if on_done is not None:
+            on_done(row.index)
+
+    def admit() -> tuple[_Row, Any] | None:
+        """The next waiting prompt that still needs decoding after its prefill (others finish on the spot)."""
+        while queue:
+            row, cache = dec.prefill(queue.popleft())
+            if not dec.finished(row):
+                return row, cache
+            finish(row)
+        return None
+
+    slots: list[_Row] = []
+    allocated = min(gen.batch_size, len(encoded))
+    while len(slots) < allocated and (admitted := admit()) is not None:
+        if dec.cache is None:
+            allocated = dec.allocate(allocated, admitted[1])
+        dec.place(len(slots), *admitted)
+        slots.append(admitted[0])
+    if 0 < len(slots) < allocated:
+        dec.keep(list(range(len(slots))))
+    while slots:
+        start = time.perf_counter()
+        tokens = dec.step(slots)
+        share = (time.perf_counter() - start) / sum(r.index >= 0 for r in slots)
+        for i, (row, token) in enumerate(zip(slots, tokens, strict=True)):
+            if row.index < 0:
+                continue
+            row.tokens.append(token)
+            row.time_s += share
+            if dec.finished(row):
+                finish(row)
+                admitted = admit()
+                if admitted is not None:
+                    dec.place(i, *admitted)
+                slots[i] = admitted[0] if admitted is not None else _idle(row)
+        live = [i for i, r in enumerate(slots) if r.index >= 0]
+        if 4 * (len(slots) - len(live)) >= len(slots):  # compact once a quarter of the slots idle
+            if live:
+                dec.keep(live)
+            slots = [slots[i] for i in live]
+    return [results[i] for i in range(len(encoded))]
+
+
+def _idle(row: _Row) -> _Row:
+    """A finished row's stand-in until the batch is compacted: it rewrites one column, and its output is ignored."""
+    return _Row(-1, row.n_prompt, [row.tokens[-1]])
