@@ -239,6 +239,29 @@ def test_saved_adapter_reloads_with_identical_logits(tiny, tmp_path):
     torch.testing.assert_close(_logits(merged, family), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_adapter_save_never_looks_the_base_up_on_the_hub(tiny_causal_dir, tmp_path, monkeypatch):
+    """Aliases such as `smollm2-135m-instruct` are no Hub ids: PEFT's vocabulary check must not go online."""
+    import peft.utils.save_and_load as peft_save
+    from safetensors import safe_open
+
+    def no_lookup(*args, **kwargs):
+        raise AssertionError("save_trained asked the Hub")
+
+    monkeypatch.setattr(peft_save, "check_file_exists_on_hf_hub", no_lookup)
+    loaded = _load(tiny_causal_dir)
+    model = apply_method(loaded.model, _train_cfg(method="lora", lora={"r": 4}))
+    model.peft_config["default"].base_model_name_or_path = "some-alias"
+    out = save_trained(model, loaded.tokenizer, tmp_path / "adapter", method="lora")
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        assert not any("embed_tokens" in k for k in f.keys())
+    # an adapter on the embedding layer keeps it in the saved adapter, as PEFT's own check would
+    model = apply_method(_load(tiny_causal_dir).model,
+                         _train_cfg(method="lora", lora={"r": 4, "target_modules": ["embed_tokens", "q_proj"]}))  # fmt: skip
+    out = save_trained(model, loaded.tokenizer, tmp_path / "adapter-embed", method="lora")
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        assert any("embed_tokens" in k and "lora" not in k for k in f.keys())
+
+
 def test_full_save_reloads_identically_in_float32(tiny_causal_dir, tmp_path):
     loaded = _load(tiny_causal_dir)
     cfg = _train_cfg(method="freeze", freeze={"trainable_top_k": 1})

@@ -45,10 +45,20 @@ def save_trained(model: Any, tokenizer: Any, out_dir: Path, *, method: str) -> P
     if (method == "lora") != isinstance(model, PeftModel):
         raise ValueError(f"save_trained(method={method!r}) got a {type(model).__name__}")
     out_dir = Path(out_dir)
+    # tunebench never resizes the vocabulary, so PEFT's "auto" check (which looks the base model up on the Hub to
+    # compare vocabulary sizes) can only ever conclude "embeddings unchanged" unless an adapter targets them.
+    kwargs = {"save_embedding_layers": _embeddings_adapted(model)} if method == "lora" else {}
     with _float32_weights(model), atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **kwargs)
         tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+def _embeddings_adapted(model: Any) -> bool:
+    """Whether a LoRA layer wraps an embedding or output projection (then PEFT saves those layers too)."""
+    from peft.utils.other import EMBEDDING_LAYER_NAMES
+
+    return any(hasattr(m, "lora_A") and name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES for name, m in model.named_modules())
 
 
 def export_merged(run_dir_or_adapter: Path, out_dir: Path) -> Path:
