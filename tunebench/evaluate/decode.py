@@ -99,8 +99,8 @@ def _slot_layer_class() -> type:
 
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
             rows, cols, width = self.state.rows, self.state.cols, self.state.width
-            self.keys[rows, :, cols, :] = key_states[:, :, 0, :]
-            self.values[rows, :, cols, :] = value_states[:, :, 0, :]
+            self.keys[rows, :, cols, :] = key_states[:, :, 0, :].to(self.keys.dtype)
+            self.values[rows, :, cols, :] = value_states[:, :, 0, :].to(self.values.dtype)
             return self.keys[:, :, : width + 1], self.values[:, :, : width + 1]
 
         def get_seq_length(self) -> int:
