@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from gen_prompts import PROMPTS
 
 from tunebench.config import GenerationConfig
 from tunebench.evaluate.decode import greedy_decode, supports_fast_greedy
 from tunebench.evaluate.generate import encode_prompts, eos_token_ids, generate_texts
-
-PROMPTS = [
-    "Summarize: #Person1#: Hi, how are you? #Person2#: Fine, thanks.",
-    "Hello",
-    "A much longer prompt about the weather, the train timetable, and a dinner reservation for four people.",
-    "Two words",
-    "What is the capital of France? Answer briefly and then stop talking about it.",
-    "#Person1#: Can I pay by card? #Person2#: Yes, of course.",
-    "One more",
-]
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from gen_prompts import PROMPTS
 
 from tunebench.config import GenerationConfig
 from tunebench.evaluate.generate import (
@@ -13,14 +14,6 @@ from tunebench.evaluate.generate import (
     generate_texts,
     length_sorted_batches,
 )
-
-PROMPTS = [
-    "Summarize: #Person1#: Hi, how are you? #Person2#: Fine, thanks.",
-    "Hello",
-    "A much longer prompt about the weather, the train timetable, and a dinner reservation for four people.",
-    "Two words",
-    "What is the capital of France? Answer briefly and then stop talking about it.",
-]
 
 
 @pytest.fixture(scope="module")
