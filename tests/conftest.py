@@ -61,6 +61,22 @@ def tiny_causal_dir(tmp_path_factory, tokenizer_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_causal_loaded(tiny_causal_dir):
+    """Build a LoadedModel (ref "tiny") around a fresh copy of the tiny Llama, with or without its chat template."""
+
+    def build(use_chat: bool):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from tunebench.models.load import LoadedModel
+
+        return LoadedModel(model=AutoModelForCausalLM.from_pretrained(tiny_causal_dir),
+                           tokenizer=AutoTokenizer.from_pretrained(tiny_causal_dir), family="causal", ref="tiny",
+                           source=str(tiny_causal_dir), use_chat=use_chat, system_prompt=None)  # fmt: skip
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def tiny_t5_dir(tmp_path_factory, tokenizer_dir) -> Path:
     """A 2-layer T5 (seq2seq) with the same tokenizer minus its chat template, saved as a local HF model dir."""
     import torch

@@ -15,15 +15,8 @@ from tunebench.io import read_jsonl
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_causal_dir: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunebench.models.load import LoadedModel
-
-    tok = AutoTokenizer.from_pretrained(tiny_causal_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
-    return LoadedModel(model=model, tokenizer=tok, family="causal", ref="tiny", source=str(tiny_causal_dir),
-                       use_chat=False, system_prompt=None)
+def tiny(tiny_causal_loaded):
+    return tiny_causal_loaded(use_chat=False)
 
 
 def test_bbh_files_run_by_name(tiny, data_dir: Path, tmp_path: Path) -> None:

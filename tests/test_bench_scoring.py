@@ -22,15 +22,8 @@ SUBJECTS = ["abstract_algebra", "anatomy"]
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_causal_dir: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunebench.models.load import LoadedModel
-
-    tok = AutoTokenizer.from_pretrained(tiny_causal_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
-    return LoadedModel(model=model, tokenizer=tok, family="causal", ref="tiny", source=str(tiny_causal_dir),
-                       use_chat=True, system_prompt=None)
+def tiny(tiny_causal_loaded):
+    return tiny_causal_loaded(use_chat=True)
 
 
 def mmlu_task(name: str, data_dir: Path, *, shots: int = 2, per_subject: int = 3):

@@ -44,6 +44,27 @@ def test_invalid_yaml_names_line(tmp_path):
         load_config(p)
 
 
+def test_unreadable_or_non_mapping_configs_and_specs_name_the_file(tmp_path):
+    from tunebench.bench.spec import load_spec
+    from tunebench.bench.templates import SpecError
+
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: the config is not valid UTF-8"):
+        load_config(latin1)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"list.yaml: the config must be a mapping of keys, not list"):
+        load_config(listing)
+    with pytest.raises(SpecError, match=r"list.yaml: the task spec must be a mapping of keys, not list"):
+        load_spec(listing)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == load_config(None)  # an empty config is all defaults, an empty spec is not
+    with pytest.raises(SpecError, match=r"empty.yaml: the task spec must be a mapping of keys, not NoneType"):
+        load_spec(empty)
+
+
 def test_overrides_parse_yaml_values(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("name: demo\n")

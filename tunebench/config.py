@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunebench.errors import ConfigError
+from tunebench.io import read_yaml_mapping
 
 DATA_DIR_ENV = "TUNEBENCH_DATA_DIR"
 
@@ -289,20 +290,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
         source = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
-        try:
-            tree = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the config must be a mapping of sections, not {type(tree).__name__}")
+        tree = read_yaml_mapping(path, ConfigError, "the config", empty_ok=True)
     apply_overrides(tree, overrides or [])
     return config_from_dict(tree, source)
 

@@ -86,6 +86,33 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def read_yaml_mapping(path: str | Path, error: type[Exception], what: str, *, empty_ok: bool = False) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; failures raise `error` naming the file (and line, for bad YAML).
+
+    `what` names the file's role in messages ("the config"); `empty_ok` reads an empty file as {}.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: {what} is not valid UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise error(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None and empty_ok:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"{path}: {what} must be a mapping of keys, not {type(data).__name__}")
+    return data
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()

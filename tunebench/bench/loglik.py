@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,12 +109,6 @@ def inference(model: Any) -> Iterator[None]:
         model.train(was_training)
 
 
-def _forward_params(model: Any) -> set[str]:
-    """Keyword names the (PEFT-unwrapped) model's forward takes: transformers renamed and added some in 5.x."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return set(inspect.signature(base.forward).parameters)
-
-
 def _scores(rows: Sequence[_Row], logprobs: Any, out: list[list[float]]) -> None:
     """Fill `out` from log-probabilities of shape (rows, positions kept, vocab)."""
     import torch
@@ -140,7 +133,9 @@ class _Forward:
     """One model's forward calls, adapted to its transformers version (cache keyword, logits subset)."""
 
     def __init__(self, model: Any) -> None:
-        params = _forward_params(model)
+        from tunebench.models.load import forward_params
+
+        params = forward_params(model)
         self.model = model
         self.subset = "logits_to_keep" in params
         self.cache_kw = "cache" if "cache" in params else "past_key_values"

@@ -12,7 +12,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,6 +24,7 @@ from pydantic import (
 
 from tunebench.bench.templates import SpecError, check_syntax
 from tunebench.errors import ConfigError, DataError
+from tunebench.io import read_yaml_mapping
 
 __all__ = ["SpecError", "TaskSpec", "load_spec", "resolve_tasks", "samples_filename"]
 
@@ -194,20 +194,7 @@ def spec_from_dict(data: dict[str, Any], origin: str) -> TaskSpec:
 
 def load_spec(path: str | Path) -> TaskSpec:
     """Read and validate a task spec YAML file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read the task spec ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise SpecError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: a task spec must be a mapping of keys, not {type(data).__name__}")
-    return spec_from_dict(data, str(path))
+    return spec_from_dict(read_yaml_mapping(path, SpecError, "the task spec"), str(path))
 
 
 def builtin_tasks() -> dict[str, Path]:

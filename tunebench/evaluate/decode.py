@@ -18,7 +18,7 @@ sliding-window or hybrid caches, checkpoints whose generation config adds logits
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -47,11 +47,6 @@ _PROCESSOR_FIELDS: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _forward_params(model: Any) -> set[str]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return set(inspect.signature(base.forward).parameters)
-
-
 def _plain_cache(model: Any) -> Any | None:
     """An empty DynamicCache for the model when all its layers are full-attention `DynamicLayer`s, else None."""
     from transformers import DynamicCache
@@ -69,13 +64,15 @@ def _plain_cache(model: Any) -> Any | None:
 
 def supports_fast_greedy(model: Any, family: str, gen: GenerationConfig) -> bool:
     """Whether `greedy_decode` gives what `generate` would: greedy, decoder-only, plain cache, no logits processors."""
+    from tunebench.models.load import forward_params
+
     if family != "causal" or gen.do_sample or gen.num_beams != 1:
         return False
     gen_cfg = getattr(model, "generation_config", None)
     for name, inactive in _PROCESSOR_FIELDS.items():
         if getattr(gen_cfg, name, None) not in inactive:
             return False
-    params = _forward_params(model)
+    params = forward_params(model)
     if "position_ids" not in params or not ({"cache", "past_key_values"} & params):
         return False
     return _plain_cache(model) is not None
@@ -147,9 +144,11 @@ class _Decoder:
                  is_done_text: Callable[[list[int]], bool] | None, autocast: Any, max_cache_bytes: int) -> None:  # fmt: skip
         import torch
 
+        from tunebench.models.load import forward_params
+
         self.torch, self.model, self.encoded, self.gen = torch, model, encoded, gen
         self.eos, self.is_done_text, self.autocast = set(eos_ids), is_done_text, autocast
-        params = _forward_params(model)
+        params = forward_params(model)
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.device = model.device
@@ -240,8 +239,6 @@ def greedy_decode(
     `on_done(index)` is called as each prompt finishes. The slots' KV cache is preallocated for the longest prompt
     plus `max_new_tokens`; fewer slots are used where `gen.batch_size` of them would exceed `max_cache_bytes`. Call under `torch.inference_mode()` with the model in eval mode.
     """
-    import contextlib
-
     if not encoded:
         return []
     dec = _Decoder(model, encoded, gen, eos_ids, is_done_text, autocast or contextlib.nullcontext, max_cache_bytes)

@@ -16,6 +16,7 @@ _EXPORTS = {
     "resolve_model_ref": "load",
     "default_gguf_path": "load",
     "detect_family": "load",
+    "forward_params": "load",
     "padding_for_generation": "load",
     "base_model_config": "load",
     "apply_method": "methods",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import inspect
 import json
 import logging
 import os
@@ -176,6 +177,12 @@ def dense_gguf_dir(gguf: Path, alias: str | None = None) -> Path:
 def detect_family(config: Any) -> Family:
     """seq2seq for encoder-decoder configs (T5, BART), causal otherwise."""
     return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def forward_params(model: Any) -> set[str]:
+    """Keyword names the (PEFT-unwrapped) model's forward takes: transformers renamed and added some in 5.x."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(base.forward).parameters)
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
