@@ -25,10 +25,10 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check tunebench tests bench
+	$(VENV)/bin/ruff check tunebench tests speed
 
 bench: setup
-	$(PY) bench/train_throughput.py
-	$(PY) bench/eval_throughput.py
-	$(PY) bench/rouge_speed.py
-	$(PY) bench/mc_speed.py
+	$(PY) speed/train_throughput.py
+	$(PY) speed/eval_throughput.py
+	$(PY) speed/rouge_speed.py
+	$(PY) speed/mc_speed.py

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tunebench.config import DataConfig
-from tunebench.data.pipeline import build_splits
+from tunebench.data.prepare import build_splits
 from tunebench.data.splits import carve, prompt_hash
 from tunebench.errors import DataError
 

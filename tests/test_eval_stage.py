@@ -68,7 +68,7 @@ def test_evaluate_writes_both_files_with_documented_fields(loaded, tmp_path):
 
 
 def test_fewshot_evaluation_on_dialogsum_records_demonstrations(loaded, tmp_path, data_dir):
-    from tunebench.data.pipeline import build_splits
+    from tunebench.data.prepare import build_splits
 
     data = DataConfig(
         splits={"train": "validation", "validation": None, "test": "test"}, limits={"train": 40, "test": 3}

@@ -25,7 +25,7 @@ def _log(message: str) -> None:
 
 
 def _splits(cfg: RunConfig, data_dir: Path | None):
-    from tunebench.data.pipeline import build_splits
+    from tunebench.data.prepare import build_splits
 
     return build_splits(cfg.data, data_dir, cfg.seed)
 

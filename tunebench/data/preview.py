@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tunebench.config import RunConfig
-from tunebench.data.pipeline import build_splits
+from tunebench.data.prepare import build_splits
 from tunebench.data.tokenize import tokenize_examples
 
 SPLITS = ("train", "validation", "test")

@@ -10,7 +10,7 @@ as extra EOS ids, cutting the text at the first stop string, per-example token c
 decoding settings taken only from our GenerationConfig, so two runs with equal configs decode alike whatever a
 checkpoint's `generation_config.json` says (its penalties aside, which also route decoding to `generate`).
 
-Measured on 2 CPU cores with SmolLM2-135M and DialogSum (bench/eval_throughput.py): the greedy decoder with 32
+Measured on 2 CPU cores with SmolLM2-135M and DialogSum (speed/eval_throughput.py): the greedy decoder with 32
 slots is ~4.9x a one-at-a-time `generate` loop with equal outputs (16 slots ~3.9x, 64 slots a little faster
 than 32); a static KV cache in `generate` is no faster than the dynamic one, and HF continuous batching
 (`generate_batch`) is slower on CPU; with more torch threads than free cores every matrix product waits for a

@@ -27,7 +27,7 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from tunebench.config import RunConfig
 from tunebench.data.batching import PaddingCollator, epoch_batches, pad_token_id
-from tunebench.data.pipeline import build_splits
+from tunebench.data.prepare import build_splits
 from tunebench.data.tokenize import tokenize_examples
 from tunebench.errors import DataError
 from tunebench.io import atomic_write_json
@@ -36,7 +36,7 @@ from tunebench.train import checkpoint as ckpt
 from tunebench.train.batches import DEFAULT_MAX_FORWARD_TOKENS, forward_chunks, step_windows
 from tunebench.train.fast_paths import keep_lora_input_dtype, release_free_memory
 from tunebench.train.gen_eval import gen_eval_generation, gen_eval_set, run_gen_eval
-from tunebench.train.logging import ProgressBar, Throughput, TrainLog, plot_loss_curve
+from tunebench.train.progress import ProgressBar, Throughput, TrainLog, plot_loss_curve
 from tunebench.train.loss import base_model, completion_loss_sum, supports_logits_to_keep, target_count
 from tunebench.train.precision import multi_process_cpu, probe_device, resolve_bf16
 from tunebench.train.rundir import peak_rss_bytes, prepare_run_dir, relative_drop

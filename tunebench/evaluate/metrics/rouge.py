@@ -1,4 +1,4 @@
-"""ROUGE-1/2/L/Lsum with the numbers of `rouge_score` (to 1e-9), >10x faster (bench/rouge_speed.py).
+"""ROUGE-1/2/L/Lsum with the numbers of `rouge_score` (to 1e-9), >10x faster (speed/rouge_speed.py).
 
 Why by hand: `rouge_score` is the reference everyone reports, but it re-stems every token of every text
 (NLTK's Porter stemmer is its hot spot), re-tokenizes for Lsum, and fills a Python O(m*n) table per LCS. Here

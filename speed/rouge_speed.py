@@ -10,7 +10,7 @@ distort them less.
 Predictions: the first two turns of each dialogue (a deterministic, realistic stand-in, two lines so Lsum's
 union-LCS path runs), or real ones with --pred predictions.jsonl (references taken from that file).
 
-    python bench/rouge_speed.py [--pred runs/x/eval/base-0shot/predictions.jsonl] [--repeat 3] [--no-stem]
+    python speed/rouge_speed.py [--pred runs/x/eval/base-0shot/predictions.jsonl] [--repeat 3] [--no-stem]
 """
 
 from __future__ import annotations

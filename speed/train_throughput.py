@@ -1,6 +1,6 @@
 """Training throughput: tunebench's loop against Hugging Face `Trainer` + PEFT on the same model, data and LoRA.
 
-    python bench/train_throughput.py [--steps 12] [--examples 96] [--batch-size 8] [--data-dir DIR] [--compile]
+    python speed/train_throughput.py [--steps 12] [--examples 96] [--batch-size 8] [--data-dir DIR] [--compile]
 
 Both trainers get the same tokenized DialogSum dev dialogues (chat template, completion-only labels), the same
 LoRA (all-linear, r16, alpha 32, dropout 0.05), batch size, learning rate, warmup and number of steps. The
@@ -108,7 +108,7 @@ def run_hf(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from tunebench.config import resolve_data_dir
-    from tunebench.data.pipeline import build_splits
+    from tunebench.data.prepare import build_splits
     from tunebench.data.tokenize import tokenize_examples
     from tunebench.models import apply_method, load_model, parameter_counts
     from tunebench.train.precision import bf16_native

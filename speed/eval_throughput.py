@@ -1,6 +1,6 @@
 """Generation throughput: tunebench's generate_texts against plain Hugging Face loops, outputs checked equal.
 
-    .venv/bin/python bench/eval_throughput.py --n 64 --batch-size 32
+    .venv/bin/python speed/eval_throughput.py --n 64 --batch-size 32
 
 Same model (default: the embedded smollm2-135m-instruct through load_model), same DialogSum test prompts in
 its chat template, greedy decoding, same EOS ids for all three:
@@ -41,7 +41,7 @@ from tunebench.evaluate.generate import (  # noqa: E402
 
 def dialogsum_prompts(loaded: Any, n: int, data_dir: Path | None) -> list[str]:
     """The first n DialogSum test prompts, formatted as the model sees them (chat template)."""
-    from tunebench.data.pipeline import build_splits
+    from tunebench.data.prepare import build_splits
 
     cfg = DataConfig(
         source="dialogsum",

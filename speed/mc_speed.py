@@ -1,6 +1,6 @@
 """Multiple-choice scoring speed: prefix-cached, single-pass scorer vs the straightforward one, same predictions.
 
-    .venv/bin/python bench/mc_speed.py --limit 300 --out mc_speed.json [--threads 1]
+    .venv/bin/python speed/mc_speed.py --limit 300 --out mc_speed.json [--threads 1]
 
 Same model (default: the embedded smollm2-135m-instruct through load_model, in its chat template), same 5-shot
 MMLU questions (letter form; a fixed subset stratified across the 57 subjects, seed 0):
