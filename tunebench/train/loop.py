@@ -36,9 +36,9 @@ from tunebench.train import checkpoint as ckpt
 from tunebench.train.batches import DEFAULT_MAX_FORWARD_TOKENS, forward_chunks, step_windows
 from tunebench.train.fast_paths import keep_lora_input_dtype, release_free_memory
 from tunebench.train.gen_eval import gen_eval_generation, gen_eval_set, run_gen_eval
-from tunebench.train.progress import ProgressBar, Throughput, TrainLog, plot_loss_curve
 from tunebench.train.loss import base_model, completion_loss_sum, supports_logits_to_keep, target_count
 from tunebench.train.precision import multi_process_cpu, probe_device, resolve_bf16
+from tunebench.train.progress import ProgressBar, Throughput, TrainLog, plot_loss_curve
 from tunebench.train.rundir import peak_rss_bytes, prepare_run_dir, relative_drop
 from tunebench.train.schedule import build_optimizer, build_scheduler, total_optimizer_steps
 
