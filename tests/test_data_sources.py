@@ -212,3 +212,69 @@ def test_group_repeated_references_keeps_first_appearance_order():
             {"id": "b_2", "dialogue": "B", "summary": "b2"}]
     grouped = group_repeated_references(rows)
     assert [(g.id, g.references) for g in grouped] == [("b", ("b1", "b2")), ("a", ("a1",))]
+
+
+# ---------------------------------------------------------------------------------------------- parallel text
+
+
+def _parallel_cfg(folder: Path | str, **kw) -> DataConfig:
+    return DataConfig(source=str(folder), format="parallel", **kw)
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    import gzip
+
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def test_parallel_text_pairs_lines(tmp_path):
+    _write_lines(tmp_path / "train.en.gz", ["A dog runs.", "Two cats sleep."])
+    _write_lines(tmp_path / "train.de.gz", ["Ein Hund rennt.", "Zwei Katzen schlafen."])
+    _write_lines(tmp_path / "test.en", ["A bird."])  # plain text works too
+    _write_lines(tmp_path / "test.de", ["Ein Vogel."])
+    cfg = _parallel_cfg(tmp_path)
+    train = load_split(cfg, "train", None)
+    assert [(r.fields["source"], r.fields["target"]) for r in train] == [
+        ("A dog runs.", "Ein Hund rennt."), ("Two cats sleep.", "Zwei Katzen schlafen.")]
+    assert train[0].fields["target_lang"] == "German" and train[0].fields["source_lang"] == "English"
+    assert [r.id for r in train] == ["train_0", "train_1"]
+    assert load_split(cfg, "test", None)[0].fields["target"] == "Ein Vogel."
+
+
+def test_parallel_text_rejects_different_line_counts(tmp_path):
+    _write_lines(tmp_path / "train.en.gz", ["one", "two", "three"])
+    _write_lines(tmp_path / "train.de.gz", ["eins", "zwei"])
+    with pytest.raises(DataError) as err:
+        load_split(_parallel_cfg(tmp_path), "train", None)
+    msg = str(err.value)
+    assert f"{tmp_path / 'train.en.gz'} has 3 lines" in msg and f"{tmp_path / 'train.de.gz'} has 2" in msg
+
+
+def test_parallel_text_empty_line_and_missing_language_named(tmp_path):
+    _write_lines(tmp_path / "train.en", ["one", "", "three"])
+    _write_lines(tmp_path / "train.de", ["eins", "zwei", "drei"])
+    with pytest.raises(DataError, match=r"train\.en:2: empty line"):
+        load_split(_parallel_cfg(tmp_path), "train", None)
+    with pytest.raises(DataError, match=r"no file for split 'train' in language 'fr'"):
+        load_split(_parallel_cfg(tmp_path, parallel={"source_lang": "en", "target_lang": "fr"}), "train", None)
+
+
+def test_multi30k_loads(data_dir):
+    cfg = _parallel_cfg("multi30k")
+    train = load_split(cfg, "train", data_dir)
+    test = load_split(cfg, "test_2016_flickr", data_dir)
+    assert len(train) == 29000 and len(test) == 1000
+    assert train[0].fields["source"] == "Two young, White males are outside near many bushes."
+    assert train[0].fields["target"] == "Zwei junge weiße Männer sind im Freien in der Nähe vieler Büsche."
+
+
+def test_conll_emotion_and_alpaca_load(data_dir):
+    conll = load_split(DataConfig(source="conll2003"), "test", data_dir)
+    assert len(conll) == 3453
+    assert conll[1].fields["tokens"] == ["Nadim", "Ladki"] and conll[1].fields["labels"] == ["B-PER", "I-PER"]
+    emotion = load_split(DataConfig(source="emotion"), "validation", data_dir)
+    assert len(emotion) == 2000 and emotion[2].fields["label"] == "love"
+    alpaca = load_split(DataConfig(source="alpaca/alpaca_data.json"), "train", data_dir)
+    assert len(alpaca) == len(json.loads((data_dir / "alpaca/alpaca_data.json").read_text()))  # 5,000 here
+    assert alpaca[0].fields["instruction"] == "Give three tips for staying healthy." and alpaca[0].fields["input"] == ""

@@ -75,10 +75,19 @@ class SplitLimits(Section):
     test: int | None = Field(None, gt=0, description="Use at most this many test examples.")
 
 
+class ParallelConfig(Section):
+    source_lang: str = Field("en", min_length=1, description="Language code of the source side: <split>.<code>[.gz].")
+    target_lang: str = Field("de", min_length=1, description="Language code of the target side: <split>.<code>[.gz].")
+
+
 class DataConfig(Section):
     source: str = Field("dialogsum", description="Built-in source name, a local file/dir, or a Hub dataset id.")
-    format: Literal["auto", "jsonl", "json", "csv", "tsv", "hf"] = Field(
-        "auto", description="File format; auto = from the extension."
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "hf", "parallel"] = Field(
+        "auto", description="File format; auto = from the extension; parallel = line-aligned text files in a folder."
+    )
+    parallel: ParallelConfig = Field(
+        default_factory=ParallelConfig,
+        description="format: parallel: the two languages; fields source, target, source_lang, target_lang.",
     )
     subset: str | None = Field(None, description="Hub dataset configuration name.")
     field_map: dict[str, str] = Field(

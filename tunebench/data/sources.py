@@ -8,6 +8,7 @@ must name its file and line, which `datasets`' Arrow readers do not report.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import re
@@ -106,6 +107,70 @@ def _json_item_line(text: str, index: int) -> int:
             return text.count("\n", 0, pos) + 1
         _, pos = decoder.raw_decode(text, pos)
     return 1
+
+
+LANGUAGE_NAMES = {
+    "ar": "Arabic", "cs": "Czech", "de": "German", "en": "English", "es": "Spanish", "fi": "Finnish",
+    "fr": "French", "hi": "Hindi", "it": "Italian", "ja": "Japanese", "nl": "Dutch", "pl": "Polish",
+    "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese",
+}
+"""Language codes -> English names for templates ("Translate into German"); an unknown code stays as it is."""
+
+
+def _text_lines(path: Path) -> list[str]:
+    """The lines of a plain or gzipped (.gz) UTF-8 text file, without line ends."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    except EOFError:
+        raise DataError(f"{path}: truncated gzip file; restore it") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def read_parallel(source_path: Path, target_path: Path, source_lang: str, target_lang: str) -> list[dict[str, Any]]:
+    """Pair line i of the source file with line i of the target file (plain text or .gz, one sentence a line).
+
+    Rows: {source, target, source_lang, target_lang} with the languages' English names. Files of different line
+    counts raise DataError naming both files and counts; an empty line on either side names its file and line.
+    """
+    src, tgt = _text_lines(source_path), _text_lines(target_path)
+    if len(src) != len(tgt):
+        raise DataError(
+            f"parallel files differ in length: {source_path} has {len(src)} lines, {target_path} has {len(tgt)}; "
+            "line i of each must be one sentence pair"
+        )
+    names = (LANGUAGE_NAMES.get(source_lang, source_lang), LANGUAGE_NAMES.get(target_lang, target_lang))
+    rows = []
+    for i, (s, t) in enumerate(zip(src, tgt, strict=True)):
+        for path, text in ((source_path, s), (target_path, t)):
+            if not text.strip():
+                raise DataError(f"{path}:{i + 1}: empty line in a parallel text file; remove the pair from both files")
+        rows.append({"source": s, "target": t, "source_lang": names[0], "target_lang": names[1]})
+    return rows
+
+
+def parallel_files(folder: Path, split: str, source_lang: str, target_lang: str) -> tuple[Path, Path]:
+    """The two files of one split: <folder>/<split>.<lang>.gz, else <folder>/<split>.<lang>."""
+    found = []
+    for lang in (source_lang, target_lang):
+        candidates = [folder / f"{split}.{lang}.gz", folder / f"{split}.{lang}"]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            raise DataError(
+                f"{folder}: no file for split '{split}' in language '{lang}' (looked for "
+                f"{candidates[0].name}, {candidates[1].name}); fix data.splits or data.parallel"
+            )
+        found.append(path)
+    return found[0], found[1]
 
 
 def read_file(path: Path, fmt: str) -> list[dict[str, Any]]:
@@ -294,12 +359,20 @@ def load_split(cfg: DataConfig, split: str, data_dir: Path | None) -> list[Recor
     """Read one named split of the configured source as records.
 
     A single file is one split (the one data.splits.train names); another split name is looked up as a file
-    beside it (`test` -> test.jsonl). A folder holds `<split>.<ext>` files or a `save_to_disk` dataset.
+    beside it (`test` -> test.jsonl). A folder holds `<split>.<ext>` files or a `save_to_disk` dataset, or with
+    format `parallel` line-aligned `<split>.<lang>[.gz]` text files (see `read_parallel`).
     """
     if cfg.source == "dialogsum":  # ids and references are the data set's own
         return [replace(r, fields=apply_field_map(r.fields, cfg.field_map, f"{r.origin} ({r.id})"))
                 for r in dialogsum_records(split, data_dir)]
     path = resolve_path(cfg.source, data_dir)
+    if cfg.format == "parallel":
+        if path is None or not path.is_dir():
+            raise DataError(f"data.source {cfg.source}: format parallel needs a folder of <split>.<lang>[.gz] files "
+                            f"(tried {', '.join(_tried(cfg.source, data_dir))})")
+        pair = parallel_files(path, split, cfg.parallel.source_lang, cfg.parallel.target_lang)
+        rows = read_parallel(*pair, cfg.parallel.source_lang, cfg.parallel.target_lang)
+        return to_records(rows, cfg, split, str(pair[0]))
     if path is None:
         if cfg.format in ("jsonl", "json", "csv", "tsv") or _looks_like_path(cfg.source):
             raise DataError(f"data.source {cfg.source}: file not found (tried {', '.join(_tried(cfg.source, data_dir))})")
