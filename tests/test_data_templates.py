@@ -27,12 +27,17 @@ def test_builtin_dialogsum_renders_fields():
     assert completion == "greeting 0"
 
 
+STRUCTURED_FIELDS = {"conll2003": {"tokens": ["<tokens>"], "labels": ["B-PER"]}}
+"""Templates whose fields are not plain strings: a sample record for each."""
+
+
 def test_every_builtin_renders_with_its_declared_fields():
     names = {name for name, _ in list_templates()}
-    assert {"dialogsum", "sentiment", "nli", "translation", "qa_extractive", "qa_abstractive", "ner"} <= names
+    assert {"dialogsum", "sentiment", "nli", "translation", "qa_extractive", "qa_abstractive", "ner",
+            "conll2003", "emotion", "alpaca"} <= names
     assert "Fields: dialogue, summary; 6 phrasings" in dict(list_templates())["dialogsum"]
     for info in describe_templates():
-        fields = {f: f"<{f}>" for f in info["fields"]}
+        fields = STRUCTURED_FIELDS.get(info["name"]) or {f: f"<{f}>" for f in info["fields"]}
         for v in range(info["variants"]):
             tpl = load_template(TemplateConfig(name=info["name"], variant=v))
             prompt, completion = tpl.render(Record("x", fields))
@@ -123,3 +128,37 @@ def test_ner_completion_joins_lists():
     tpl = PromptTemplate("ner", BUILTIN_TEMPLATES["ner"].prompts, BUILTIN_TEMPLATES["ner"].completion)
     assert tpl.render(Record("1", {"text": "t", "entities": ["PER: Ann", "LOC: Oslo"]}))[1] == "PER: Ann\nLOC: Oslo"
     assert tpl.render(Record("1", {"text": "t", "entities": "PER: Ann"}))[1] == "PER: Ann"
+
+
+def test_every_builtin_brings_metrics_and_a_generation_length():
+    for name, spec in BUILTIN_TEMPLATES.items():
+        assert spec.metrics and spec.max_new_tokens, name
+    assert BUILTIN_TEMPLATES["translation"].metrics == ("bleu", "chrf")
+    assert BUILTIN_TEMPLATES["emotion"].metrics == ("accuracy", "macro_f1")
+    assert BUILTIN_TEMPLATES["alpaca"].metrics == ("rougeL",)
+    for name in ("conll2003", "emotion", "alpaca"):
+        assert len(BUILTIN_TEMPLATES[name].prompts) >= 4, name
+
+
+def test_conll2003_completion_is_the_entity_list_and_reference_the_tags():
+    import json
+
+    rec = Record("train_1", {"tokens": ["Nadim", "Ladki", "in", "Rome"], "labels": ["B-PER", "I-PER", "O", "B-LOC"]},
+                 origin="conll.jsonl", row=2)
+    ex = load_template(TemplateConfig(name="conll2003", variant=1)).to_example(rec)
+    assert ex.completion == "person: Nadim Ladki; location: Rome"
+    assert "Sentence: Nadim Ladki in Rome" in ex.prompt
+    assert json.loads(ex.references[0]) == {"tokens": rec.fields["tokens"], "labels": rec.fields["labels"]}
+
+
+def test_conll2003_label_outside_tag_set_names_file_and_row():
+    rec = Record("test_4", {"tokens": ["a", "car"], "labels": ["O", "B-VEHICLE"]}, origin="conll/test.jsonl", row=5)
+    with pytest.raises(DataError, match=r"conll/test\.jsonl \(row 5\), record 'test_4': label 'B-VEHICLE' at token 2"):
+        load_template(TemplateConfig(name="conll2003")).to_example(rec)
+
+
+def test_alpaca_input_is_optional():
+    tpl = load_template(TemplateConfig(name="alpaca", variant=1))
+    with_input, _ = tpl.render(Record("a", {"instruction": "Add.", "input": "2 and 3", "output": "5"}))
+    without, completion = tpl.render(Record("b", {"instruction": "Say hi.", "input": "", "output": "hi"}))
+    assert "### Input:\n2 and 3" in with_input and "Input" not in without and completion == "hi"

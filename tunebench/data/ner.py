@@ -38,18 +38,25 @@ def _type_aliases(types: Mapping[str, str]) -> dict[str, str]:
     return aliases
 
 
-def check_tags(tags: Sequence[str], types: Mapping[str, str], where: str) -> None:
-    """DataError naming `where` and the token position for a tag outside O / B-<type> / I-<type>."""
+def tag_problem(tokens: Sequence[str], tags: Sequence[str], types: Mapping[str, str]) -> str | None:
+    """What is wrong with one tagged sentence (lengths differ, a tag outside O / B-<type> / I-<type>), or None."""
+    if len(tokens) != len(tags):
+        return f"{len(tokens)} tokens but {len(tags)} labels; each token needs one IOB2 label"
     for k, tag in enumerate(tags):
         if tag == "O":
             continue
         prefix, _, kind = str(tag).partition("-")
         if prefix not in ("B", "I") or kind not in types:
-            known = ", ".join(types)
-            raise DataError(
-                f"{where}: label {tag!r} at token {k + 1} is outside the tag set (O, or B-/I- with {known}); "
-                "fix the data or the task's entity types"
-            )
+            return (f"label {tag!r} at token {k + 1} is outside the tag set (O, or B-/I- with {', '.join(types)}); "
+                    "fix the data or the task's entity types")
+    return None
+
+
+def check_tags(tokens: Sequence[str], tags: Sequence[str], types: Mapping[str, str], where: str) -> None:
+    """DataError naming `where` (file and row) when `tag_problem` finds something wrong."""
+    problem = tag_problem(tokens, tags, types)
+    if problem is not None:
+        raise DataError(f"{where}: {problem}")
 
 
 def entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -65,9 +72,7 @@ def format_entity_list(tokens: Sequence[str], tags: Sequence[str], types: Mappin
 
     Raises DataError naming `where` when tokens and tags differ in length or a tag is outside the tag set.
     """
-    if len(tokens) != len(tags):
-        raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} labels; each token needs one IOB2 label")
-    check_tags(tags, types, where)
+    check_tags(tokens, tags, types, where)
     parts = [f"{types[t]}: {' '.join(tokens[s : e + 1])}" for t, s, e in entity_spans(tags)]
     return SEPARATOR.join(parts) if parts else NONE_TEXT
 
@@ -143,9 +148,7 @@ def ner_reference(tokens: Sequence[str], tags: Sequence[str], types: Mapping[str
 
     seqeval needs the sentence's tokens to place the generated entities, and the gold tags themselves.
     """
-    if len(tokens) != len(tags):
-        raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} labels; each token needs one IOB2 label")
-    check_tags(tags, types, where)
+    check_tags(tokens, tags, types, where)
     return json.dumps({"tokens": list(tokens), "labels": list(tags)}, ensure_ascii=False)
 
 

@@ -34,6 +34,7 @@ class Record:
     fields: dict[str, Any]
     references: tuple[str, ...] | None = None
     origin: str = field(default="", compare=False)
+    row: int | None = field(default=None, compare=False)  # 1-based row in its file, for error messages
 
 
 # ---------------------------------------------------------------------------------------------- file readers
@@ -262,7 +263,7 @@ def to_records(rows: Iterable[Mapping[str, Any]], cfg: DataConfig, split: str, o
             if cfg.references_field not in row:
                 raise DataError(f"{where}: data.references_field '{cfg.references_field}' is missing from the row")
             refs = _as_references(row[cfg.references_field], where, cfg.references_field)
-        records.append(Record(rid, fields, refs, origin))
+        records.append(Record(rid, fields, refs, origin, i + 1))
     return records
 
 

@@ -18,17 +18,31 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tunebench.config import TemplateConfig
 from tunebench.data.example import Example
+from tunebench.data.ner import CONLL2003_TYPES, format_entity_list, ner_reference, tag_problem
 from tunebench.data.sources import Record
 from tunebench.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
 class BuiltinTemplate:
-    """Several phrasings of one prompt (FLAN-style instruction variety) and one completion."""
+    """Several phrasings of one prompt (FLAN-style instruction variety), one completion, and how to score it.
+
+    `reference`: a template for the reference an example is scored against when it is not the completion (NER
+    scores against the sentence's tokens and gold tags); `metrics`: the metrics the task's field reports;
+    `max_new_tokens`: a generation length that fits the completions.
+    """
 
     description: str
     prompts: tuple[str, ...]
     completion: str
+    metrics: tuple[str, ...] = ()
+    max_new_tokens: int | None = None
+    reference: str | None = None
+
+
+EMOTION_LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
+_EMOTION_OPTIONS = "OPTIONS:\n- " + "\n- ".join(EMOTION_LABELS)
+_ENTITY_TYPES = ", ".join(CONLL2003_TYPES.values())
 
 
 BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
@@ -43,6 +57,8 @@ BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
             "{{ dialogue }}\n\nSummarize the dialogue above in a few sentences.",
         ),
         "{{ summary }}",
+        metrics=("rouge",),
+        max_new_tokens=96,
     ),
     "sentiment": BuiltinTemplate(
         "Sentiment classification: text -> label (e.g. positive / negative).",
@@ -52,6 +68,8 @@ BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
             "Classify the sentiment of this review.\n\nReview: {{ text }}",
         ),
         "{{ label }}",
+        metrics=("accuracy", "macro_f1"),
+        max_new_tokens=8,
     ),
     "nli": BuiltinTemplate(
         "Natural language inference: premise, hypothesis -> label (entailment / neutral / contradiction).",
@@ -63,6 +81,8 @@ BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
             "Premise: {{ premise }}\nHypothesis: {{ hypothesis }}",
         ),
         "{{ label }}",
+        metrics=("accuracy", "macro_f1"),
+        max_new_tokens=8,
     ),
     "translation": BuiltinTemplate(
         "Translation: source, target_lang -> target.",
@@ -72,6 +92,8 @@ BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
             "How would you say this in {{ target_lang }}?\n\n{{ source }}",
         ),
         "{{ target }}",
+        metrics=("bleu", "chrf"),
+        max_new_tokens=96,
     ),
     "qa_extractive": BuiltinTemplate(
         "Extractive question answering: context, question -> answer (a span of the context).",
@@ -82,6 +104,8 @@ BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
             "Question: {{ question }}\n\nFind the answer in this passage:\n{{ context }}",
         ),
         "{{ answer }}",
+        metrics=("exact_match",),
+        max_new_tokens=32,
     ),
     "qa_abstractive": BuiltinTemplate(
         "Abstractive question answering: context, question -> answer (free text).",
@@ -92,6 +116,8 @@ BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
             "Question: {{ question }}\n\nUse this background to answer:\n{{ context }}",
         ),
         "{{ answer }}",
+        metrics=("rougeL",),
+        max_new_tokens=96,
     ),
     "ner": BuiltinTemplate(
         "Named entity recognition: text -> entities (a string, or a list rendered one per line).",
@@ -101,19 +127,90 @@ BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
             "{{ text }}\n\nWhich named entities does the text above mention? Give one per line as 'type: entity'.",
         ),
         "{% if entities is string %}{{ entities }}{% else %}{{ entities | join('\n') }}{% endif %}",
+        metrics=("rouge",),
+        max_new_tokens=96,
+    ),
+    "conll2003": BuiltinTemplate(
+        "Named entity recognition on IOB2-tagged tokens (CoNLL-2003): tokens, labels -> entity list "
+        "'type: words; ...' (or 'none'), scored entity by entity with seqeval.",
+        (
+            f"Find the named entities ({_ENTITY_TYPES}) in this sentence. List them in order as "
+            "'type: words', separated by semicolons, or write 'none'.\n\n{{ tokens | join(' ') }}",
+            "Sentence: {{ tokens | join(' ') }}\n\nWhich people, organizations, locations and other named entities "
+            "does it mention? Answer as 'type: words; type: words' or 'none'.",
+            "{{ tokens | join(' ') }}\n\nExtract the named entities from the text above (types: "
+            f"{_ENTITY_TYPES}). Format: 'type: words; ...', or 'none' if there are none.",
+            "Tag the named entities in the following text. Give each as 'type: words' in the order they appear, "
+            f"separated by '; ' (types: {_ENTITY_TYPES}; 'none' if there are none).\n\nText: {{{{ tokens | join(' ') }}}}",
+            "List every named entity in this news sentence with its type (person, organization, location or "
+            "miscellaneous), like 'person: Jane Doe; location: Paris', or answer 'none'.\n\n{{ tokens | join(' ') }}",
+        ),
+        "{{ entity_list(tokens, labels) }}",
+        metrics=("seqeval",),
+        max_new_tokens=64,
+        reference="{{ ner_reference(tokens, labels) }}",
+    ),
+    "emotion": BuiltinTemplate(
+        "Emotion classification (six labels: " + ", ".join(EMOTION_LABELS) + "): text -> label.",
+        (
+            "Which emotion does this text express?\n\n{{ text }}\n\n" + _EMOTION_OPTIONS,
+            "{{ text }}\n\nWhat is the emotion of the writer of this post? " + ", ".join(EMOTION_LABELS[:-1])
+            + " or " + EMOTION_LABELS[-1] + "?",
+            "Post: {{ text }}\n\nClassify the emotion of the post.\n" + _EMOTION_OPTIONS,
+            "Read the sentence and name the emotion it conveys in one word.\n\n{{ text }}\n\n" + _EMOTION_OPTIONS,
+            "{{ text }}\n\nHow does the author feel? Answer with one of: " + ", ".join(EMOTION_LABELS) + ".",
+        ),
+        "{{ label }}",
+        metrics=("accuracy", "macro_f1"),
+        max_new_tokens=8,
+    ),
+    "alpaca": BuiltinTemplate(
+        "General instructions (Alpaca): instruction, optional input -> output.",
+        (
+            "{{ instruction }}{% if input %}\n\n{{ input }}{% endif %}",
+            "Below is an instruction that describes a task{% if input %}, paired with an input that provides "
+            "further context{% endif %}. Write a response that appropriately completes the request.\n\n"
+            "### Instruction:\n{{ instruction }}{% if input %}\n\n### Input:\n{{ input }}{% endif %}",
+            "Task: {{ instruction }}{% if input %}\nInput: {{ input }}{% endif %}\n\nResponse:",
+            "{% if input %}{{ input }}\n\n{% endif %}{{ instruction }}",
+        ),
+        "{{ output }}",
+        metrics=("rougeL",),
+        max_new_tokens=128,
     ),
 }
 
+class _RecordProblem(ValueError):
+    """Raised by a template helper when the record's data is wrong (reported with its file and row)."""
+
+
+def _entity_list(tokens: list[str], labels: list[str]) -> str:
+    problem = tag_problem(tokens, labels, CONLL2003_TYPES)
+    if problem is not None:
+        raise _RecordProblem(problem)
+    return format_entity_list(tokens, labels)
+
+
+def _ner_reference(tokens: list[str], labels: list[str]) -> str:
+    problem = tag_problem(tokens, labels, CONLL2003_TYPES)
+    if problem is not None:
+        raise _RecordProblem(problem)
+    return ner_reference(tokens, labels)
+
+
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+_ENV.globals.update(entity_list=_entity_list, ner_reference=_ner_reference)
 
 
 class PromptTemplate:
     """A compiled prompt/completion pair with its phrasings and the rule that picks one per example."""
 
-    def __init__(self, name: str, prompts: Iterable[str], completion: str, variant: int | str = 0) -> None:
+    def __init__(self, name: str, prompts: Iterable[str], completion: str, variant: int | str = 0,
+                 reference: str | None = None) -> None:
         self.name = name
         self.prompt_sources = tuple(prompts)
         self.completion_source = completion
+        self.reference_source = reference
         self.variant = variant
         if isinstance(variant, int) and not 0 <= variant < len(self.prompt_sources):
             raise ConfigError(
@@ -122,7 +219,8 @@ class PromptTemplate:
             )
         self._prompts = [self._compile(src, "prompt") for src in self.prompt_sources]
         self._completion = self._compile(completion, "completion")
-        self.fields = sorted(set().union(*(_fields(s) for s in (*self.prompt_sources, completion))))
+        self._reference = self._compile(reference, "reference") if reference is not None else None
+        self.fields = sorted(set().union(*(_fields(s) for s in (*self.prompt_sources, completion))) - set(_ENV.globals))
 
     def _compile(self, source: str, part: str) -> Any:
         try:
@@ -151,6 +249,9 @@ class PromptTemplate:
     def _render(self, template: Any, record: Record, part: str) -> str:
         try:
             return template.render(**record.fields)
+        except _RecordProblem as exc:
+            where = f"{record.origin or 'data'} (row {record.row})" if record.row else f"{record.origin or 'data'}"
+            raise DataError(f"{where}, record '{record.id}': {exc}") from None
         except SecurityError as exc:
             raise DataError(
                 f"template '{self.name}' {part}, record '{record.id}': not allowed in the sandbox ({exc})"
@@ -169,7 +270,10 @@ class PromptTemplate:
 
     def to_example(self, record: Record, seed: int = 0) -> Example:
         prompt, completion = self.render(record, seed)
-        refs = record.references if record.references else (completion,)
+        if self._reference is not None:
+            refs: tuple[str, ...] = (self._render(self._reference, record, "reference").strip(),)
+        else:
+            refs = record.references if record.references else (completion,)
         return Example(id=record.id, prompt=prompt, completion=completion, references=tuple(refs),
                        fields=record.fields)
 
@@ -192,7 +296,7 @@ def load_template(cfg: TemplateConfig) -> PromptTemplate:
             f"data.template.name: unknown template '{cfg.name}'; choose one of {', '.join(BUILTIN_TEMPLATES)} "
             "or give prompt and completion"
         )
-    return PromptTemplate(cfg.name, builtin.prompts, builtin.completion, cfg.variant)
+    return PromptTemplate(cfg.name, builtin.prompts, builtin.completion, cfg.variant, builtin.reference)
 
 
 def render_examples(records: Iterable[Record], template: PromptTemplate, seed: int) -> list[Example]:
@@ -205,7 +309,8 @@ def describe_templates() -> list[dict[str, Any]]:
     for name, spec in BUILTIN_TEMPLATES.items():
         tpl = PromptTemplate(name, spec.prompts, spec.completion)
         out.append({"name": name, "description": spec.description, "fields": tpl.fields,
-                    "variants": len(spec.prompts), "prompt": spec.prompts[0], "completion": spec.completion})
+                    "variants": len(spec.prompts), "prompt": spec.prompts[0], "completion": spec.completion,
+                    "metrics": list(spec.metrics), "max_new_tokens": spec.max_new_tokens})
     return out
 
 
