@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformers import (
@@ -36,6 +36,9 @@ from tunebench.config import ModelConfig, load_config
 from tunebench.errors import ModelError
 from tunebench.io import atomic_dir, atomic_write_json
 from tunebench.models import chat
+
+if TYPE_CHECKING:
+    from tunebench.models.methods import Method
 
 log = logging.getLogger(__name__)
 
@@ -246,19 +249,22 @@ def _locate(cfg: ModelConfig) -> tuple[RefKind, str, str]:
     return kind, location, location
 
 
-def resolve_trained_output(path: str | Path) -> tuple[Literal["peft", "full"], Path]:
-    """A PEFT adapter dir, a full model dir, or a run dir (its adapter/ or model/) -> (kind, dir)."""
+def resolve_trained_output(path: str | Path) -> tuple[Method, Path]:
+    """A trained output dir (adapter or full model), or a run dir (its adapter/ or model/) -> (the methods-table
+    row that saved it, the dir). ModelError when nothing there is a trained output."""
+    from tunebench.models.methods import METHODS, method_of_output
+
     path = Path(path).expanduser()
-    if (path / "adapter_config.json").is_file():
-        return "peft", path
-    if (path / "config.json").is_file():
-        return "full", path
-    for sub in ("adapter", "model"):
+    method = method_of_output(path)
+    if method is not None:
+        return method, path
+    for sub in sorted({m.output for m in METHODS.values()}):  # adapter/, model/
         if (path / sub).is_dir():
             return resolve_trained_output(path / sub)
     if not path.exists():
         raise ModelError(f"adapter '{path}' does not exist: give a run dir, an adapter dir or a model dir")
-    raise ModelError(f"adapter '{path}' holds no adapter_config.json, config.json, adapter/ or model/")
+    raise ModelError(f"adapter '{path}' holds no trained output (adapter_config.json, config.json, adapter/ or "
+                     "model/)")
 
 
 def base_model_config(path: str | Path) -> ModelConfig:
@@ -332,11 +338,12 @@ def load_model(
     """Load `cfg.ref` (plus an optional trained adapter or full model) in eval mode.
 
     adapter: a PEFT adapter dir, a full model dir, or a tunebench run dir (its adapter/ or model/ output).
-    dtype: overrides `cfg.dtype`. merge: fold a LoRA adapter into the base weights (faster generation).
+    dtype: overrides `cfg.dtype`. merge: fold the adapter into the base weights (faster generation) when the
+    methods table marks its method mergeable; otherwise the model runs with the adapter attached.
     """
     torch_dtype = dtype or DTYPES[cfg.dtype]
     trained = resolve_trained_output(adapter) if adapter is not None else None
-    if trained is not None and trained[0] == "full":
+    if trained is not None and trained[0].reload is None:  # a whole model: it loads in place of the base
         kind, source, record = "local", str(trained[1].resolve()), str(trained[1].resolve())
     else:
         kind, source, record = _locate(cfg)
@@ -345,15 +352,14 @@ def load_model(
     model.name_or_path = record
     model.config.name_or_path = record
     ensure_pad_token(tokenizer, model)
-    if trained is not None and trained[0] == "peft":
-        from peft import PeftModel
-
+    if trained is not None and trained[0].reload is not None:
+        method, out = trained
         try:
-            model = PeftModel.from_pretrained(model, str(trained[1]), is_trainable=False)
+            model = method.reload(model, out)
         except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"adapter '{trained[1]}' does not fit model.ref '{cfg.ref}' ({_brief(exc)})") from None
-        if merge:
-            model = model.merge_and_unload()
+            raise ModelError(f"adapter '{out}' does not fit model.ref '{cfg.ref}' ({_brief(exc)})") from None
+        if merge and method.merge is not None:
+            model = method.merge(model)
     model.eval()
     return LoadedModel(
         model=model, tokenizer=tokenizer, family=family, ref=cfg.ref, source=source,

@@ -31,7 +31,7 @@ from tunebench.data.prepare import build_splits
 from tunebench.data.tokenize import tokenize_examples
 from tunebench.errors import DataError
 from tunebench.io import atomic_write_json
-from tunebench.models import apply_method, load_model, parameter_counts, save_trained
+from tunebench.models import apply_method, get_method, load_model, parameter_counts, save_trained
 from tunebench.train import checkpoint as ckpt
 from tunebench.train.batches import DEFAULT_MAX_FORWARD_TOKENS, forward_chunks, step_windows
 from tunebench.train.fast_paths import keep_lora_input_dtype, release_free_memory
@@ -94,10 +94,11 @@ def train(
     collate = PaddingCollator(pad_token_id(tokenizer), family, pad_to_multiple_of=16)
     gen_subset = gen_eval_set(splits.validation, tc.gen_eval.examples, loaded.format_prompt) if tc.gen_eval.every else None
 
-    frozen_bf16 = use_bf16 and tc.frozen_bf16 and tc.method != "full"
+    method = get_method(tc.method)
+    frozen_bf16 = use_bf16 and tc.frozen_bf16 and method.freezes_base
     model = apply_method(loaded.model, tc, frozen_dtype=torch.bfloat16 if frozen_bf16 else None)
     model.train()
-    lean_lora = tc.method == "lora" and accelerator.device.type == "cpu"
+    lean_lora = method.peft_input_casting and accelerator.device.type == "cpu"
     trainable_params, total_params = parameter_counts(model)
     optimizer = build_optimizer(model, lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = len(step_windows(epoch_batches(lengths, tc.batch_size, cfg.seed, 0), tc.grad_accum, world))
@@ -263,8 +264,7 @@ def train(
         if not interrupted:
             if best is not None and best["step"] != step:
                 ckpt.load_trainable(model, ckpt.step_dir(ckpt_root, best["step"]) / "trainable.safetensors")
-            output_dir = save_trained(model, tokenizer, run_dir / ("adapter" if tc.method == "lora" else "model"),
-                                      method=tc.method)
+            output_dir = save_trained(model, tokenizer, run_dir / method.output, method=tc.method)
         summary = {
             "method": tc.method, "trainable_params": trainable_params, "total_params": total_params,
             "steps": step, "total_steps": total_steps, "epochs": round(step / steps_per_epoch, 4),
