@@ -33,8 +33,12 @@ class ModelConfig(Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for Hub ids.")
     trust_remote_code: bool = Field(False, description="Allow custom modeling code from the model repo.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Dtype the weights are loaded in (trainable weights stay float32)."
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Dtype the weights are loaded in: auto = bfloat16 on a GPU that has it, else float32 "
+        "(training loads float32; trainable weights stay float32)."
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="Where the model runs (training, generation, scoring): auto = the accelerator if any."
     )
     chat_template: Literal["auto", "always", "never"] = Field(
         "auto", description="Wrap prompts in the tokenizer's chat template: auto = when it has one."

@@ -17,7 +17,6 @@ _EXPORTS = {
     "default_gguf_path": "load",
     "detect_family": "load",
     "forward_params": "load",
-    "padding_for_generation": "load",
     "base_model_config": "load",
     "apply_method": "methods",
     "get_method": "methods",

