@@ -118,3 +118,27 @@ def test_table_rows_are_consistent():
     with pytest.raises(ValueError, match="mergeable"):
         Method(name="x", description="", apply=lambda m, c: m, output="model", mergeable=True, freezes_base=False,
                save=lambda m, d: None)
+
+
+def test_a_peft_variant_row_recognises_only_its_own_adapters(tiny_causal_dir, tmp_path, monkeypatch):
+    """A LoRA variant (here rsLoRA) shares PEFT's type LORA: its row tells its adapters apart by their config."""
+    from peft import LoraConfig
+
+    from tunebench.models.methods import peft_method, register
+
+    def rslora(train_cfg, task_type):
+        return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], use_rslora=True, task_type=task_type)
+
+    monkeypatch.setattr("tunebench.models.methods.METHODS", dict(METHODS))
+    row = register(peft_method("rslora", "LORA", rslora, mergeable=True, description="rank-stabilised LoRA",
+                               saved_as=lambda meta: meta.get("use_rslora")))
+    import tunebench.models.methods as methods_mod
+
+    assert methods_mod.METHODS["rslora"] is row and "rslora" not in METHODS  # the shared table is untouched
+    loaded = _load(tiny_causal_dir)
+    plain = save_trained(apply_method(_load(tiny_causal_dir).model, _cfg("lora")), loaded.tokenizer,
+                         tmp_path / "plain", method="lora")
+    variant = save_trained(row.apply(loaded.model, _cfg("lora")), loaded.tokenizer, tmp_path / "variant",
+                           method="rslora")
+    assert methods_mod.method_of_output(plain).name == "lora"
+    assert methods_mod.method_of_output(variant).name == "rslora"

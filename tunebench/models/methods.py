@@ -232,13 +232,16 @@ def _task_type(model: Any) -> Any:
     return TaskType.SEQ_2_SEQ_LM if getattr(model.config, "is_encoder_decoder", False) else TaskType.CAUSAL_LM
 
 
-def _saved_peft_type(out_dir: Path) -> str | None:
-    """adapter_config.json's `peft_type` (LORA when the file does not say); None without a readable file."""
+def _adapter_meta(out_dir: Path) -> dict[str, Any] | None:
+    """adapter_config.json as a dict ({} when unreadable); None when there is no such file."""
+    path = out_dir / "adapter_config.json"
+    if not path.is_file():
+        return None
     try:
-        meta = json.loads((out_dir / "adapter_config.json").read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return "LORA" if (out_dir / "adapter_config.json").is_file() else None
-    return str(meta.get("peft_type") or "LORA") if isinstance(meta, dict) else "LORA"
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _embeddings_adapted(model: Any) -> bool:
@@ -276,15 +279,23 @@ def peft_method(
     description: str,
     settings_key: str | None = None,
     peft_input_casting: bool = False,
+    saved_as: Callable[[dict[str, Any]], bool] | None = None,
 ) -> Method:
     """A row for a PEFT method: `build_config(train_cfg, task_type)` returns its PEFT config (e.g. IA3Config).
 
     The adapter is saved by PEFT's `save_pretrained` (adapter_config.json + adapter_model.safetensors),
-    recognised by adapter_config.json's `peft_type`, reloaded with `PeftModel.from_pretrained` and, when
-    `mergeable`, merged with `merge_and_unload`. `settings_key` names the train config section whose
-    target modules a ValueError from PEFT is reported against.
+    recognised by adapter_config.json's `peft_type` (LORA when the file omits it) and, for a variant that shares
+    its type (DoRA: LORA with `use_dora`), by `saved_as(adapter_config)`; reloaded with
+    `PeftModel.from_pretrained` and, when `mergeable`, merged with `merge_and_unload`. `settings_key` names the
+    train config section whose target modules a ValueError from PEFT is reported against.
     """
     key = settings_key or name
+
+    def recognises(out_dir: Path) -> bool:
+        meta = _adapter_meta(out_dir)
+        if meta is None or (meta.get("peft_type") or "LORA") != peft_type:
+            return False
+        return saved_as is None or bool(saved_as(meta))
 
     def apply(model: Any, train_cfg: TrainConfig) -> Any:
         from peft import get_peft_model
@@ -299,7 +310,7 @@ def peft_method(
 
     return Method(
         name=name, description=description, apply=apply, output="adapter", mergeable=mergeable, freezes_base=True,
-        save=_save_peft, reload=_reload_peft, recognises=lambda d: _saved_peft_type(d) == peft_type,
+        save=_save_peft, reload=_reload_peft, recognises=recognises,
         merge=_merge_peft if mergeable else None, peft_input_casting=peft_input_casting,
     )
 
