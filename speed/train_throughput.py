@@ -110,9 +110,9 @@ def run_hf(args: argparse.Namespace) -> dict[str, Any]:
     from tunebench.config import resolve_data_dir
     from tunebench.data.prepare import build_splits
     from tunebench.data.tokenize import tokenize_examples
+    from tunebench.memory import peak_rss_bytes
     from tunebench.models import apply_method, load_model, parameter_counts
     from tunebench.train.precision import bf16_native
-    from tunebench.train.rundir import peak_rss_bytes
     from tunebench.train.schedule import warmup_steps
 
     with tempfile.TemporaryDirectory() as out:

@@ -1,18 +1,12 @@
-"""Batching: dynamic padding, a reproducible length-grouped sampler, token-length statistics."""
+"""Batching: dynamic padding, reproducible length-grouped epoch batches, token-length statistics."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tunebench.data.batching import (
-    IGNORE_INDEX,
-    LengthGroupedBatchSampler,
-    PaddingCollator,
-    epoch_batches,
-    token_length_stats,
-)
-from tunebench.data.tokenize import TokenizedExample
+from tunebench.data.batching import PaddingCollator, epoch_batches
+from tunebench.data.tokenize import IGNORE_INDEX, TokenizedExample, token_length_stats
 
 PAD = 2  # the real tokenizer pads with its EOS id: label padding must not depend on the pad id
 
@@ -52,32 +46,15 @@ def test_collated_batch_runs_through_a_model(tiny_causal_dir):
     assert torch.isfinite(loss)
 
 
-def test_sampler_is_a_function_of_seed_and_epoch():
+def test_epoch_batches_are_a_function_of_seed_and_epoch():
     lengths = [(i * 37) % 101 + 1 for i in range(1000)]
-    s = LengthGroupedBatchSampler(lengths, 8, seed=3)
-    s.set_epoch(2)
-    first = list(s)
-    again = LengthGroupedBatchSampler(lengths, 8, seed=3)
-    again.set_epoch(2)
-    assert list(again) == first
-    again.set_epoch(1)
-    assert list(again) != first
-    other_seed = LengthGroupedBatchSampler(lengths, 8, seed=4)
-    other_seed.set_epoch(2)
-    assert list(other_seed) != first
+    first = epoch_batches(lengths, 8, seed=3, epoch=2)
+    assert epoch_batches(lengths, 8, seed=3, epoch=2) == first
+    assert epoch_batches(lengths, 8, seed=3, epoch=1) != first
+    assert epoch_batches(lengths, 8, seed=4, epoch=2) != first
     # every index exactly once, batch sizes as asked
     flat = [i for b in first for i in b]
-    assert sorted(flat) == list(range(1000)) and len(first) == len(s) == 125
-
-
-def test_sampler_resume_skips_consumed_batches():
-    lengths = list(range(1, 101))
-    s = LengthGroupedBatchSampler(lengths, 4, seed=0, mega_batch_factor=5)
-    s.set_epoch(1)
-    full = list(s)
-    s.set_epoch(1, skip=7)
-    assert list(s) == full[7:] and len(s) == len(full) - 7
-    assert s.state_dict() == {"seed": 0, "epoch": 1, "skip": 7}
+    assert sorted(flat) == list(range(1000)) and len(first) == 125 and {len(b) for b in first} == {8}
 
 
 def test_length_grouping_reduces_padding():
@@ -94,8 +71,7 @@ def test_length_grouping_reduces_padding():
 
 def test_drop_last():
     assert [len(b) for b in epoch_batches([1] * 10, 4, 0, 0, drop_last=True)] == [4, 4]
-    assert len(LengthGroupedBatchSampler([1] * 10, 4, 0, drop_last=True)) == 2
-    assert len(LengthGroupedBatchSampler([1] * 10, 4, 0)) == 3
+    assert sorted(len(b) for b in epoch_batches([1] * 10, 4, 0, 0)) == [2, 4, 4]
 
 
 def test_token_length_stats():

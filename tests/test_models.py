@@ -19,7 +19,6 @@ from tunebench.models.load import (
     default_gguf_path,
     load_model,
     load_tokenizer_only,
-    padding_for_generation,
     resolve_model_ref,
 )
 from tunebench.models.methods import apply_method, parameter_counts
@@ -125,14 +124,6 @@ def test_chat_template_always_without_template_is_model_error(tiny_causal_dir, t
     assert not _load(plain).use_chat
     with pytest.raises(ModelError, match="model.chat_template"):
         load_model(ModelConfig(ref=str(plain), chat_template="always"))
-
-
-def test_padding_for_generation_is_temporary(tiny_causal_dir):
-    tok = _load(tiny_causal_dir).tokenizer
-    tok.padding_side = "right"
-    with padding_for_generation(tok, "causal"):
-        assert tok.padding_side == "left"
-    assert tok.padding_side == "right"
 
 
 # --- methods ------------------------------------------------------------------------------------------------------

@@ -6,12 +6,13 @@ schema` prints the JSON schema generated from these models.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunebench.errors import ConfigError
 from tunebench.io import read_yaml_mapping
@@ -32,8 +33,12 @@ class ModelConfig(Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for Hub ids.")
     trust_remote_code: bool = Field(False, description="Allow custom modeling code from the model repo.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Dtype the weights are loaded in (trainable weights stay float32)."
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Dtype the weights are loaded in: auto = bfloat16 on a GPU that has it, else float32 "
+        "(training loads float32; trainable weights stay float32)."
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="Where the model runs (training, generation, scoring): auto = the accelerator if any."
     )
     chat_template: Literal["auto", "always", "never"] = Field(
         "auto", description="Wrap prompts in the tokenizer's chat template: auto = when it has one."
@@ -148,7 +153,7 @@ class GenEvalConfig(Section):
 
 
 class TrainConfig(Section):
-    method: Literal["full", "lora", "freeze"] = Field("lora", description="What gets trained.")
+    method: str = Field("lora", description="What gets trained: a row of the methods table (full, lora, freeze, ...).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
@@ -174,6 +179,17 @@ class TrainConfig(Section):
     gen_eval: GenEvalConfig = Field(default_factory=GenEvalConfig)
     compile: bool = Field(False, description="torch.compile the model.")
     log_every: int = Field(5, gt=0, description="Log training loss every N optimizer steps.")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        from tunebench.models.methods import method_names  # torch-free: the table imports torch lazily
+
+        if name not in method_names():
+            close = difflib.get_close_matches(name, method_names(), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"unknown method '{name}': {hint}known methods: {', '.join(method_names())}")
+        return name
 
     @model_validator(mode="after")
     def _combinations(self) -> TrainConfig:

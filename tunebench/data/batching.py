@@ -1,23 +1,21 @@
-"""Batches: dynamic padding, a length-grouped seeded batch sampler, and token-length statistics.
+"""Batches: dynamic padding and length-grouped seeded epoch batches, over tokenize.py's examples.
 
 Written by hand (transformers' DataCollatorForSeq2Seq and LengthGroupedSampler come close) because a resumed
 run must replay exactly the batch order of the interrupted one: here the order is a pure function of
-(seed, epoch), and the sampler can skip the batches already seen.
+(seed, epoch), and the trainer skips the batches already seen.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from tunebench.data.tokenize import IGNORE_INDEX, TokenizedExample
+
 if TYPE_CHECKING:
     import torch
-
-    from tunebench.data.tokenize import TokenizedExample
-
-IGNORE_INDEX = -100
 
 
 class PaddingCollator:
@@ -95,56 +93,3 @@ def epoch_batches(
     if group_by_length:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
-
-
-class LengthGroupedBatchSampler:
-    """A torch batch sampler over `epoch_batches`; set_epoch(epoch, skip=k) resumes after k batches."""
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, *, group_by_length: bool = True,
-                 mega_batch_factor: int = 50, drop_last: bool = False) -> None:
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.group_by_length = group_by_length
-        self.mega_batch_factor = mega_batch_factor
-        self.drop_last = drop_last
-        self.epoch = 0
-        self.skip = 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Choose the epoch whose order to replay, and how many of its batches were already consumed."""
-        self.epoch = epoch
-        self.skip = skip
-
-    def batches(self) -> list[list[int]]:
-        return epoch_batches(self.lengths, self.batch_size, self.seed, self.epoch,
-                             group_by_length=self.group_by_length, mega_batch_factor=self.mega_batch_factor,
-                             drop_last=self.drop_last)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self.batches()[self.skip :]
-
-    def __len__(self) -> int:
-        full, rest = divmod(len(self.lengths), self.batch_size)
-        return max(0, full + (0 if self.drop_last or rest == 0 else 1) - self.skip)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch, "skip": self.skip}
-
-
-def token_length_stats(lengths: Sequence[int], max_length: int | None = None) -> dict[str, Any]:
-    """min / median / p95 / max / mean token lengths, and how many exceed max_length."""
-    if len(lengths) == 0:
-        return {"count": 0, "min": None, "median": None, "p95": None, "max": None, "mean": None, "over_max": 0,
-                "max_length": max_length}
-    arr = np.asarray(lengths, dtype=np.int64)
-    return {
-        "count": int(arr.size),
-        "min": int(arr.min()),
-        "median": float(np.median(arr)),
-        "p95": float(np.percentile(arr, 95)),
-        "max": int(arr.max()),
-        "mean": round(float(arr.mean()), 2),
-        "over_max": int((arr > max_length).sum()) if max_length is not None else 0,
-        "max_length": max_length,
-    }

@@ -12,9 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tunebench.data.batching import IGNORE_INDEX, token_length_stats
+import numpy as np
+
 from tunebench.data.example import Example
 from tunebench.models.chat import completion_suffix
+
+IGNORE_INDEX = -100  # the label of a position the loss skips (PyTorch cross_entropy's default ignore_index)
 
 
 @dataclass(frozen=True)
@@ -118,3 +121,21 @@ def tokenize_examples(
         "tokens": token_length_stats(lengths, max_length),
     }
     return out, stats
+
+
+def token_length_stats(lengths: Sequence[int], max_length: int | None = None) -> dict[str, Any]:
+    """min / median / p95 / max / mean token lengths, and how many exceed max_length."""
+    if len(lengths) == 0:
+        return {"count": 0, "min": None, "median": None, "p95": None, "max": None, "mean": None, "over_max": 0,
+                "max_length": max_length}
+    arr = np.asarray(lengths, dtype=np.int64)
+    return {
+        "count": int(arr.size),
+        "min": int(arr.min()),
+        "median": float(np.median(arr)),
+        "p95": float(np.percentile(arr, 95)),
+        "max": int(arr.max()),
+        "mean": round(float(arr.mean()), 2),
+        "over_max": int((arr > max_length).sum()) if max_length is not None else 0,
+        "max_length": max_length,
+    }

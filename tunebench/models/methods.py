@@ -1,20 +1,114 @@
-"""What gets trained: full fine-tuning, LoRA (through PEFT) or freeze (only the top blocks and named modules).
+"""What gets trained, as a table: one `Method` row per fine-tuning method (full, lora, freeze, ...).
+
+Each row says how the method is applied to a loaded model, whether its result can be folded into the base
+weights (`mergeable`), how its trained output is saved, recognised and reloaded onto a base, and which run-dir
+folder holds it. The trainer, `models/export.py` and model loading for evaluation ask the table (`get_method`,
+`method_of_output`) instead of testing method names, so a new method is one `register(...)` call:
+
+- a PEFT method (IA3, prompt tuning, prefix tuning, LoRA variants such as DoRA): `peft_method(name, peft_type,
+  build_config, mergeable=...)`, where `build_config(train_cfg, task_type)` returns the PEFT config object;
+- a method of our own (e.g. bottleneck adapter layers): a `Method` with its own apply/save/reload/recognises.
 
 PEFT covers LoRA; freeze tuning has no library home, so the block finding is written here: the transformer
 blocks are the outermost `nn.ModuleList` of one repeated module class (for encoder-decoders, the decoder's, the
 stack nearest the output). Frozen weights may be held in bf16 -- on CPU that roughly halves matmul cost under
 bf16 autocast -- while trainable weights always stay float32 so optimizer updates are not lost to rounding.
+
+torch and PEFT are imported inside the functions, so the config can check `train.method` against `METHODS`
+without loading them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from torch import nn
-
-from tunebench.config import FreezeConfig, TrainConfig
 from tunebench.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from tunebench.config import FreezeConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class Method:
+    """One fine-tuning method: a row of the methods table.
+
+    apply(model, train_cfg) -> the model to train, with `requires_grad` set on what trains (may wrap the model).
+    output: the run-dir folder of the trained output. "adapter": only the method's own weights, loaded onto the
+      base by `reload`; "model": a whole model that loads in place of the base (`reload` is None).
+    mergeable: `merge(model)` folds the method into plain base weights (then generation runs a plain model and
+      `export --merge` works); a non-mergeable method is evaluated with its modules attached.
+    freezes_base: some base weights stay frozen, so `train.frozen_bf16` may hold them in bf16.
+    save(model, out_dir): write the trained weights into `out_dir` (safetensors); the tokenizer is saved by the
+      caller. Raises ValueError for a model this method did not produce.
+    reload(base, out_dir) -> the base with the saved method attached, in eval mode, not trainable.
+    recognises(out_dir): whether `out_dir` holds this method's saved output (None: it is recognised as another
+      row's output, e.g. freeze saves a full model).
+    peft_input_casting: the method's layers are PEFT tuner layers whose float32 input cast the trainer may switch
+      off during CPU bf16 training (`train/fast_paths.py: keep_lora_input_dtype`).
+    """
+
+    name: str
+    description: str
+    apply: Callable[[Any, TrainConfig], Any]
+    output: Literal["adapter", "model"]
+    mergeable: bool
+    freezes_base: bool
+    save: Callable[[Any, Path], None]
+    reload: Callable[[Any, Path], Any] | None = None
+    recognises: Callable[[Path], bool] | None = None
+    merge: Callable[[Any], Any] | None = None
+    peft_input_casting: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mergeable != (self.merge is not None):
+            raise ValueError(f"method '{self.name}': mergeable={self.mergeable} needs merge to be "
+                             f"{'given' if self.mergeable else 'None'}")
+        if (self.output == "adapter") != (self.reload is not None):
+            raise ValueError(f"method '{self.name}': an 'adapter' output needs reload, a 'model' output none")
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a row to the table (a later row with the same name replaces the earlier one)."""
+    METHODS[method.name] = method
+    return method
+
+
+def method_names() -> list[str]:
+    """Every registered method name, in registration order."""
+    return list(METHODS)
+
+
+def get_method(name: str) -> Method:
+    """The row named `name`; ModelError naming `train.method` and the known names otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ModelError(f"train.method '{name}' is unknown: use one of {', '.join(METHODS)}") from None
+
+
+def method_of_output(out_dir: Path) -> Method | None:
+    """The method whose saved output `out_dir` holds (the last registered row that recognises it), or None.
+
+    Later rows win, so a variant registered after its general form (DoRA after LoRA) is the one reported.
+    """
+    found = None
+    for method in METHODS.values():
+        if method.recognises is not None and method.recognises(out_dir):
+            found = method
+    return found
+
+
+# ---------------------------------------------------------------- shared helpers
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -27,8 +121,62 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def cast_frozen(model: nn.Module, dtype: torch.dtype) -> int:
+    """Hold frozen floating-point weights in `dtype`; returns how many parameters were cast."""
+    cast = 0
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            cast += p.numel()
+    return cast
+
+
+def apply_method(model: Any, train_cfg: TrainConfig, *, frozen_dtype: torch.dtype | None = None) -> Any:
+    """Set what trains for `train_cfg.method`; returns the model to train (a PeftModel for PEFT methods).
+
+    Trainable weights are made float32 whatever the load dtype; frozen ones are cast to `frozen_dtype` if given
+    (bf16 frozen weights need the forward pass under bf16 autocast, as the training loop runs it).
+    Raises ModelError for an unknown method or settings that do not fit the model.
+    """
+    import torch
+
+    model = get_method(train_cfg.method).apply(model, train_cfg)
+    for p in model.parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+    if frozen_dtype is not None:
+        cast_frozen(model, frozen_dtype)
+    return model
+
+
+def _is_peft(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+# ---------------------------------------------------------------- whole models: full, freeze
+
+
+def _save_model(model: Any, out_dir: Path) -> None:
+    if _is_peft(model):
+        raise ValueError(f"a whole-model method cannot save a {type(model).__name__}")
+    model.save_pretrained(out_dir)
+
+
+def _is_model_dir(out_dir: Path) -> bool:
+    return (out_dir / "config.json").is_file() and not (out_dir / "adapter_config.json").is_file()
+
+
+def _full(model: Any, train_cfg: TrainConfig) -> Any:
+    model.requires_grad_(True)
+    return model
+
+
 def block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The transformer blocks nearest the output: (qualified name, ModuleList)."""
+    """The transformer blocks nearest the output: (qualified name, ModuleList). ModelError when none."""
+    from torch import nn
+
     stacks: list[tuple[str, nn.ModuleList]] = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
@@ -47,7 +195,7 @@ def block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return max(stacks, key=lambda s: sum(p.numel() for p in s[1].parameters()))
 
 
-def _freeze(model: nn.Module, cfg: FreezeConfig) -> None:
+def _freeze_blocks(model: nn.Module, cfg: FreezeConfig) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     if cfg.trainable_top_k:
@@ -70,52 +218,122 @@ def _freeze(model: nn.Module, cfg: FreezeConfig) -> None:
             module.requires_grad_(True)
 
 
-def _lora(model: Any, train_cfg: TrainConfig) -> Any:
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
-    lora = train_cfg.lora
-    peft_cfg = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        task_type=TaskType.SEQ_2_SEQ_LM if is_seq2seq else TaskType.CAUSAL_LM,
-    )
-    try:
-        return get_peft_model(model, peft_cfg)
-    except ValueError as exc:
-        reason = (str(exc).strip().splitlines() or ["no match"])[0]
-        raise ModelError(f"train.lora.target_modules {lora.target_modules!r} does not fit this model ({reason})") from None
-
-
-def cast_frozen(model: nn.Module, dtype: torch.dtype) -> int:
-    """Hold frozen floating-point weights in `dtype`; returns how many parameters were cast."""
-    cast = 0
-    for p in model.parameters():
-        if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
-            p.data = p.data.to(dtype)
-            cast += p.numel()
-    return cast
-
-
-def apply_method(model: Any, train_cfg: TrainConfig, *, frozen_dtype: torch.dtype | None = None) -> Any:
-    """Set what trains for `train_cfg.method`; returns the model to train (a PeftModel for LoRA).
-
-    Trainable weights are made float32 whatever the load dtype; frozen ones are cast to `frozen_dtype` if given
-    (bf16 frozen weights need the forward pass under bf16 autocast, as the training loop runs it).
-    """
-    if train_cfg.method == "full":
-        model.requires_grad_(True)
-    elif train_cfg.method == "lora":
-        model = _lora(model, train_cfg)
-    elif train_cfg.method == "freeze":
-        _freeze(model, train_cfg.freeze)
-    else:
-        raise ModelError(f"train.method '{train_cfg.method}' is unknown: use full, lora or freeze")
-    for p in model.parameters():
-        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
-            p.data = p.data.float()
-    if frozen_dtype is not None:
-        cast_frozen(model, frozen_dtype)
+def _freeze(model: Any, train_cfg: TrainConfig) -> Any:
+    _freeze_blocks(model, train_cfg.freeze)
     return model
+
+
+# ---------------------------------------------------------------- PEFT methods
+
+
+def _task_type(model: Any) -> Any:
+    from peft import TaskType
+
+    return TaskType.SEQ_2_SEQ_LM if getattr(model.config, "is_encoder_decoder", False) else TaskType.CAUSAL_LM
+
+
+def _adapter_meta(out_dir: Path) -> dict[str, Any] | None:
+    """adapter_config.json as a dict ({} when unreadable); None when there is no such file."""
+    path = out_dir / "adapter_config.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _embeddings_adapted(model: Any) -> bool:
+    """Whether an adapter layer wraps an embedding or output projection (then PEFT saves those layers too)."""
+    from peft.utils.other import EMBEDDING_LAYER_NAMES
+
+    return any(hasattr(m, "lora_A") and name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES
+               for name, m in model.named_modules())
+
+
+def _save_peft(model: Any, out_dir: Path) -> None:
+    if not _is_peft(model):
+        raise ValueError(f"a PEFT method cannot save a {type(model).__name__}")
+    # tunebench never resizes the vocabulary, so PEFT's "auto" check (which looks the base model up on the Hub to
+    # compare vocabulary sizes) can only ever conclude "embeddings unchanged" unless an adapter targets them.
+    model.save_pretrained(out_dir, save_embedding_layers=_embeddings_adapted(model))
+
+
+def _reload_peft(base: Any, out_dir: Path) -> Any:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(out_dir), is_trainable=False)
+
+
+def _merge_peft(model: Any) -> Any:
+    return model.merge_and_unload()
+
+
+def peft_method(
+    name: str,
+    peft_type: str,
+    build_config: Callable[[TrainConfig, Any], Any],
+    *,
+    mergeable: bool,
+    description: str,
+    settings_key: str | None = None,
+    peft_input_casting: bool = False,
+    saved_as: Callable[[dict[str, Any]], bool] | None = None,
+) -> Method:
+    """A row for a PEFT method: `build_config(train_cfg, task_type)` returns its PEFT config (e.g. IA3Config).
+
+    The adapter is saved by PEFT's `save_pretrained` (adapter_config.json + adapter_model.safetensors),
+    recognised by adapter_config.json's `peft_type` (LORA when the file omits it) and, for a variant that shares
+    its type (DoRA: LORA with `use_dora`), by `saved_as(adapter_config)`; reloaded with
+    `PeftModel.from_pretrained` and, when `mergeable`, merged with `merge_and_unload`. `settings_key` names the
+    train config section whose target modules a ValueError from PEFT is reported against.
+    """
+    key = settings_key or name
+
+    def recognises(out_dir: Path) -> bool:
+        meta = _adapter_meta(out_dir)
+        if meta is None or (meta.get("peft_type") or "LORA") != peft_type:
+            return False
+        return saved_as is None or bool(saved_as(meta))
+
+    def apply(model: Any, train_cfg: TrainConfig) -> Any:
+        from peft import get_peft_model
+
+        try:
+            return get_peft_model(model, build_config(train_cfg, _task_type(model)))
+        except ValueError as exc:
+            reason = (str(exc).strip().splitlines() or ["no match"])[0]
+            section = getattr(train_cfg, key, None)
+            targets = getattr(section, "target_modules", None)
+            raise ModelError(f"train.{key}.target_modules {targets!r} does not fit this model ({reason})") from None
+
+    return Method(
+        name=name, description=description, apply=apply, output="adapter", mergeable=mergeable, freezes_base=True,
+        save=_save_peft, reload=_reload_peft, recognises=recognises,
+        merge=_merge_peft if mergeable else None, peft_input_casting=peft_input_casting,
+    )
+
+
+def _lora_config(train_cfg: TrainConfig, task_type: Any) -> Any:
+    from peft import LoraConfig
+
+    lora = train_cfg.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, task_type=task_type)
+
+
+# ---------------------------------------------------------------- the table
+
+register(Method(
+    name="full", description="every weight trains", apply=_full, output="model", mergeable=False,
+    freezes_base=False, save=_save_model, recognises=_is_model_dir,
+))
+register(peft_method(
+    "lora", "LORA", _lora_config, mergeable=True, peft_input_casting=True,
+    description="low-rank adapters on the target projections (Hu et al. 2021, arXiv:2106.09685), through PEFT",
+))
+register(Method(
+    name="freeze", description="only the top transformer blocks and named modules train", apply=_freeze,
+    output="model", mergeable=False, freezes_base=True, save=_save_model,
+))

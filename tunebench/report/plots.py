@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from tunebench.report.tables import verdict
+from tunebench.train.progress import loss_curves_png  # one loss-curve plotter, shared with training
 
 # Preferred per-example metric for the distribution plot: ROUGE-L first, as the summarization headline.
 DIST_METRICS = ("rougeL", "rougeLsum", "rouge1", "rouge2")
@@ -33,40 +34,6 @@ def _png(fig: Any) -> bytes:
 
 def _is_num(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def loss_curves_png(log: list[dict[str, Any]]) -> bytes | None:
-    """Train loss per logged step and validation loss per evaluation; generation metrics in a second panel."""
-    train = [(r["step"], r["loss"]) for r in log if _is_num(r.get("loss")) and _is_num(r.get("step"))]
-    val = [(r["step"], r["val_loss"]) for r in log if _is_num(r.get("val_loss")) and _is_num(r.get("step"))]
-    gen: dict[str, list[tuple[float, float]]] = {}
-    for r in log:
-        if isinstance(r.get("gen_metric"), dict) and _is_num(r.get("step")):
-            for name, value in r["gen_metric"].items():
-                if _is_num(value):
-                    gen.setdefault(name, []).append((r["step"], value))
-    if not train and not val:
-        return None
-    fig = _figure(11 if gen else 7, 3.6)
-    axes = fig.subplots(1, 2 if gen else 1, squeeze=False)[0]
-    ax = axes[0]
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.2, color="#3b6fb6")
-    if val:
-        ax.plot(*zip(*val, strict=True), label="validation loss", marker="o", linewidth=1.5, color="#e07b39")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title("Loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if gen:
-        for name, points in gen.items():
-            axes[1].plot(*zip(*points, strict=True), marker="o", label=name)
-        axes[1].set_xlabel("optimizer step")
-        axes[1].set_title("Validation generation metric")
-        axes[1].grid(alpha=0.3)
-        axes[1].legend()
-    return _png(fig)
 
 
 def delta_chart_png(comparisons: list[dict[str, Any]]) -> bytes | None:

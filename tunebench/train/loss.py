@@ -19,8 +19,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from tunebench.data.batching import IGNORE_INDEX
-from tunebench.data.tokenize import TokenizedExample
+from tunebench.data.tokenize import IGNORE_INDEX, TokenizedExample
 
 
 def base_model(model: Any) -> Any:

@@ -6,7 +6,6 @@ auto checks the CPU flags PyTorch itself dispatches on; CUDA asks the device.
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 import torch
@@ -34,18 +33,3 @@ def resolve_bf16(mode: Literal["auto", "on", "off"], device: torch.device) -> bo
         raise ConfigError(f"train.bf16 is 'on' but {torch.cuda.get_device_name(device)} has no bf16: "
                           "set train.bf16 to auto or off")
     return native or mode == "on"
-
-
-def multi_process_cpu() -> bool:
-    """Launched as several processes (torchrun / accelerate launch) on a machine without CUDA.
-
-    Accelerate only sets up gloo data parallelism on CPU when asked to use the CPU, so the loop asks.
-    """
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-
-
-def probe_device() -> torch.device:
-    """The device kind Accelerate will pick, known before it is set up (mixed precision is fixed at set-up)."""
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or multi_process_cpu():
-        return torch.device("cpu")
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

@@ -6,6 +6,8 @@ a half-written line, and a resumed run can drop the rows logged after its last c
 
 from __future__ import annotations
 
+import io
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -84,32 +86,61 @@ class ProgressBar:
         self.bar.close()
 
 
-def plot_loss_curve(log: TrainLog, path: Path, title: str = "") -> Path | None:
-    """Train and validation loss against the optimizer step, as a PNG; None when nothing was logged yet."""
-    train_steps, train_loss = log.series("loss")
-    val_steps, val_loss = log.series("val_loss")
-    if not train_steps and not val_steps:
+def _is_num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def loss_curves_png(log: list[dict[str, Any]], title: str = "") -> bytes | None:
+    """Train loss per logged step and validation loss per evaluation; generation metrics in a second panel.
+
+    `log` holds train_log.jsonl rows; None when no finite loss was logged yet. Drawn on a matplotlib `Figure`
+    with the Agg canvas, not pyplot: no global figure state, safe in library calls and parallel tests.
+    """
+    train = [(r["step"], r["loss"]) for r in log if _is_num(r.get("loss")) and _is_num(r.get("step"))]
+    val = [(r["step"], r["val_loss"]) for r in log if _is_num(r.get("val_loss")) and _is_num(r.get("step"))]
+    gen: dict[str, list[tuple[float, float]]] = {}
+    for r in log:
+        if isinstance(r.get("gen_metric"), dict) and _is_num(r.get("step")):
+            for name, value in r["gen_metric"].items():
+                if _is_num(value):
+                    gen.setdefault(name, []).append((r["step"], value))
+    if not train and not val:
         return None
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    if train_steps:
-        ax.plot(train_steps, train_loss, label="train", color="#1f77b4", linewidth=1.2)
-    if val_steps:
-        ax.plot(val_steps, val_loss, label="validation", color="#d62728", marker="o", markersize=3, linewidth=1.4)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (cross-entropy per completion token)")
+    fig = Figure(figsize=(11 if gen else 7, 3.6), layout="constrained")
     if title:
-        ax.set_title(title)
+        fig.suptitle(title)
+    axes = fig.subplots(1, 2 if gen else 1, squeeze=False)[0]
+    ax = axes[0]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.2, color="#3b6fb6")
+    if val:
+        ax.plot(*zip(*val, strict=True), label="validation loss", marker="o", linewidth=1.5, color="#e07b39")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
+    if gen:
+        for name, points in gen.items():
+            axes[1].plot(*zip(*points, strict=True), marker="o", label=name)
+        axes[1].set_xlabel("optimizer step")
+        axes[1].set_title("Validation generation metric")
+        axes[1].grid(alpha=0.3)
+        axes[1].legend()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def write_loss_curve(log: TrainLog, path: Path, title: str = "") -> Path | None:
+    """Write `loss_curves_png` of the log to `path` atomically; None (nothing written) before any loss."""
+    png = loss_curves_png(log.rows, title)
+    if png is None:
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")  # write then rename, like tunebench.io does for text
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
+    tmp.write_bytes(png)
     tmp.replace(path)
     return path

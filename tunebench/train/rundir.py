@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import resource
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tunebench.config import RunConfig, dump_config
+from tunebench.config import RunConfig, config_from_dict, dump_config
 from tunebench.errors import ConfigError, TunebenchError
 from tunebench.io import atomic_write_text
 from tunebench.rundir import RunDir
@@ -50,13 +48,29 @@ def prepare_run_dir(cfg: RunConfig, *, resume: bool, write: bool) -> Path:
 
 
 def check_resume_config(path: Path, cfg: RunConfig) -> None:
-    """A resumed run must train what the interrupted one trained: same seed, model, data and train keys."""
+    """A resumed run must train what the interrupted one trained: same seed, model, data and train keys.
+
+    The saved config is read through the current schema, so a key added since it was written compares as its
+    default, and `model.dtype: auto` compares equal to float32 (what training loads for auto).
+    """
     saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        saved = config_from_dict(saved, str(path)).model_dump(mode="json")
+    except ConfigError:
+        pass  # a key since renamed or removed: compare the file as written, naming what differs
     current = cfg.model_dump(mode="json")
-    changed = [key for section in RESUME_KEYS for key in _diff(saved.get(section), current.get(section), section)]
+    changed = [key for section in RESUME_KEYS
+               for key in _diff(_as_trained(saved, section), _as_trained(current, section), section)]
     if changed:
         raise ConfigError(f"{path}: --resume needs the config the run started with, but {', '.join(changed[:4])} "
                           "changed; restore them or train under another name")
+
+
+def _as_trained(tree: dict[str, Any], section: str) -> Any:
+    value = tree.get(section)
+    if section == "model" and isinstance(value, dict) and value.get("dtype") == "auto":
+        return {**value, "dtype": "float32"}
+    return value
 
 
 def _diff(old: Any, new: Any, prefix: str) -> list[str]:
@@ -64,12 +78,6 @@ def _diff(old: Any, new: Any, prefix: str) -> list[str]:
         return [k for key in sorted(old.keys() | new.keys())
                 for k in _diff(old.get(key), new.get(key), f"{prefix}.{key}")]
     return [] if old == new else [prefix]
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def relative_drop(initial: float | None, final: float | None) -> float | None:

@@ -14,19 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from tunebench.memory import rss_bytes
+
 # What train_summary.json (tunebench.train.loop) says training cost, copied into the efficiency entry.
 TRAIN_SUMMARY_KEYS = ("trainable_params", "total_params", "train_time_s")
-
-
-def _rss_bytes() -> int:
-    try:
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
-    except ImportError:  # psutil is a declared dependency; resource is the POSIX fallback (peak, in KiB on Linux)
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 @dataclass
@@ -47,16 +38,16 @@ class Measurement:
 class _RssSampler(threading.Thread):
     def __init__(self, interval_s: float) -> None:
         super().__init__(daemon=True)
-        self.interval_s, self.peak, self._stop_event = interval_s, _rss_bytes(), threading.Event()
+        self.interval_s, self.peak, self._stop_event = interval_s, rss_bytes(), threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
-            self.peak = max(self.peak, _rss_bytes())
+            self.peak = max(self.peak, rss_bytes())
 
     def stop(self) -> int:
         self._stop_event.set()
         self.join()
-        return max(self.peak, _rss_bytes())
+        return max(self.peak, rss_bytes())
 
 
 @contextmanager
