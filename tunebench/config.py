@@ -56,10 +56,6 @@ class TemplateConfig(Section):
             raise ValueError("a custom template needs both 'prompt' and 'completion'")
         if self.prompt is None and self.name is None:
             raise ValueError("give a built-in template 'name' or a custom 'prompt' and 'completion'")
-        if self.prompt is None:
-            from tunebench.data.templates import BUILTIN_TEMPLATES
-
-            _check_name("name", self.name, list(BUILTIN_TEMPLATES), "template")
         return self
 
 
@@ -304,6 +300,16 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
 
+    @model_validator(mode="after")
+    def _known_template(self) -> RunConfig:
+        # checked here, not in TemplateConfig, so a TemplateConfig built in code still reaches load_template's error
+        template = self.data.template
+        if template.prompt is None:
+            from tunebench.data.templates import BUILTIN_TEMPLATES
+
+            _check_name("data.template.name", template.name, list(BUILTIN_TEMPLATES), "template")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
@@ -325,8 +331,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         key, sep, rest = msg.partition(": ")
-        if sep and e["loc"] and re.fullmatch(r"[a-z_]+", key):  # a section check naming its key: one key path
-            path, msg = f"{path}.{key}", rest
+        if sep and re.fullmatch(r"[a-z_][a-z_.]*", key):  # a check naming its key below `loc`: one key path
+            path, msg = (f"{path}.{key}" if e["loc"] else key), rest
         lines.append(f"{source}: {path}: {msg}")
     return "\n".join(lines)
 
