@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -151,6 +152,14 @@ class GenEvalConfig(Section):
     metric: str = Field("rougeL", description="Metric logged and usable for best-checkpoint selection.")
     max_new_tokens: int = Field(96, gt=0, description="Generation length cap during training.")
 
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        from tunebench.evaluate.metrics import METRICS
+
+        _check_name(None, value, [n for n, c in METRICS.items() if c.inputs == "text"], "metric")
+        return value
+
 
 class TrainConfig(Section):
     method: str = Field("lora", description="What gets trained: a row of the methods table (full, lora, freeze, ...).")
@@ -222,9 +231,18 @@ class EvalConfig(Section):
     split: Literal["train", "validation", "test"] = Field("test", description="Split evaluated.")
     limit: int | None = Field(None, gt=0, description="Evaluate the first N examples of the split.")
     metrics: list[str] = Field(
-        default_factory=lambda: ["rouge", "bleu"], description="Metrics: rouge (= rouge1, rouge2, rougeL, rougeLsum), bleu, chrf, exact_match, accuracy, macro_f1."
+        default_factory=lambda: ["rouge", "bleu"], description="Registry metric names: rouge (= rouge1, rouge2, rougeL, rougeLsum), bleu, chrf, exact_match, ... (an unknown name lists them all)."
     )
     stem: bool = Field(True, description="Porter stemming for ROUGE.")
+    language: str | None = Field(
+        None, description="Target language (ISO 639-1, e.g. zh); picks BLEU/ROUGE tokenizers as sacreBLEU does."
+    )
+    bleu_tokenize: str | None = Field(
+        None, description="sacreBLEU tokenizer for bleu: 13a, intl, zh, ja-mecab, ko-mecab, char, ... (None: from language)."
+    )
+    rouge_tokenize: str | None = Field(
+        None, description="ROUGE tokenizer: rouge_score (a-z0-9 only) or unicode (any script; None: from language)."
+    )
     shots: list[int] = Field(
         default_factory=lambda: [0], description="In-context baselines of the base model: numbers of demonstrations."
     )
@@ -240,6 +258,31 @@ class EvalConfig(Section):
             raise ValueError("shots must be >= 0")
         return self
 
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        from tunebench.evaluate.metrics import known_names
+
+        for name in value:
+            _check_name(None, name, known_names("text"), "metric")
+        if not [n for n in value if n.strip()]:
+            raise ValueError(f"no metric given; known metrics: {', '.join(known_names('text'))}")
+        return value
+
+    @model_validator(mode="after")
+    def _tokenizers(self) -> EvalConfig:
+        from tunebench.evaluate.metrics.base import check_tokenizers
+
+        check_tokenizers(self.bleu_tokenize, self.rouge_tokenize)
+        return self
+
+    def metric_settings(self) -> Any:
+        """The tunebench.evaluate.metrics.MetricSettings these keys select (stemming, tokenizers, language)."""
+        from tunebench.evaluate.metrics import MetricSettings
+
+        return MetricSettings(stem=self.stem, bleu_tokenize=self.bleu_tokenize,
+                              rouge_tokenize=self.rouge_tokenize, language=self.language)
+
 
 class BenchConfig(Section):
     tasks: list[str] = Field(
@@ -249,6 +292,17 @@ class BenchConfig(Section):
     shots: int | None = Field(None, ge=0, description="Override every task's few-shot count.")
     enabled: bool = Field(True, description="Run the forgetting suite in `tunebench run`.")
     helm: bool = Field(False, description="Add the HELM-style view (calibration, robustness, fairness, ...).")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        from tunebench.bench.spec import task_names
+
+        known = task_names()
+        for name in value:
+            if not name.strip().endswith((".yaml", ".yml", ".json")):
+                _check_name(None, name.strip().partition(":")[0], known, "task")
+        return value
 
 
 class RunConfig(Section):
@@ -262,9 +316,27 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
 
+    @model_validator(mode="after")
+    def _known_template(self) -> RunConfig:
+        # checked here, not in TemplateConfig, so a TemplateConfig built in code still reaches load_template's error
+        template = self.data.template
+        if template.prompt is None:
+            from tunebench.data.templates import BUILTIN_TEMPLATES
+
+            _check_name("data.template.name", template.name, list(BUILTIN_TEMPLATES), "template")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+
+def _check_name(key: str | None, value: Any, known: list[str], what: str) -> None:
+    """ValueError (pydantic adds the key path) when `value` is not one of a registry's `known` names."""
+    if value not in known:
+        from tunebench.evaluate.metrics.base import unknown_name_message
+
+        raise ValueError(unknown_name_message(key, value, known, what))
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -274,6 +346,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        key, sep, rest = msg.partition(": ")
+        if sep and re.fullmatch(r"[a-z_][a-z_.]*", key):  # a check naming its key below `loc`: one key path
+            path, msg = (f"{path}.{key}" if e["loc"] else key), rest
         lines.append(f"{source}: {path}: {msg}")
     return "\n".join(lines)
 

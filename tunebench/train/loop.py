@@ -34,6 +34,7 @@ from tunebench.data.batching import PaddingCollator, epoch_batches, pad_token_id
 from tunebench.data.prepare import build_splits
 from tunebench.data.tokenize import tokenize_examples
 from tunebench.errors import DataError
+from tunebench.evaluate.metrics import metric_class
 from tunebench.io import atomic_write_json
 from tunebench.memory import peak_rss_bytes
 from tunebench.models import apply_method, get_method, load_model, parameter_counts, save_trained
@@ -334,14 +335,15 @@ class Recipe:
             if self.is_main:
                 result = run_gen_eval(self.model, self.tokenizer, self.gen_subset, family=self.family,
                                       metric=tc.gen_eval.metric, generation=gen_eval_generation(self.cfg),
-                                      stem=self.cfg.eval.stem, bf16=self.use_bf16, seed=self.cfg.seed)
+                                      settings=self.cfg.eval.metric_settings(), bf16=self.use_bf16, seed=self.cfg.seed)
                 self._log({"step": step, "epoch": epoch, "gen_metric": {result["metric"]: result["value"]},
                            "gen_n": result["n"], "gen_time_s": result["time_s"], "gen_example": result["example"]})
             result = broadcast_object_list([result])[0]
             scores[tc.gen_eval.metric] = result["value"]
             st.last_gen = {"metric": result["metric"], "value": result["value"]}
         return st.record_evaluation(scores.get(tc.select_best_by), patience=tc.early_stopping_patience,
-                                    higher_is_better=tc.select_best_by != "val_loss")
+                                    higher_is_better=tc.select_best_by != "val_loss"
+                                    and metric_class(tc.select_best_by).higher_is_better)
 
     def save(self, rng: list[dict[str, Any]]) -> None:
         """Checkpoint the current step (weights, optimizer, schedule, `rng` per process, `TrainerState`), prune old
