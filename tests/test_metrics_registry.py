@@ -183,15 +183,19 @@ def length_error():
 def test_a_new_metric_reaches_every_consumer(length_error):
     from tunebench.bench.spec import metrics_for
     from tunebench.evaluate.score import _fmt
-    from tunebench.train.loop import _record_selection
+    from tunebench.train.loop import TrainerState, selection_higher_is_better
 
     preds, refs = ["abcd", "ab"], [["abcd"], ["abcd"]]
     assert score_corpus(preds, refs, ["length_error"], bootstrap=0)["length_error"]["score"] == 25.0
     assert per_example_scores(preds, refs, ["length_error"]) == [{"length_error": 0.0}, {"length_error": 50.0}]
     assert _fmt(25.0, "length_error") == "25.00" and _fmt(0.25, "rougeL") == "0.2500"
-    state = {"best": {"step": 1, "value": 30.0}, "bad_evals": 0, "stopped_early": False}
-    assert _record_selection(state, 2, 20.0, "length_error", None) and state["best"]["step"] == 2
-    assert not _record_selection(state, 3, 25.0, "length_error", None) and state["bad_evals"] == 1
+    higher = selection_higher_is_better("length_error")
+    assert higher is False and selection_higher_is_better("rougeL") is True
+    state = TrainerState(best={"step": 1, "value": 30.0})
+    state.step = 2
+    assert state.record_evaluation(20.0, higher_is_better=higher, patience=None) and state.best["step"] == 2
+    state.step = 3
+    assert not state.record_evaluation(25.0, higher_is_better=higher, patience=None) and state.bad_evals == 1
     assert "length_error" in metrics_for("generate") and "length_error" not in metrics_for("multiple_choice")
     cfg = config_from_dict({"eval": {"metrics": ["length_error"]}, "train": {"gen_eval": {"metric": "length_error"}}})
     assert cfg.train.gen_eval.metric == "length_error"

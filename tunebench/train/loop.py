@@ -51,6 +51,12 @@ from tunebench.train.rundir import prepare_run_dir, relative_drop
 from tunebench.train.schedule import build_optimizer, build_scheduler, total_optimizer_steps
 
 
+def selection_higher_is_better(metric: str) -> bool:
+    """Direction of a best-checkpoint metric: `val_loss` is lower-is-better, a generation metric's direction is
+    the metric registry's. ConfigError for an unknown metric name."""
+    return metric != "val_loss" and metric_class(metric).higher_is_better
+
+
 @dataclass
 class TrainResult:
     """What a training call produced. `output_dir` is None when the run was interrupted."""
@@ -342,8 +348,7 @@ class Recipe:
             scores[tc.gen_eval.metric] = result["value"]
             st.last_gen = {"metric": result["metric"], "value": result["value"]}
         return st.record_evaluation(scores.get(tc.select_best_by), patience=tc.early_stopping_patience,
-                                    higher_is_better=tc.select_best_by != "val_loss"
-                                    and metric_class(tc.select_best_by).higher_is_better)
+                                    higher_is_better=selection_higher_is_better(tc.select_best_by))
 
     def save(self, rng: list[dict[str, Any]]) -> None:
         """Checkpoint the current step (weights, optimizer, schedule, `rng` per process, `TrainerState`), prune old
