@@ -145,7 +145,8 @@ def test_save_and_reload_onto_the_base_gives_identical_logits(arch, style, tmp_p
     model = _tiny(arch)
     add_bottleneck_adapters(model, AdapterConfig(style=style, reduction_factor=8, non_linearity="gelu"))
     _perturb(model)
-    out = save_bottleneck(model, tmp_path / "adapter")
+    out = tmp_path / "adapter"
+    save_bottleneck(model, out)
     assert {p.name for p in out.iterdir()} == {CONFIG_FILE, WEIGHTS_FILE}
     reloaded = load_bottleneck(_tiny(arch), out)
     assert not any(p.requires_grad for n, p in reloaded.named_parameters() if "_adapter." not in n)
@@ -155,7 +156,8 @@ def test_save_and_reload_onto_the_base_gives_identical_logits(arch, style, tmp_p
 def test_reload_onto_another_model_is_a_model_error(tmp_path):
     model = _tiny("llama")
     add_bottleneck_adapters(model, AdapterConfig(reduction_factor=4))
-    out = save_bottleneck(model, tmp_path / "adapter")
+    out = tmp_path / "adapter"
+    save_bottleneck(model, out)
     with pytest.raises(ModelError, match="does not fit"):
         load_bottleneck(_tiny("llama", hidden=48), out)
     with pytest.raises(ModelError, match="does not fit"):

@@ -34,7 +34,6 @@ from torch import nn
 
 from tunebench.config import AdapterConfig
 from tunebench.errors import ConfigError, ModelError
-from tunebench.io import atomic_dir
 
 CONFIG_FILE = "bottleneck_config.json"
 WEIGHTS_FILE = "bottleneck_adapter.safetensors"
@@ -210,21 +209,22 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().float().contiguous() for name, p in model.named_parameters() if name.startswith(prefixes)}
 
 
-def save_bottleneck(model: nn.Module, out_dir: Path, tokenizer: Any = None) -> Path:
-    """Write `out_dir/` atomically: the adapter weights (safetensors), their JSON config, and the tokenizer."""
+def save_bottleneck(model: nn.Module, out_dir: Path) -> None:
+    """Write the adapter weights (safetensors, float32) and their JSON config into `out_dir` (created if missing).
+
+    Not atomic by itself: `models/export.py: save_trained` writes into a temporary dir and renames it.
+    Raises ValueError for a model without bottleneck adapters.
+    """
     from safetensors.torch import save_file
 
     if not has_bottleneck_adapters(model):
-        raise ValueError("save_bottleneck: the model has no bottleneck adapters")
+        raise ValueError(f"save_bottleneck: {type(model).__name__} has no bottleneck adapters")
     meta = {"format": FORMAT_VERSION, "method": "adapter", **model._bottleneck_config,
             "base_model_name_or_path": getattr(model, "name_or_path", None)}
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        save_file(adapter_state(model), str(tmp / WEIGHTS_FILE))
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-    return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(adapter_state(model), str(out_dir / WEIGHTS_FILE))
+    (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def is_bottleneck_dir(path: Path) -> bool:
