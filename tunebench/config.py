@@ -146,6 +146,21 @@ class FreezeConfig(Section):
         return self
 
 
+class AdapterConfig(Section):
+    """Bottleneck adapter layers (method `adapter`): Houlsby et al. 2019, Pfeiffer et al. 2021."""
+
+    style: Literal["houlsby", "pfeiffer"] = Field(
+        "houlsby", description="houlsby: after the attention and the feed-forward sub-layers; pfeiffer: after the "
+        "feed-forward only."
+    )
+    reduction_factor: float = Field(
+        16.0, gt=0, description="Hidden size / bottleneck size: 16 on a 576-wide model gives 36 hidden units."
+    )
+    non_linearity: Literal["relu", "gelu", "gelu_new", "silu", "swish", "tanh"] = Field(
+        "relu", description="Activation between the down- and the up-projection."
+    )
+
+
 class GenEvalConfig(Section):
     every: int | None = Field(None, gt=0, description="Generate on validation every N optimizer steps.")
     examples: int = Field(16, gt=0, description="Size of the fixed validation subset used for generation.")
@@ -165,6 +180,7 @@ class TrainConfig(Section):
     method: str = Field("lora", description="What gets trained: a row of the methods table (full, lora, freeze, ...).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
     batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
