@@ -332,7 +332,9 @@ def load_model(
     """Load `cfg.ref` (plus an optional trained adapter or full model) in eval mode.
 
     adapter: a PEFT adapter dir, a full model dir, or a tunebench run dir (its adapter/ or model/ output).
-    dtype: overrides `cfg.dtype`. merge: fold a LoRA adapter into the base weights (faster generation).
+    dtype: overrides `cfg.dtype`. merge: fold a LoRA adapter into the base weights (faster generation) when a
+    probe batch shows the merged model computes what the attached adapter does; otherwise the adapter stays
+    attached, with a warning (`tunebench.models.probe`).
     """
     torch_dtype = dtype or DTYPES[cfg.dtype]
     trained = resolve_trained_output(adapter) if adapter is not None else None
@@ -353,7 +355,11 @@ def load_model(
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"adapter '{trained[1]}' does not fit model.ref '{cfg.ref}' ({_brief(exc)})") from None
         if merge:
-            model = model.merge_and_unload()
+            from tunebench.models.probe import merge_checked
+
+            model, problem = merge_checked(model, f"the adapter {trained[1]}")
+            if problem:
+                log.warning("%s: scoring with the adapter attached instead (slower, same outputs as trained)", problem)
     model.eval()
     return LoadedModel(
         model=model, tokenizer=tokenizer, family=family, ref=cfg.ref, source=source,
