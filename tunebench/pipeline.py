@@ -147,6 +147,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
 
     resolved = resolve_data_dir(data_dir, cfg)
     run_dir = cfg.run_dir
+    splits = _splits(cfg, resolved)  # bad data fails here, before anything in the run dir changes
     _prepare_run_dir(cfg)
 
     summary_path = run_dir / "train_summary.json"
@@ -158,7 +159,6 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
         if getattr(result, "interrupted", False):
             raise TunebenchError(f"training was interrupted; rerun the same command to resume from {run_dir}")
 
-    splits = _splits(cfg, resolved)
     examples = _eval_examples(cfg, splits)
     systems: list[tuple[str, str | None, int]] = [(f"base-{k}shot", None, k) for k in cfg.eval.shots]
     systems.append(("tuned", str(run_dir), 0))
@@ -190,12 +190,52 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
     return write_report(run_dir)
 
 
+# What each later stage wrote, by the config section it depends on (compare and the report are always redone).
+STAGE_OUTPUTS = {"eval": ("eval",), "bench": ("bench",)}
+# Keys of a stage section that leave that stage's outputs unchanged (used only by the always-redone compare).
+COMPARE_ONLY_KEYS = ("eval.bootstrap",)
+
+
 def _prepare_run_dir(cfg: RunConfig) -> None:
-    """Create the run dir (clear error when unwritable) and record the resolved config."""
+    """Create the run dir and record the resolved config, keeping config.yaml true to the results beside it.
+
+    On a run dir that already holds a run: a change of a key that training depends on (seed, model, data, train)
+    is refused, naming the keys; a change of eval or bench settings removes exactly those stages' outputs, so
+    they are redone under the new settings, before the new config is recorded. Nothing is written when nothing
+    changed. A fresh run dir just gets its config.yaml.
+    """
+    import shutil
+
+    from tunebench.errors import ConfigError
+    from tunebench.train.checkpoint import list_checkpoints
+    from tunebench.train.rundir import RESUME_KEYS, config_changes, describe_changes, read_saved_config
+
     run_dir = cfg.run_dir
+    saved_path = run_dir / "config.yaml"
+    saved = read_saved_config(saved_path) if saved_path.is_file() else None
+    changed = config_changes(saved, cfg) if saved is not None else []
+    trained = (run_dir / "train_summary.json").exists() or bool(list_checkpoints(run_dir / "checkpoints"))
+    if saved is not None and trained:
+        retrain = [k for k in changed if k.split(".")[0] in RESUME_KEYS]
+        if retrain:
+            raise ConfigError(
+                f"{run_dir} holds a run trained with other settings ({describe_changes(saved, cfg, retrain)}); "
+                "its results would not match this config: restore those keys, or start a new run with "
+                "--set name=NEW_NAME"
+            )
+    if saved is not None and not changed:
+        return
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        sections = {k.split(".")[0] for k in changed if k not in COMPARE_ONLY_KEYS}
+        for section, outputs in STAGE_OUTPUTS.items():
+            if section in sections:
+                for name in outputs:
+                    if (run_dir / name).exists():
+                        _log(f"{section} settings changed ({describe_changes(saved, cfg, changed)}): "
+                             f"redoing {name}/")
+                        shutil.rmtree(run_dir / name)
+        atomic_write_text(saved_path, dump_config(cfg))
     except OSError as exc:
         raise TunebenchError(f"output directory {run_dir} is not writable ({exc.strerror}); "
                              "set output_dir or --set output_dir=PATH") from None
