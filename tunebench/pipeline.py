@@ -53,11 +53,20 @@ def evaluate_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: 
     """`tunebench eval`: one model (optionally with an adapter) on one split."""
     from tunebench.models.load import load_model
 
+    _trained_settings(cfg, adapter)
     splits = _splits(cfg, resolve_data_dir(data_dir, cfg))
     examples = _eval_examples(cfg, splits, split, limit)
     loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
     system = {"name": out_dir.name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
     return _evaluate_system(cfg, loaded, examples, splits, out_dir, system, shots, split)
+
+
+def _trained_settings(cfg: RunConfig, adapter: str | None) -> None:
+    """Score a trained output with its run's base model and prompt format unless the config set them explicitly."""
+    if adapter is not None:
+        from tunebench.models.load import model_config_for_trained
+
+        cfg.model = model_config_for_trained(cfg.model, adapter)
 
 
 def compare_paths(paths: list[Path], out_dir: Path, *, baseline: str | None = None, n_resamples: int = 1000,
@@ -135,6 +144,7 @@ def bench_reference(cfg: RunConfig, *, tasks: list[str], data_dir: str | Path | 
 
     summary_path = Path(adapter) / "train_summary.json" if adapter else None
     summary = _read_json(summary_path) if summary_path and summary_path.is_file() else None
+    _trained_settings(cfg, adapter)
     loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
     return bench_loaded(cfg, loaded, out_dir, resolve_data_dir(data_dir, cfg),
                         summary, tasks=tasks, limit=limit, shots=shots, helm=helm)

@@ -112,7 +112,7 @@ def evaluate(
     rows = [
         {
             "id": e.id,
-            "prompt": plain,
+            "prompt": prompt,
             "references": list(e.references),
             "prediction": r.text,
             "scores": s,
@@ -120,7 +120,7 @@ def evaluate(
             "n_prompt_tokens": r.n_prompt_tokens,
             "n_new_tokens": r.n_new_tokens,
         }
-        for e, plain, r, s in zip(examples, fewshot.plain_prompts, results, per_example, strict=True)
+        for e, prompt, r, s in zip(examples, fewshot.model_prompts, results, per_example, strict=True)
     ]
     atomic_write_jsonl(out_dir / "predictions.jsonl", rows)
     scores = {

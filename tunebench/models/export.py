@@ -61,13 +61,14 @@ def _embeddings_adapted(model: Any) -> bool:
     return any(hasattr(m, "lora_A") and name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES for name, m in model.named_modules())
 
 
-def export_merged(run_dir_or_adapter: Path, out_dir: Path) -> Path:
+def export_merged(run_dir_or_adapter: Path, out_dir: Path, *, trust_remote_code: bool = False) -> Path:
     """Merge a LoRA adapter into its base and write a full model + tokenizer that `from_pretrained` loads.
 
     The base comes from the run's config.yaml, else the adapter's `base_model_name_or_path`. A run that trained
     the full model already has a full model: it is copied as is. The merge and the reload of what was written are
     both checked on a probe batch against the adapter attached to its base; a mismatch raises ModelError and
-    writes nothing (`tunebench.models.probe`).
+    writes nothing (`tunebench.models.probe`). The base model's custom code runs only when `trust_remote_code`
+    is passed here (the user's `--trust-remote-code`), whatever the run's config.yaml says.
     """
     source = Path(run_dir_or_adapter)
     kind, trained = resolve_trained_output(source)
@@ -80,7 +81,7 @@ def export_merged(run_dir_or_adapter: Path, out_dir: Path) -> Path:
         return out_dir
     from tunebench.models.probe import merge_checked, mismatch, probe_batch, probe_logits
 
-    base = base_model_config(source)
+    base = base_model_config(source, trust_remote_code=trust_remote_code)
     loaded = load_model(base, adapter=trained, dtype=torch.float32)
     batch = probe_batch(loaded.model)
     expected = probe_logits(loaded.model, batch)

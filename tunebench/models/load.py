@@ -261,17 +261,27 @@ def resolve_trained_output(path: str | Path) -> tuple[Literal["peft", "full"], P
     raise ModelError(f"adapter '{path}' holds no adapter_config.json, config.json, adapter/ or model/")
 
 
-def base_model_config(path: str | Path) -> ModelConfig:
-    """The base model of a trained output: the run's config.yaml, else adapter_config.json's base model."""
+def run_config_path(path: str | Path) -> Path | None:
+    """The config.yaml of the run a trained output belongs to (run dir, its adapter/ or model/, a checkpoint)."""
     path = Path(path).expanduser()
     candidates = [path]
     if path.name in ("adapter", "model"):
         candidates.append(path.parent)
     if path.parent.name == "checkpoints":
         candidates.append(path.parent.parent)
-    for run_dir in candidates:
-        if (run_dir / "config.yaml").is_file():
-            return load_config(run_dir / "config.yaml").model
+    return next((d / "config.yaml" for d in candidates if (d / "config.yaml").is_file()), None)
+
+
+def base_model_config(path: str | Path, *, trust_remote_code: bool = False) -> ModelConfig:
+    """The base model of a trained output: the run's config.yaml, else adapter_config.json's base model.
+
+    `trust_remote_code` comes from the caller (the user's command), never from the file: a run dir received from
+    elsewhere must not be able to run a model's custom code.
+    """
+    path = Path(path).expanduser()
+    recorded = run_config_path(path)
+    if recorded is not None:
+        return load_config(recorded).model.model_copy(update={"trust_remote_code": trust_remote_code})
     _, out = resolve_trained_output(path)
     meta_path = out / "adapter_config.json"
     try:
@@ -281,7 +291,38 @@ def base_model_config(path: str | Path) -> ModelConfig:
     base = meta.get("base_model_name_or_path")
     if not base:
         raise ModelError(f"{meta_path}: base_model_name_or_path is empty; give the run dir (with config.yaml)")
-    return ModelConfig(ref=base, revision=meta.get("revision"))
+    return ModelConfig(ref=base, revision=meta.get("revision"), trust_remote_code=trust_remote_code)
+
+
+# What a trained output is scored with unless the user's config sets it: its base model and its prompt format.
+# (trust_remote_code is never taken from a run's file; dtype is the scorer's choice.)
+TRAINED_SETTINGS = ("ref", "revision", "chat_template", "system_prompt")
+
+
+def model_config_for_trained(cfg: ModelConfig, adapter: str | Path) -> ModelConfig:
+    """`cfg` with the base model and prompt settings the trained output at `adapter` was trained with.
+
+    A key the user set explicitly (in the config file or with --set/--model) wins, with a warning when it differs
+    from the run's; a key left at its default takes the run's value. Without a run config.yaml beside the output
+    (a bare adapter dir), `cfg` is returned unchanged.
+    """
+    recorded = run_config_path(adapter)
+    if recorded is None:
+        return cfg
+    trained = load_config(recorded).model
+    updates: dict[str, Any] = {}
+    for key in TRAINED_SETTINGS:
+        mine, theirs = getattr(cfg, key), getattr(trained, key)
+        if mine == theirs:
+            continue
+        if key in cfg.model_fields_set:
+            log.warning("model.%s is %r but %s was trained with %r: scoring with %r as asked, so the tuned model "
+                        "sees prompts unlike its training", key, mine, recorded.parent, theirs, mine)
+        else:
+            updates[key] = theirs
+    if updates:
+        log.info("scoring %s with its run's %s", recorded.parent, ", ".join(f"model.{k}={v!r}" for k, v in updates.items()))
+    return cfg.model_copy(update=updates)
 
 
 @dataclass
