@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from tunebench.config import ModelConfig, load_config
-from tunebench.errors import ModelError
+from tunebench.errors import ModelError, file_load_errors
 from tunebench.io import atomic_dir, atomic_write_json
 from tunebench.models import chat
 
@@ -95,6 +95,31 @@ def _brief(exc: BaseException) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
+def unreadable(where: str, source: str | Path, exc: BaseException) -> ModelError:
+    """One sentence for a library's failure to load the files in `source`, naming the file at fault.
+
+    A truncated or corrupt safetensors file and a pickle that torch's `weights_only` loader refuses are named
+    with what to do; a dense GGUF cache says to delete it (it is converted again). Other errors keep `where`.
+    """
+    import pickle
+
+    from safetensors import SafetensorError
+
+    folder = Path(source)
+    cache = " (a tunebench cache: delete that folder and it is converted again)" if (folder / CACHE_MARKER).is_file() else ""
+    if isinstance(exc, SafetensorError):
+        files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else [folder]
+        named = ", ".join(str(f) for f in files) or str(folder)
+        return ModelError(f"{named}: {where} cannot be read ({_brief(exc)}): the file is truncated or corrupt; "
+                          f"copy or save it again{cache}")
+    if isinstance(exc, pickle.UnpicklingError):
+        files = sorted(folder.glob("*.bin")) if folder.is_dir() else [folder]
+        named = ", ".join(str(f) for f in files) or str(folder)
+        return ModelError(f"{named}: {where} is a pickle that torch's safe (weights_only) loader refuses, since "
+                          "loading it could run code; use a copy saved as safetensors")
+    return ModelError(f"{where}: cannot load it from {source} ({_brief(exc)}){cache}")
+
+
 def _looks_like_path(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1 or "\\" in ref or ref.endswith(".gguf")
 
@@ -153,7 +178,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
             gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
         )
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except file_load_errors() as exc:
         raise ModelError(f"{gguf}: transformers cannot load this GGUF ({_brief(exc)}); use an HF model dir") from None
     _strip_quantizer(model, str(gguf))
     with atomic_dir(out_dir) as tmp:
@@ -217,7 +242,7 @@ def _from_pretrained(source: str, cfg: ModelConfig, dtype: torch.dtype, hub: boo
         kwargs["revision"] = cfg.revision
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
+    except file_load_errors() as exc:
         if hub:
             raise ModelError(
                 f"model.ref '{cfg.ref}' is not an alias ({', '.join(ALIASES)}), an existing path or a Hub model "
@@ -229,10 +254,8 @@ def _from_pretrained(source: str, cfg: ModelConfig, dtype: torch.dtype, hub: boo
     try:
         model = auto.from_pretrained(source, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"model.ref '{cfg.ref}': cannot load the model or tokenizer from {source} ({_brief(exc)})"
-        ) from None
+    except file_load_errors() as exc:
+        raise unreadable(f"the model or tokenizer of model.ref '{cfg.ref}'", source, exc) from None
     return model, tokenizer, family
 
 
@@ -356,7 +379,7 @@ def load_tokenizer_only(cfg: ModelConfig) -> LoadedTokenizer:
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
+    except file_load_errors() as exc:
         raise ModelError(f"model.ref '{cfg.ref}': cannot load its tokenizer from {source} ({_brief(exc)})") from None
     ensure_pad_token(tokenizer)
     family = detect_family(config)
@@ -390,10 +413,13 @@ def load_model(
     ensure_pad_token(tokenizer, model)
     if trained is not None and trained[0] == "peft":
         from peft import PeftModel
+        from safetensors import SafetensorError
 
         try:
             model = PeftModel.from_pretrained(model, str(trained[1]), is_trainable=False)
-        except (OSError, ValueError, RuntimeError) as exc:
+        except SafetensorError as exc:
+            raise unreadable(f"the adapter for model.ref '{cfg.ref}'", trained[1], exc) from None
+        except file_load_errors() as exc:
             raise ModelError(f"adapter '{trained[1]}' does not fit model.ref '{cfg.ref}' ({_brief(exc)})") from None
         if merge:
             from tunebench.models.probe import merge_checked
