@@ -20,6 +20,7 @@ ROW_KEYS = {
     "gen_time_s",
     "n_prompt_tokens",
     "n_new_tokens",
+    "n_cut_tokens",
 }
 EXAMPLES = [
     Example(f"test_{i}", f"Summarize: #Person1#: item {i} is late. #Person2#: ok.", f"item {i} late", (f"item {i} is late", f"late {i}"))

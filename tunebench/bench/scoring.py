@@ -116,7 +116,8 @@ def score_generation(
             scores["f1"] = token_f1(answer, inst.references)
         first = task.metrics[0]
         rows.append({
-            "id": inst.id, "subtask": inst.subtask, "prompt": prompt, "references": list(inst.references),
+            "id": inst.id, "subtask": inst.subtask, "prompt": out.cut_prompt or prompt, "n_cut_tokens": out.n_cut_tokens,
+            "references": list(inst.references),
             "output": out.text, "prediction": answer, "correct": scores.get("exact_match", scores[first]) == 1.0,
             "scores": {m: scores[m] for m in task.metrics}, "n_new_tokens": out.n_new_tokens, "time_s": out.time_s,
         })

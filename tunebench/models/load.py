@@ -210,6 +210,31 @@ def forward_params(model: Any) -> set[str]:
     return set(inspect.signature(base.forward).parameters)
 
 
+def position_limit(model: Any) -> int | None:
+    """Tokens one sequence may hold, read from the model config; None when positions are not bounded.
+
+    Learned or rotary absolute positions bound a decoder-only model (`max_position_embeddings`, GPT-2's
+    `n_positions`); an encoder-decoder is bounded only by `max_position_embeddings` (BART), since T5's
+    relative positions have no table to index past (its `n_positions` is a default, not a limit).
+    """
+    config = getattr(model, "config", None)
+    names = ("max_position_embeddings",) if detect_family(config) == "seq2seq" else ("max_position_embeddings",
+                                                                                      "n_positions")
+    values = [getattr(config, n, None) for n in names]
+    real = [int(v) for v in values if isinstance(v, int) and v > 0]
+    return min(real) if real else None
+
+
+def capped_max_length(max_length: int, model: Any) -> int:
+    """`data.max_length` capped at the model's positions, with a notice when the cap applies."""
+    limit = position_limit(model)
+    if limit is not None and max_length > limit:
+        log.warning("data.max_length %d exceeds the model's %d positions: training examples are cut to %d tokens",
+                    max_length, limit, limit)
+        return limit
+    return max_length
+
+
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
     """Batching needs a pad token; reuse EOS (or UNK) rather than growing the vocabulary."""
     if tokenizer.pad_token is None:

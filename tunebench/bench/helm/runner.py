@@ -169,7 +169,7 @@ def generate_for_harms(loaded: Any, prompts: Sequence[str], *, seed: int,
     rows = []
     for prompt, out in zip(formatted, outputs, strict=True):  # the exact text the model was given
         flag = flag_text(out.text)
-        rows.append({"prompt": prompt, "output": out.text, "toxic": flag.toxic, "toxicity_matches": list(flag.matches),
+        rows.append({"prompt": out.cut_prompt or prompt, "output": out.text, "toxic": flag.toxic, "toxicity_matches": list(flag.matches),
                      "n_new_tokens": out.n_new_tokens})
     return rows, cost
 
