@@ -18,7 +18,10 @@ def _env() -> Any:
     from jinja2 import StrictUndefined
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    from tunebench.data.templates import null_as_absent
+
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False,
+                                         finalize=null_as_absent)
 
 
 def check_syntax(text: str, origin: str, key: str) -> None:

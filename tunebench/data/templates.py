@@ -198,7 +198,12 @@ def _ner_reference(tokens: list[str], labels: list[str]) -> str:
     return ner_reference(tokens, labels)
 
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+def null_as_absent(value: Any) -> Any:
+    """Jinja `finalize`: a null field prints as nothing (never the word "None"); `{% if field %}` is false for it."""
+    return "" if value is None else value
+
+
+_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=null_as_absent)
 _ENV.globals.update(entity_list=_entity_list, ner_reference=_ner_reference)
 
 
