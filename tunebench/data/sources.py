@@ -264,7 +264,50 @@ def to_records(rows: Iterable[Mapping[str, Any]], cfg: DataConfig, split: str, o
                 raise DataError(f"{where}: data.references_field '{cfg.references_field}' is missing from the row")
             refs = _as_references(row[cfg.references_field], where, cfg.references_field)
         records.append(Record(rid, fields, refs, origin, i + 1))
+    if cfg.id_field is not None:
+        check_unique_ids([r.id for r in records], origin, f"data.id_field '{cfg.id_field}'")
     return records
+
+
+def row_lines(origin: str | Path) -> list[int] | None:
+    """The line on which each row of a JSONL/JSON/CSV/TSV file starts (the rows its reader returns), else None."""
+    path = Path(origin)
+    fmt = FILE_FORMATS.get(path.suffix.lower())
+    if not path.is_file() or fmt is None:
+        return None
+    text = _decode(path)
+    if fmt == "jsonl":
+        return [k for k, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    if fmt == "json":
+        try:
+            return [_json_item_line(text, i) for i in range(len(read_json(path)))]
+        except (DataError, ValueError):
+            return None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
+    lines, start = [], 1
+    for values in reader:
+        if values and not (len(values) == 1 and not values[0].strip()):
+            lines.append(start)
+        start = reader.line_num + 1
+    return lines[1:]  # the header is no row
+
+
+def check_unique_ids(ids: list[str], origin: str | Path, what: str) -> None:
+    """Refuse a repeated example id, naming it, the file and both lines (rows when lines are unknown).
+
+    Two rows with one id would be written twice to predictions.jsonl and paired wrongly by compare.
+    """
+    first: dict[str, int] = {}
+    for i, rid in enumerate(ids):
+        if rid not in first:
+            first[rid] = i
+            continue
+        lines = row_lines(origin)
+        if lines is not None and len(lines) == len(ids):
+            where = f"{origin}:{lines[first[rid]]} and line {lines[i]}"
+        else:
+            where = f"{origin} rows {first[rid] + 1} and {i + 1}"
+        raise DataError(f"{where}: both have the id {rid!r} ({what}); give every example its own id")
 
 
 # ---------------------------------------------------------------------------------------------- dialogsum
