@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -14,11 +15,51 @@ from typing import Any
 from tunebench.errors import DataError
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_STALE = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]{8}\.tmp$")  # .<target>.<pid>.<mkstemp/mkdtemp suffix>.tmp
+
+
+def clean_stale_temps(folder: str | Path) -> int:
+    """Remove the temporary files and dirs that killed writes left in `folder`; returns how many went.
+
+    Only entries named as `atomic_write_text` / `atomic_dir` name them (`.<target>.<pid>.<random>.tmp`) whose
+    process is gone are touched, so a user's own dot-files stay.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for entry in folder.iterdir():
+        match = _STALE.match(entry.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write text to a temporary file beside `path`, fsync, then rename over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    clean_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -45,7 +86,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` only when the block finishes without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    clean_stale_temps(path.parent)
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir() and not path.exists():  # killed between the two renames below: the old copy is complete
+        os.replace(old, path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp"))
     try:
         yield tmp
         if path.exists():
@@ -61,12 +106,29 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, which editors on Windows put first; every reader drops it
+
+
+def read_text(path: str | Path, error: type[Exception] = DataError, what: str = "the file") -> str:
+    """A UTF-8 text file without its byte-order mark (if any); failures raise `error` naming the file (and line)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: {what} is not valid UTF-8; re-save it as UTF-8") from None
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file; a bad line raises DataError naming the file and line."""
+    """Read a JSONL file (a leading byte-order mark is dropped); a bad line raises DataError naming file and line."""
     path = Path(path)
     rows: list[dict[str, Any]] = []
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes().removeprefix(BOM)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
@@ -94,12 +156,7 @@ def read_yaml_mapping(path: str | Path, error: type[Exception], what: str, *, em
     import yaml
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise error(f"{path}: cannot read {what} ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise error(f"{path}: {what} is not valid UTF-8") from None
+    text = read_text(path, error, what)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

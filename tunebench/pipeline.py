@@ -116,7 +116,7 @@ class _OneModel:
 def _read_json(path: Path) -> dict[str, Any]:
     import json
 
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(path.read_text(encoding="utf-8-sig"))
 
 
 def bench_loaded(cfg: RunConfig, loaded, out_dir: Path, data_dir: Path | None,
@@ -217,10 +217,14 @@ def _prepare_run_dir(cfg: RunConfig) -> None:
     import shutil
 
     from tunebench.errors import ConfigError
+    from tunebench.io import clean_stale_temps
     from tunebench.train.checkpoint import list_checkpoints
     from tunebench.train.rundir import RESUME_KEYS, config_changes, describe_changes, read_saved_config
 
     run_dir = cfg.run_dir
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "compare", *run_dir.glob("eval/*"),
+                   *run_dir.glob("bench/*")):
+        clean_stale_temps(folder)  # what a kill during a write left behind
     saved_path = run_dir / "config.yaml"
     saved = read_saved_config(saved_path) if saved_path.is_file() else None
     changed = config_changes(saved, cfg) if saved is not None else []

@@ -17,7 +17,7 @@ from tunebench.io import read_jsonl
 def _results(bench_dir: Path) -> dict[str, Any]:
     path = Path(bench_dir) / "results.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except OSError as exc:
         raise DataError(f"{path}: cannot read benchmark results ({exc.strerror}); run `tunebench bench` first") from None
     except json.JSONDecodeError as exc:

@@ -95,7 +95,7 @@ def _finished_tasks(out_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
     """Tasks an interrupted run of the same model and settings finished (their sample logs still present)."""
     path = out_dir / PARTIAL
     try:
-        earlier = json.loads(path.read_text(encoding="utf-8"))
+        earlier = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError):
         return {}
     if earlier.get("model") != results["model"] or earlier.get("settings") != results["settings"]:

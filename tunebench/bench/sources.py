@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.errors import DataError
-from tunebench.io import read_jsonl
+from tunebench.io import read_jsonl, read_text
 
 
 def resolve_source_path(raw: str, *, data_dir: Path | None, spec_origin: str, where: str) -> Path:
@@ -39,7 +39,9 @@ def resolve_source_path(raw: str, *, data_dir: Path | None, spec_origin: str, wh
             "set --data-dir or $TUNEBENCH_DATA_DIR"
         )
     looked = " or ".join(str(c) for c in candidates)
-    raise DataError(f"{where}: benchmark data file not found at {looked}; put the file there or fix the path")
+    hint = "" if data_dir is not None or path.is_absolute() else (
+        "; no data directory is set: set --data-dir or $TUNEBENCH_DATA_DIR if the file lives there")
+    raise DataError(f"{where}: benchmark data file not found at {looked}; put the file there or fix the path{hint}")
 
 
 def read_records(fmt: str, path: Path, *, records_key: str | None = None) -> list[dict[str, Any]]:
@@ -55,18 +57,9 @@ def read_records(fmt: str, path: Path, *, records_key: str | None = None) -> lis
     raise ValueError(f"unknown source format {fmt!r}")
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not valid UTF-8") from None
-
-
 def _read_json(path: Path, records_key: str | None) -> list[dict[str, Any]]:
     try:
-        data = json.loads(_read_text(path))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     if records_key is not None:
@@ -80,9 +73,12 @@ def _read_json(path: Path, records_key: str | None) -> list[dict[str, Any]]:
 
 def _read_csv(path: Path, delimiter: str) -> list[dict[str, Any]]:
     # StringIO, not splitlines(): fields may hold U+0085 or U+2028, which splitlines() treats as line breaks.
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
     if not reader.fieldnames:
         raise DataError(f"{path}: empty file; expected a header row naming the columns")
+    from tunebench.data.sources import check_header
+
+    check_header([h.strip() for h in reader.fieldnames], path)
     rows = []
     for row in reader:
         if None in row or any(v is None for v in row.values()):
@@ -93,7 +89,7 @@ def _read_csv(path: Path, delimiter: str) -> list[dict[str, Any]]:
 
 def _read_label_text(path: Path) -> list[dict[str, Any]]:
     rows = []
-    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         label, sep, text = line.strip().partition(" ")

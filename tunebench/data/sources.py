@@ -19,7 +19,7 @@ from typing import Any
 
 from tunebench.config import DataConfig
 from tunebench.errors import DataError
-from tunebench.io import read_jsonl
+from tunebench.io import read_jsonl, read_text
 
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
 DIALOGSUM_HUB_ID = "knkarthick/dialogsum"
@@ -40,21 +40,9 @@ class Record:
 # ---------------------------------------------------------------------------------------------- file readers
 
 
-def _decode(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
-
-
 def read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
     """Read CSV/TSV with a header row; a row with the wrong number of columns names its line."""
-    text = _decode(path)
+    text = read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows: list[dict[str, Any]] = []
     try:
@@ -62,6 +50,7 @@ def read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
         if not header or not any(h.strip() for h in header):
             raise DataError(f"{path}:1: missing header row; the first line must name the columns")
         header = [h.strip() for h in header]
+        check_header(header, path)
         for values in reader:
             if not values or (len(values) == 1 and not values[0].strip()):
                 continue
@@ -76,9 +65,23 @@ def read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
     return rows
 
 
+def check_header(header: list[str], path: Path) -> None:
+    """Refuse a first row that is data, not column names: a cell with a line break, a long text or a number.
+
+    Without this, a header-less CSV turns its first example into column names, and the error about a missing
+    template field then quotes a whole dialogue as the list of columns.
+    """
+    for cell in header:
+        numeric = cell.replace(".", "", 1).replace("-", "", 1).isdigit()
+        if "\n" in cell or len(cell) > 64 or numeric:
+            shown = cell if len(cell) <= 40 else cell[:37] + "..."
+            raise DataError(f"{path}:1: the first row looks like data, not a header ({shown!r} is no column name); "
+                            "add a header row naming the columns")
+
+
 def read_json(path: Path) -> list[dict[str, Any]]:
     """Read a JSON array of objects, or an object holding one such array (e.g. {"examples": [...]})."""
-    text = _decode(path)
+    text = read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -275,7 +278,7 @@ def row_lines(origin: str | Path) -> list[int] | None:
     fmt = FILE_FORMATS.get(path.suffix.lower())
     if not path.is_file() or fmt is None:
         return None
-    text = _decode(path)
+    text = read_text(path)
     if fmt == "jsonl":
         return [k for k, line in enumerate(text.split("\n"), start=1) if line.strip()]
     if fmt == "json":
@@ -419,7 +422,9 @@ def load_split(cfg: DataConfig, split: str, data_dir: Path | None) -> list[Recor
         return to_records(rows, cfg, split, str(pair[0]))
     if path is None:
         if cfg.format in ("jsonl", "json", "csv", "tsv") or _looks_like_path(cfg.source):
-            raise DataError(f"data.source {cfg.source}: file not found (tried {', '.join(_tried(cfg.source, data_dir))})")
+            hint = "" if data_dir is not None else "; no data directory is set: set --data-dir or $TUNEBENCH_DATA_DIR"
+            raise DataError(f"data.source {cfg.source}: file not found (tried "
+                            f"{', '.join(_tried(cfg.source, data_dir))}){hint}")
         rows = _load_hub(cfg.source, cfg.subset, split)
         return to_records(rows, cfg, split, f"{cfg.source}:{split}")
     if path.is_dir():

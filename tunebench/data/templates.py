@@ -266,7 +266,7 @@ class PromptTemplate:
             if missing:
                 raise DataError(
                     f"template '{self.name}' uses field '{missing[0]}', which record '{record.id}' "
-                    f"({record.origin or 'data'}) lacks (fields: {', '.join(sorted(record.fields))}); "
+                    f"({record.origin or 'data'}) lacks (fields: {_names(record.fields)}); "
                     "map a column to it with data.field_map"
                 ) from None
             raise DataError(f"template '{self.name}' {part}, record '{record.id}': {exc.message}") from None
@@ -281,6 +281,12 @@ class PromptTemplate:
             refs = record.references if record.references else (completion,)
         return Example(id=record.id, prompt=prompt, completion=completion, references=tuple(refs),
                        fields=record.fields)
+
+
+def _names(fields: dict[str, Any], limit: int = 8) -> str:
+    """Field names for a message, each cut to 30 characters (a header-less CSV makes data into names)."""
+    names = [n if len(n) <= 30 else n[:27] + "..." for n in sorted(fields)[:limit]]
+    return ", ".join(names) + (f" and {len(fields) - limit} more" if len(fields) > limit else "")
 
 
 def _fields(source: str) -> set[str]:

@@ -73,7 +73,7 @@ def load_systems(paths: Sequence[Path]) -> list[System]:
         name = d.name if names.count(d.name) == 1 else f"{origin.name}/{d.name}"
         scores_path = d / "scores.json"
         try:
-            scores = json.loads(scores_path.read_text(encoding="utf-8"))
+            scores = json.loads(scores_path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             raise DataError(
                 f"{scores_path}: missing, so the evaluation did not finish; run it again"

@@ -193,7 +193,7 @@ def dense_gguf_dir(gguf: Path, alias: str | None = None) -> Path:
     out = gguf_cache_dir(gguf, alias)
     marker = out / CACHE_MARKER
     try:
-        fresh = json.loads(marker.read_text(encoding="utf-8")) == _gguf_fingerprint(gguf)
+        fresh = json.loads(marker.read_text(encoding="utf-8-sig")) == _gguf_fingerprint(gguf)
     except (OSError, ValueError):
         fresh = False
     return out if fresh else convert_gguf(gguf, out)
@@ -333,7 +333,7 @@ def base_model_config(path: str | Path, *, trust_remote_code: bool = False) -> M
     _, out = resolve_trained_output(path)
     meta_path = out / "adapter_config.json"
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(meta_path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{meta_path}: cannot read the adapter config ({_brief(exc)}); give the run dir instead") from None
     base = meta.get("base_model_name_or_path")

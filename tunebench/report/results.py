@@ -112,7 +112,7 @@ class _Reader:
 
     def json(self, path: Path, schema: str | None = None) -> Any:
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(path.read_text(encoding="utf-8-sig"))
         except OSError as exc:
             raise DataError(f"{path}: cannot read ({exc.strerror})") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -133,7 +133,7 @@ class _Reader:
         import yaml
 
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            doc = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
         except yaml.YAMLError as exc:
             raise DataError(f"{path}: invalid YAML ({exc}); regenerate the file") from None
         self._note(path)

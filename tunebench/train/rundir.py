@@ -10,7 +10,7 @@ from typing import Any
 
 from tunebench.config import RunConfig, dump_config
 from tunebench.errors import ConfigError, TunebenchError
-from tunebench.io import atomic_write_text
+from tunebench.io import atomic_write_text, clean_stale_temps
 from tunebench.train.checkpoint import list_checkpoints
 
 # Sections whose change makes a resumed run differ from the interrupted one.
@@ -43,6 +43,8 @@ def prepare_run_dir(cfg: RunConfig, *, resume: bool, write: bool) -> Path:
     if resume and (run_dir / "config.yaml").exists():
         check_resume_config(run_dir / "config.yaml", cfg)
     if write:
+        for folder in (run_dir, run_dir / "checkpoints"):  # what a kill during a write left behind
+            clean_stale_temps(folder)
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     return run_dir
 
