@@ -109,18 +109,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, which editors on Windows put first; every reader drops it
 
 
-def read_text(path: str | Path, error: type[Exception] = DataError, what: str = "the file") -> str:
-    """A UTF-8 text file without its byte-order mark (if any); failures raise `error` naming the file (and line)."""
+def read_text(path: str | Path, error: type[Exception] = DataError, what: str | None = None) -> str:
+    """A UTF-8 text file without its byte-order mark (if any); failures raise `error` naming the file and line.
+
+    `what` names the file's role in messages ("the config"); without it the message names the line.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise error(f"{path}: cannot read {what} ({exc.strerror})") from None
+        raise error(f"{path}: cannot read {what or 'the file'} ({exc.strerror})") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise error(f"{path}:{line}: {what} is not valid UTF-8; re-save it as UTF-8") from None
+        if what:
+            raise error(f"{path}: {what} is not valid UTF-8 (line {line}); re-save it as UTF-8") from None
+        raise error(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
