@@ -67,6 +67,9 @@ def test_killed_run_refuses_a_training_change(finished, data_dir, capsys):
 
 def test_eval_change_reruns_only_evaluation(finished, data_dir, capsys):
     run_dir, path = finished
+    stored = _stored(run_dir)
+    del stored["data"]["keep_empty_completions"]  # as written before the key existed: counts as its default
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
     before = _snapshot(run_dir)
     assert main(["run", str(path), "--data-dir", str(data_dir), "--set", "eval.limit=2"]) == 0
     after = _snapshot(run_dir)

@@ -65,8 +65,12 @@ def read_saved_config(path: Path) -> dict[str, Any]:
 
 
 def config_changes(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
-    """Dotted keys whose value in `cfg` differs from the recorded tree `saved` (location keys excluded)."""
+    """Dotted keys whose value in `cfg` differs from the recorded tree `saved` (location keys excluded).
+
+    A key the recorded config lacks (written before the key existed) counts as its default.
+    """
     current = cfg.model_dump(mode="json")
+    saved = _with_defaults(saved, RunConfig().model_dump(mode="json"))
     return [key for section in sorted(saved.keys() | current.keys()) if section not in LOCATION_KEYS
             for key in _diff(saved.get(section), current.get(section), section)]
 
@@ -82,6 +86,12 @@ def describe_changes(saved: dict[str, Any], cfg: RunConfig, keys: list[str], lim
 
     text = ", ".join(f"{k} {get(saved, k)!r} -> {get(current, k)!r}" for k in keys[:limit])
     return text + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _with_defaults(saved: Any, defaults: Any) -> Any:
+    if not (isinstance(saved, dict) and isinstance(defaults, dict)):
+        return saved
+    return {**defaults, **{k: _with_defaults(v, defaults.get(k)) for k, v in saved.items()}}
 
 
 def _diff(old: Any, new: Any, prefix: str) -> list[str]:
