@@ -78,11 +78,12 @@ def score_multiple_choice(
     """Per-sample rows: log-likelihoods, choice probabilities, predictions (raw and length-normalised)."""
     lls = choice_loglikelihoods(loaded, instances, batch_size=batch_size, progress=progress)
     rows = []
-    for inst, ll in zip(instances, lls, strict=True):
+    for inst, ll in zip(instances, lls, strict=True):  # "prompt": the exact text the model was given
         pred = _argmax(ll)
         pred_norm = _argmax([x / max(1, len(c)) for x, c in zip(ll, inst.choices, strict=True)])
         rows.append({
-            "id": inst.id, "subtask": inst.subtask, "prompt": inst.prompt, "choices": list(inst.choices),
+            "id": inst.id, "subtask": inst.subtask, "prompt": loaded.format_prompt(inst.prompt),
+            "choices": list(inst.choices),
             "target": inst.target, "loglikelihoods": ll, "probs": choice_probs(ll),
             "prediction": pred, "prediction_norm": pred_norm, "correct": pred == inst.target,
         })
@@ -118,11 +119,12 @@ def score_generation(
     references = [list(inst.references) for inst in instances]
     stats = compute_metric_stats(answers, references, task.metrics, settings=spec.metric_settings())
     rows = []
-    for k, (inst, out, answer) in enumerate(zip(instances, outputs, answers, strict=True)):
+    for k, (inst, prompt, out, answer) in enumerate(zip(instances, prompts, outputs, answers, strict=True)):
         scores = {name: float(ms.per_example[k]) for name, ms in stats.items() if ms.per_example is not None}
         first = task.metrics[0]
         rows.append({
-            "id": inst.id, "subtask": inst.subtask, "prompt": inst.prompt, "references": list(inst.references),
+            "id": inst.id, "subtask": inst.subtask, "prompt": out.cut_prompt or prompt, "n_cut_tokens": out.n_cut_tokens,
+            "references": list(inst.references),
             "output": out.text, "prediction": answer, "correct": scores.get("exact_match", scores[first]) == 1.0,
             "scores": {m: scores[m] for m in task.metrics}, "n_new_tokens": out.n_new_tokens, "time_s": out.time_s,
         })

@@ -52,12 +52,15 @@ def save_trained(model: Any, tokenizer: Any, out_dir: Path, *, method: str) -> P
     return out_dir
 
 
-def export_merged(run_dir_or_adapter: Path, out_dir: Path) -> Path:
+def export_merged(run_dir_or_adapter: Path, out_dir: Path, *, trust_remote_code: bool = False) -> Path:
     """Merge a mergeable adapter (LoRA) into its base and write a full model + tokenizer that `from_pretrained` loads.
 
     The base comes from the run's config.yaml, else the adapter's `base_model_name_or_path`. A run that trained
-    the full model already has a full model: it is copied as is. ModelError for a method the table marks as not
-    mergeable.
+    the full model already has a full model: it is copied as is. The merge and the reload of what was written are
+    both checked on a probe batch against the adapter attached to its base; a mismatch raises ModelError and
+    writes nothing (`tunebench.models.probe`). The base model's custom code runs only when `trust_remote_code`
+    is passed here (the user's `--trust-remote-code`), whatever the run's config.yaml says. ModelError for a
+    method the methods table marks as not mergeable.
     """
     source = Path(run_dir_or_adapter)
     method, trained = resolve_trained_output(source)
@@ -71,9 +74,22 @@ def export_merged(run_dir_or_adapter: Path, out_dir: Path) -> Path:
     if not method.mergeable:
         raise ModelError(f"export --merge {source}: a {method.name} adapter cannot be folded into the base weights; "
                          "load the adapter dir together with its base model instead")
-    base = base_model_config(source)
-    loaded = load_model(base, adapter=trained, dtype=torch.float32, merge=True)
+    from tunebench.models.probe import merge_checked, mismatch, probe_batch, probe_logits
+
+    base = base_model_config(source, trust_remote_code=trust_remote_code)
+    loaded = load_model(base, adapter=trained, dtype=torch.float32)
+    batch = probe_batch(loaded.model)
+    expected = probe_logits(loaded.model, batch)
+    merged, problem = merge_checked(loaded.model, f"the adapter {trained}")
+    if problem:
+        raise ModelError(f"export --merge: {problem}; score the run with the adapter attached instead "
+                         "(tunebench eval/bench --adapter RUN)")
     with atomic_dir(out_dir) as tmp:
-        loaded.model.save_pretrained(tmp)
+        merged.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
+        reloaded = type(merged).from_pretrained(tmp, dtype=torch.float32)
+        problem = mismatch(expected, probe_logits(reloaded, batch))
+        if problem:
+            raise ModelError(f"export --merge: the merged model saved to {out_dir} reloads as a different model "
+                             f"({problem}); score the run with the adapter attached instead")
     return out_dir

@@ -39,6 +39,7 @@ from tunebench.io import atomic_write_json
 from tunebench.memory import peak_rss_bytes
 from tunebench.models import apply_method, get_method, load_model, parameter_counts, save_trained
 from tunebench.models.device import accelerate_cpu, load_dtype, resolve_device
+from tunebench.models.load import capped_max_length
 from tunebench.rundir import RunDir
 from tunebench.train import checkpoint as ckpt
 from tunebench.train.batches import DEFAULT_MAX_FORWARD_TOKENS, forward_chunks, step_windows
@@ -173,7 +174,8 @@ class Recipe:
     def _setup_data(self) -> None:
         cfg, tc = self.cfg, self.tc
         splits = build_splits(cfg.data, self.data_dir, cfg.seed)
-        shared = dict(family=self.family, format_prompt=self.loaded.format_prompt, max_length=cfg.data.max_length,
+        max_length = capped_max_length(cfg.data.max_length, self.loaded.model)  # never past the model's positions
+        shared = dict(family=self.family, format_prompt=self.loaded.format_prompt, max_length=max_length,
                       truncation=cfg.data.truncation)
         self.train_set, train_stats = tokenize_examples(splits.train, self.tokenizer,
                                                         train_on_prompt=tc.train_on_prompt, **shared)
