@@ -12,6 +12,7 @@ from tunebench.bench import runner
 from tunebench.bench.runner import run_benchmarks
 from tunebench.errors import DataError
 from tunebench.io import read_jsonl
+from tunebench.rundir import BenchDir
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def test_bbh_files_run_by_name(tiny, data_dir: Path, tmp_path: Path) -> None:
     results = run_benchmarks(tiny, tasks, data_dir=data_dir, limit=4, shots=1, out_dir=tmp_path, progress=False)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results)) and on_disk["schema"] == "tunebench.bench/1"
-    assert on_disk["model"]["ref"] == "tiny" and not (tmp_path / runner.PARTIAL).exists()
+    assert on_disk["model"]["ref"] == "tiny" and not BenchDir(tmp_path).partial.exists()
     mc = on_disk["tasks"]["bbh:date_understanding"]
     assert mc["output_type"] == "multiple_choice" and mc["n"] == 4 and mc["shots"] == 1 and mc["version"] == 1
     assert set(mc["metrics"]) == {"acc", "acc_norm"} and set(mc["metrics"]["acc"]) == {"value", "stderr"}
@@ -86,7 +87,7 @@ def test_missing_file_fails_before_any_scoring(tiny, data_dir: Path, tmp_path: P
 def test_interrupted_run_resumes_finished_tasks(tiny, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     kwargs = dict(data_dir=data_dir, limit=3, shots=0, out_dir=tmp_path, progress=False)
     first = run_benchmarks(tiny, ["rte", "sst2"], **kwargs)
-    (tmp_path / "results.json").replace(tmp_path / runner.PARTIAL)  # as if the run stopped after both tasks
+    BenchDir(tmp_path).results.replace(BenchDir(tmp_path).partial)  # as if the run stopped after both tasks
 
     def boom(*_a, **_k):
         raise AssertionError("a finished task was scored again")

@@ -15,9 +15,9 @@ from tunebench.bench.spec import (
     builtin_tasks,
     load_spec,
     resolve_tasks,
-    samples_filename,
 )
 from tunebench.errors import ConfigError, DataError
+from tunebench.rundir import samples_filename
 
 USER_SPEC = {
     "name": "toy_nli",

@@ -58,7 +58,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tunebench.evaluate.score import render_score_table
 
     _print(render_score_table(scores["metrics"]))
-    print(f"predictions: {Path(args.out) / 'predictions.jsonl'}")
+    from tunebench.rundir import EvalDir
+
+    print(f"predictions: {EvalDir(Path(args.out)).predictions}")
     return 0
 
 

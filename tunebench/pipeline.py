@@ -14,6 +14,7 @@ from typing import Any
 from tunebench.config import RunConfig, dump_config, resolve_data_dir
 from tunebench.errors import TunebenchError
 from tunebench.io import atomic_write_json, atomic_write_text
+from tunebench.rundir import CompareDir, RunDir
 
 DEMO_CONFIG = Path(str(resources.files("tunebench") / "configs" / "demo.yaml"))
 
@@ -71,17 +72,17 @@ def compare_paths(paths: list[Path], out_dir: Path, *, baseline: str | None = No
         from tunebench.bench.forgetting import forgetting_table
 
         (base_dir, tuned_dir) = bench_dirs
-        atomic_write_json(out_dir / "forgetting.json",
+        atomic_write_json(CompareDir(out_dir).forgetting,
                           forgetting_table(base_dir, tuned_dir, n_resamples=n_resamples, seed=seed))
-    return out_dir / "comparison.json"
+    return CompareDir(out_dir).comparison
 
 
 def _bench_dirs(paths: list[Path]) -> list[Path]:
     """The base and tuned benchmark dirs of a single run dir, when both ran."""
     if len(paths) != 1:
         return []
-    found = [paths[0] / "bench" / name for name in ("base", "tuned")]
-    return found if all((d / "results.json").is_file() for d in found) else []
+    found = [RunDir(paths[0]).bench_dir(name) for name in ("base", "tuned")]
+    return [d.path for d in found] if all(d.results.is_file() for d in found) else []
 
 
 class _OneModel:
@@ -133,7 +134,7 @@ def bench_reference(cfg: RunConfig, *, tasks: list[str], data_dir: str | Path | 
     """`tunebench bench`: benchmark suites (and optionally the HELM-style view) for one model."""
     from tunebench.models.load import load_model
 
-    summary_path = Path(adapter) / "train_summary.json" if adapter else None
+    summary_path = RunDir(adapter).train_summary if adapter else None
     summary = _read_json(summary_path) if summary_path and summary_path.is_file() else None
     loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
     return bench_loaded(cfg, loaded, out_dir, resolve_data_dir(data_dir, cfg),
@@ -147,14 +148,15 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
 
     resolved = resolve_data_dir(data_dir, cfg)
     run_dir = cfg.run_dir
+    run = RunDir(run_dir)
     _prepare_run_dir(cfg)
 
-    summary_path = run_dir / "train_summary.json"
+    summary_path = run.train_summary
     if summary_path.is_file():
         _log(f"training already done: {summary_path}")
     else:
         _log(f"training ({cfg.train.method}) → {run_dir}")
-        result = train(cfg, data_dir=resolved, resume=(run_dir / "checkpoints").is_dir())
+        result = train(cfg, data_dir=resolved, resume=run.checkpoints.is_dir())
         if getattr(result, "interrupted", False):
             raise TunebenchError(f"training was interrupted; rerun the same command to resume from {run_dir}")
 
@@ -164,27 +166,27 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
     systems.append(("tuned", str(run_dir), 0))
     models = _OneModel(cfg)
     for name, adapter, shots in systems:
-        out = run_dir / "eval" / name
-        if (out / "scores.json").is_file():
+        out = run.eval_dir(name)
+        if out.scores.is_file():
             _log(f"evaluation {name} already done")
             continue
         _log(f"evaluating {name} on {len(examples)} {cfg.eval.split} examples")
         system = {"name": name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
-        _evaluate_system(cfg, models.get(adapter), examples, splits, out, system, shots)
+        _evaluate_system(cfg, models.get(adapter), examples, splits, out.path, system, shots)
 
     if cfg.bench.enabled and cfg.bench.tasks:
         for name, adapter in (("tuned", str(run_dir)), ("base", None)):
-            out = run_dir / "bench" / name
-            if (out / "results.json").is_file():
+            bench_dir = run.bench_dir(name)
+            if bench_dir.results.is_file():
                 _log(f"benchmarks for {name} already done")
                 continue
             _log(f"forgetting suite {','.join(cfg.bench.tasks)} on {name}")
             summary = _read_json(summary_path) if adapter else None
-            bench_loaded(cfg, models.get(adapter), out, resolved, summary)
+            bench_loaded(cfg, models.get(adapter), bench_dir.path, resolved, summary)
     models.release()
 
     _log("comparing systems")
-    compare_paths([run_dir], run_dir / "compare", baseline=systems[0][0], n_resamples=cfg.eval.bootstrap,
+    compare_paths([run_dir], run.compare_dir.path, baseline=systems[0][0], n_resamples=cfg.eval.bootstrap,
                   seed=cfg.seed)
     _log("writing the report")
     return write_report(run_dir)
@@ -195,7 +197,7 @@ def _prepare_run_dir(cfg: RunConfig) -> None:
     run_dir = cfg.run_dir
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        atomic_write_text(RunDir(run_dir).config, dump_config(cfg))
     except OSError as exc:
         raise TunebenchError(f"output directory {run_dir} is not writable ({exc.strerror}); "
                              "set output_dir or --set output_dir=PATH") from None

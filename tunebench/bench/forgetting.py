@@ -12,10 +12,11 @@ from typing import Any
 
 from tunebench.errors import DataError
 from tunebench.io import read_jsonl
+from tunebench.rundir import BenchDir
 
 
 def _results(bench_dir: Path) -> dict[str, Any]:
-    path = Path(bench_dir) / "results.json"
+    path = BenchDir(Path(bench_dir)).results
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -15,11 +15,10 @@ from typing import Any
 
 from tunebench.bench.instances import prepare_task
 from tunebench.bench.scoring import score_task, subtask_breakdown
-from tunebench.bench.spec import resolve_tasks, samples_filename
+from tunebench.bench.spec import resolve_tasks
 from tunebench.io import atomic_write_json, atomic_write_jsonl
-
-SCHEMA = "tunebench.bench/1"
-PARTIAL = "results.partial.json"
+from tunebench.rundir import BENCH_SCHEMA as SCHEMA
+from tunebench.rundir import BenchDir, samples_filename
 
 
 def model_info(loaded: Any) -> dict[str, Any]:
@@ -85,15 +84,15 @@ def run_benchmarks(
         if task.spec.subtasks is not None and len(task.spec.subtasks.values) > 1:
             entry["subtasks"] = subtask_breakdown(scores.samples, task.metrics)
         results["tasks"][name] = entry
-        atomic_write_json(out_dir / PARTIAL, results)
-    atomic_write_json(out_dir / "results.json", results)
-    (out_dir / PARTIAL).unlink(missing_ok=True)
+        atomic_write_json(BenchDir(out_dir).partial, results)
+    atomic_write_json(BenchDir(out_dir).results, results)
+    BenchDir(out_dir).partial.unlink(missing_ok=True)
     return results
 
 
 def _finished_tasks(out_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
     """Tasks an interrupted run of the same model and settings finished (their sample logs still present)."""
-    path = out_dir / PARTIAL
+    path = BenchDir(out_dir).partial
     try:
         earlier = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -26,7 +26,7 @@ from tunebench.bench.templates import SpecError, check_syntax
 from tunebench.errors import ConfigError, DataError
 from tunebench.io import read_yaml_mapping
 
-__all__ = ["SpecError", "TaskSpec", "load_spec", "resolve_tasks", "samples_filename"]
+__all__ = ["SpecError", "TaskSpec", "load_spec", "resolve_tasks"]
 
 MC_METRICS = ("acc", "acc_norm")
 GEN_METRICS = ("exact_match", "f1", "rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -256,7 +256,3 @@ def _select_subtask(spec: TaskSpec, sub: str) -> TaskSpec:
         raise ConfigError(f"--tasks: '{sub}' is not a {spec.name} subtask; see subtasks.values in {spec.origin}")
     return spec.derive(name=f"{spec.name}:{sub}", subtasks={"param": spec.subtasks.param, "values": [sub]})
 
-
-def samples_filename(task: str) -> str:
-    """The per-sample log's file name: `samples_<task>.jsonl`, with characters unsafe in file names replaced."""
-    return "samples_" + re.sub(r"[^A-Za-z0-9_.-]", "_", task) + ".jsonl"

@@ -23,8 +23,9 @@ from tunebench.evaluate.metrics.signature import parse_signature
 from tunebench.evaluate.score import ScoringInputs, hash_test_set, load_scoring_inputs
 from tunebench.evaluate.stats import approximate_randomization_stats, bootstrap_ci, paired_bootstrap_stats
 from tunebench.io import atomic_write_json
+from tunebench.rundir import COMPARE_SCHEMA as SCHEMA
+from tunebench.rundir import CompareDir, EvalDir, RunDir
 
-SCHEMA = "tunebench.compare/1"
 N_EXAMPLES_SHOWN = 5
 _TIE = 1e-12
 
@@ -38,11 +39,11 @@ class System:
 
 
 def _system_dirs(path: Path) -> list[Path]:
-    if (path / "predictions.jsonl").is_file():
+    if EvalDir(path).predictions.is_file():
         return [path]
-    eval_root = path / "eval"
+    eval_root = RunDir(path).eval_root
     if eval_root.is_dir():
-        dirs = [d for d in eval_root.iterdir() if (d / "predictions.jsonl").is_file()]
+        dirs = [d for d in eval_root.iterdir() if EvalDir(d).predictions.is_file()]
         if dirs:
             return sorted(dirs, key=_run_order)
     raise DataError(
@@ -66,9 +67,9 @@ def load_systems(paths: Sequence[Path]) -> list[System]:
     systems = []
     for d in dirs:
         # a repeated name gets its run's name (runs/<run>/eval/<system>) or, for a bare eval dir, its parent's
-        origin = d.parent.parent if d.parent.name == "eval" else d.parent
+        origin = d.parent.parent if d.parent == RunDir(d.parent.parent).eval_root else d.parent
         name = d.name if names.count(d.name) == 1 else f"{origin.name}/{d.name}"
-        scores_path = d / "scores.json"
+        scores_path = EvalDir(d).scores
         try:
             scores = json.loads(scores_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -77,7 +78,7 @@ def load_systems(paths: Sequence[Path]) -> list[System]:
             ) from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"{scores_path}: not valid JSON ({exc}); re-run the evaluation") from None
-        systems.append(System(name, d, load_scoring_inputs(d / "predictions.jsonl"), scores))
+        systems.append(System(name, d, load_scoring_inputs(EvalDir(d).predictions), scores))
     if len({s.name for s in systems}) != len(systems):
         raise DataError("two systems share a name: " + ", ".join(str(s.path) for s in systems))
     return systems
@@ -118,7 +119,7 @@ def _metrics_and_stem(systems: list[System], metrics: Sequence[str] | None) -> t
         stored = [set(s.scores.get("metrics", {})) for s in systems]
         common = [m for m in systems[0].scores.get("metrics", {}) if all(m in names for names in stored)]
         if not common:
-            where = systems[0].path / "scores.json"
+            where = EvalDir(systems[0].path).scores
             raise DataError(f"{where}: no metric is common to all systems; name the metrics to compare")
         metrics = common
     names = expand_metrics(list(metrics))
@@ -282,5 +283,5 @@ def compare_systems(
             _pair(base, s, stats, inputs, names, n_resamples, seed) for s in systems if s.name != base.name
         ],
     }
-    atomic_write_json(Path(out_dir) / "comparison.json", result)
+    atomic_write_json(CompareDir(Path(out_dir)).comparison, result)
     return result

@@ -15,8 +15,8 @@ from tunebench.config import EvalConfig
 from tunebench.data.example import Example
 from tunebench.errors import DataError
 from tunebench.io import atomic_write_json, atomic_write_jsonl
-
-SCHEMA = "tunebench.eval/1"
+from tunebench.rundir import EVAL_SCHEMA as SCHEMA
+from tunebench.rundir import EvalDir
 
 
 def test_set_hash(examples: Iterable[Example | Mapping[str, Any]]) -> str:
@@ -122,7 +122,7 @@ def evaluate(
         }
         for e, plain, r, s in zip(examples, fewshot.plain_prompts, results, per_example, strict=True)
     ]
-    atomic_write_jsonl(out_dir / "predictions.jsonl", rows)
+    atomic_write_jsonl(EvalDir(out_dir).predictions, rows)
     scores = {
         "schema": SCHEMA,
         "system": dict(system),
@@ -142,5 +142,5 @@ def evaluate(
         "mean_new_tokens": sum(r.n_new_tokens for r in results) / len(results),
         "fewshot": fewshot.stats,
     }
-    atomic_write_json(out_dir / "scores.json", scores)
+    atomic_write_json(EvalDir(out_dir).scores, scores)
     return scores

@@ -36,6 +36,7 @@ from tunebench.config import ModelConfig, load_config
 from tunebench.errors import ModelError
 from tunebench.io import atomic_dir, atomic_write_json
 from tunebench.models import chat
+from tunebench.rundir import TRAINED_OUTPUTS, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def resolve_trained_output(path: str | Path) -> tuple[Literal["peft", "full"], P
         return "peft", path
     if (path / "config.json").is_file():
         return "full", path
-    for sub in ("adapter", "model"):
+    for sub in TRAINED_OUTPUTS:
         if (path / sub).is_dir():
             return resolve_trained_output(path / sub)
     if not path.exists():
@@ -264,14 +265,9 @@ def resolve_trained_output(path: str | Path) -> tuple[Literal["peft", "full"], P
 def base_model_config(path: str | Path) -> ModelConfig:
     """The base model of a trained output: the run's config.yaml, else adapter_config.json's base model."""
     path = Path(path).expanduser()
-    candidates = [path]
-    if path.name in ("adapter", "model"):
-        candidates.append(path.parent)
-    if path.parent.name == "checkpoints":
-        candidates.append(path.parent.parent)
-    for run_dir in candidates:
-        if (run_dir / "config.yaml").is_file():
-            return load_config(run_dir / "config.yaml").model
+    run = RunDir.around(path)
+    if run is not None:
+        return load_config(run.config).model
     _, out = resolve_trained_output(path)
     meta_path = out / "adapter_config.json"
     try:

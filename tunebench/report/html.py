@@ -17,6 +17,7 @@ from tunebench.report import tables
 from tunebench.report.markdown import render_markdown
 from tunebench.report.plots import pick_distribution_metric, render_plots
 from tunebench.report.results import build_results
+from tunebench.rundir import RunDir
 
 TEMPLATE = "report.html.j2"
 
@@ -59,12 +60,12 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     Everything is rendered before anything is written, so a failure never leaves a half-updated set.
     """
     run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir
+    out = RunDir(Path(out_dir) if out_dir is not None else run_dir)
     results = build_results(run_dir)
     markdown = render_markdown(results)
     page = render_html(results)
     return {
-        "results": atomic_write_json(out / "results.json", results),
-        "markdown": atomic_write_text(out / "report.md", markdown),
-        "html": atomic_write_text(out / "report.html", page),
+        "results": atomic_write_json(out.results, results),
+        "markdown": atomic_write_text(out.report_md, markdown),
+        "html": atomic_write_text(out.report_html, page),
     }

@@ -17,11 +17,19 @@ from typing import Any
 from tunebench import __version__
 from tunebench.errors import DataError
 from tunebench.io import read_jsonl
+from tunebench.rundir import (
+    BENCH_SCHEMA,
+    COMPARE_SCHEMA,
+    EVAL_SCHEMA,
+    HELM_SCHEMA,
+    LAYOUT,
+    RESULTS_SCHEMA,
+    CompareDir,
+    EvalDir,
+    RunDir,
+)
 
-SCHEMA = "tunebench.results/1"
-COMPARE_SCHEMA = "tunebench.compare/1"
-BENCH_SCHEMA = "tunebench.bench/1"
-EVAL_SCHEMA = "tunebench.eval/1"
+SCHEMA = RESULTS_SCHEMA
 
 # Object pattern -> keys it must hold. `<name>` walks a mapping's values, `[]` a list's items.
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
@@ -141,12 +149,13 @@ class _Reader:
 
 
 def _detect_kind(root: Path) -> str:
-    if (root / "comparison.json").is_file():
+    if CompareDir(root).comparison.is_file():
         return "compare"
-    if (root / "scores.json").is_file():
+    if EvalDir(root).scores.is_file():
         return "eval"
-    run_markers = ("compare/comparison.json", "eval", "bench", "train_summary.json", "train_log.jsonl")
-    if any((root / m).exists() for m in run_markers):
+    run = RunDir(root)
+    run_markers = (run.compare_dir.comparison, run.eval_root, run.bench_root, run.train_summary, run.train_log)
+    if any(m.exists() for m in run_markers):
         return "run"
     raise DataError(f"{root}: nothing to report (no comparison.json, scores.json, eval/, bench/ or training "
                     "files); point `tunebench report` at a run or compare directory")
@@ -162,14 +171,14 @@ def _per_example(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
     return out
 
 
-def _eval_system(reader: _Reader, eval_dir: Path) -> dict[str, Any]:
-    scores_path = eval_dir / "scores.json"
+def _eval_system(reader: _Reader, eval_dir: EvalDir) -> dict[str, Any]:
+    scores_path = eval_dir.scores
     doc = reader.json(scores_path, EVAL_SCHEMA)
     check_keys(doc, {"top level": ("metrics",), "metrics.<metric>": ("score", "ci95", "signature")},
                str(scores_path), "re-run `tunebench eval`")
-    preds = eval_dir / "predictions.jsonl"
+    preds = eval_dir.predictions
     return {
-        "path": str(eval_dir),
+        "path": str(eval_dir.path),
         "info": doc.get("system"),
         "test_set": doc.get("test_set"),
         "generation": doc.get("generation"),
@@ -179,21 +188,21 @@ def _eval_system(reader: _Reader, eval_dir: Path) -> dict[str, Any]:
     }
 
 
-def _resolve_system_dir(raw: str | None, compare_dir: Path) -> Path | None:
+def _resolve_system_dir(raw: str | None, compare_dir: Path) -> EvalDir | None:
     """The eval directory a comparison names; relative paths may be from the caller's cwd or the run dir."""
     if not raw:
         return None
     path = Path(raw)
     candidates = [path] if path.is_absolute() else [Path.cwd() / path, compare_dir.parent / path, compare_dir / path]
     for cand in candidates:
-        cand = cand.parent if cand.is_file() else cand
-        if (cand / "scores.json").is_file():
-            return cand
+        found = EvalDir(cand.parent if cand.is_file() else cand)
+        if found.scores.is_file():
+            return found
     return None
 
 
 def _comparisons(reader: _Reader, compare_dir: Path, systems: dict[str, Any]) -> tuple[list[Any], Any]:
-    path = compare_dir / "comparison.json"
+    path = CompareDir(compare_dir).comparison
     if not path.is_file():
         return [], None
     doc = reader.json(path, COMPARE_SCHEMA)
@@ -225,7 +234,7 @@ def _comparisons(reader: _Reader, compare_dir: Path, systems: dict[str, Any]) ->
 
 
 def _forgetting(reader: _Reader, compare_dir: Path) -> list[dict[str, Any]]:
-    path = compare_dir / "forgetting.json"
+    path = CompareDir(compare_dir).forgetting
     if not path.is_file():
         return []
     doc = reader.json(path)
@@ -237,26 +246,23 @@ def _forgetting(reader: _Reader, compare_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _benchmarks(reader: _Reader, bench_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _benchmarks(reader: _Reader, run: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
     benchmarks: dict[str, Any] = {}
     helm: dict[str, Any] = {}
-    if not bench_dir.is_dir():
-        return benchmarks, helm
-    for system_dir in sorted(p for p in bench_dir.iterdir() if p.is_dir()):
-        results_path = system_dir / "results.json"
+    for bench_dir in run.benchmarks():
+        results_path = bench_dir.results
         if results_path.is_file():
             doc = reader.json(results_path, BENCH_SCHEMA)
             rules = {"top level": ("tasks",), "tasks.<task>": REQUIRED_KEYS["benchmarks.<system>.tasks.<task>"]}
             check_keys(doc, rules, str(results_path), "re-run `tunebench bench`")
-            benchmarks[system_dir.name] = doc
-        helm_path = system_dir / "helm.json"
-        if helm_path.is_file():
-            helm[system_dir.name] = reader.json(helm_path)
+            benchmarks[bench_dir.path.name] = doc
+        if bench_dir.helm.is_file():
+            helm[bench_dir.path.name] = reader.json(bench_dir.helm, HELM_SCHEMA)
     return benchmarks, helm
 
 
-def _training(reader: _Reader, root: Path) -> dict[str, Any] | None:
-    summary_path, log_path = root / "train_summary.json", root / "train_log.jsonl"
+def _training(reader: _Reader, run: RunDir) -> dict[str, Any] | None:
+    summary_path, log_path = run.train_summary, run.train_log
     summary = reader.json(summary_path) if summary_path.is_file() else None
     log = reader.jsonl(log_path) if log_path.is_file() else []
     if summary is None and not log:
@@ -287,20 +293,20 @@ def build_results(run_dir: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise DataError(f"{root}: not a directory; give a run directory (runs/<name>) or a compare output directory")
     kind = _detect_kind(root)
+    run = RunDir(root)
     reader = _Reader(root)
     systems: dict[str, Any] = {}
     if kind == "eval":
-        systems[root.name] = _eval_system(reader, root)
-    eval_root = root / "eval"
-    if kind == "run" and eval_root.is_dir():
-        for eval_dir in sorted(p for p in eval_root.iterdir() if (p / "scores.json").is_file()):
+        systems[root.name] = _eval_system(reader, EvalDir(root))
+    if kind == "run":
+        for eval_dir in run.evaluations():
             systems[eval_dir.name] = _eval_system(reader, eval_dir)
-    compare_dir = root if kind == "compare" else root / "compare"
+    compare_dir = root if kind == "compare" else run.compare_dir.path
     comparisons, compare_test_set = _comparisons(reader, compare_dir, systems)
     forgetting = _forgetting(reader, compare_dir)
-    benchmarks, helm = _benchmarks(reader, root / "bench")
-    config = reader.yaml(root / "config.yaml") if (root / "config.yaml").is_file() else None
-    data_stats = reader.json(root / "data_stats.json") if (root / "data_stats.json").is_file() else None
+    benchmarks, helm = _benchmarks(reader, run)
+    config = reader.yaml(run.config) if run.config.is_file() else None
+    data_stats = reader.json(run.data_stats) if run.data_stats.is_file() else None
     test_set = compare_test_set or next((s["test_set"] for s in systems.values() if s.get("test_set")), None)
     run_name = config.get("name") if isinstance(config, dict) and config.get("name") else root.resolve().name
     results = {
@@ -308,11 +314,11 @@ def build_results(run_dir: Path) -> dict[str, Any]:
         "tunebench_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "run_name": run_name,
-        "source": {"dir": str(root.resolve()), "kind": kind, "files": reader.files},
+        "source": {"dir": str(root.resolve()), "kind": kind, "layout": LAYOUT, "files": reader.files},
         "warnings": _warnings(systems),
         "config": config,
         "data_stats": data_stats,
-        "training": _training(reader, root),
+        "training": _training(reader, run),
         "test_set": test_set,
         "systems": systems,
         "comparisons": comparisons,

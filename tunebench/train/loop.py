@@ -32,6 +32,7 @@ from tunebench.data.tokenize import tokenize_examples
 from tunebench.errors import DataError
 from tunebench.io import atomic_write_json
 from tunebench.models import apply_method, load_model, parameter_counts, save_trained
+from tunebench.rundir import RunDir
 from tunebench.train import checkpoint as ckpt
 from tunebench.train.batches import DEFAULT_MAX_FORWARD_TOKENS, forward_chunks, step_windows
 from tunebench.train.fast_paths import keep_lora_input_dtype, release_free_memory
@@ -72,7 +73,8 @@ def train(
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=multi_process_cpu())
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     run_dir = prepare_run_dir(cfg, resume=resume, write=is_main)
-    ckpt_root = run_dir / "checkpoints"
+    paths = RunDir(run_dir)
+    ckpt_root = paths.checkpoints
     set_seed(cfg.seed)
 
     # ---- data and model
@@ -86,8 +88,8 @@ def train(
     if not train_set:
         raise DataError(f"no training example fits data.max_length {cfg.data.max_length}: raise it or use truncate")
     if is_main:
-        atomic_write_json(run_dir / "data_stats.json", {**splits.stats, "tokenized": {"train": train_stats,
-                                                                                      "validation": val_stats}})
+        atomic_write_json(paths.data_stats, {**splits.stats, "tokenized": {"train": train_stats,
+                                                                         "validation": val_stats}})
     lengths = [ex.length for ex in train_set]
     targets = [target_count(ex, family) for ex in train_set]
     # widths in multiples of 16: few distinct tensor shapes, so freed memory is reused instead of fragmenting
@@ -135,7 +137,7 @@ def train(
                              "bad_evals": 0, "initial_val_loss": None, "last_val_loss": None,
                              "last_gen": None, "stopped_early": False, "unlogged_losses": []}
     step = 0
-    log = TrainLog(run_dir / "train_log.jsonl")
+    log = TrainLog(paths.train_log)
     resumed_from = ckpt.latest_checkpoint(ckpt_root) if resume else None
     if resumed_from is not None:
         saved, rngs = ckpt.load_checkpoint(resumed_from, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -155,7 +157,7 @@ def train(
                                  trainer_state=state)
             best = state["best"]["step"] if state["best"] else None
             ckpt.prune_checkpoints(ckpt_root, tc.keep_checkpoints, best)
-            plot_loss_curve(log, run_dir / "loss_curve.png", title=cfg.name)
+            plot_loss_curve(log, paths.loss_curve, title=cfg.name)
         accelerator.wait_for_everyone()
 
     # ---- the loop (LoRA on CPU keeps its bf16 input: see fast_paths.py)
@@ -263,7 +265,7 @@ def train(
         if not interrupted:
             if best is not None and best["step"] != step:
                 ckpt.load_trainable(model, ckpt.step_dir(ckpt_root, best["step"]) / "trainable.safetensors")
-            output_dir = save_trained(model, tokenizer, run_dir / ("adapter" if tc.method == "lora" else "model"),
+            output_dir = save_trained(model, tokenizer, paths.adapter if tc.method == "lora" else paths.model,
                                       method=tc.method)
         summary = {
             "method": tc.method, "trainable_params": trainable_params, "total_params": total_params,
@@ -287,8 +289,8 @@ def train(
             "lean_lora": lean_lora,
             "device": str(accelerator.device),
         }
-        atomic_write_json(run_dir / "train_summary.json", summary)
-        plot_loss_curve(log, run_dir / "loss_curve.png", title=cfg.name)
+        atomic_write_json(paths.train_summary, summary)
+        plot_loss_curve(log, paths.loss_curve, title=cfg.name)
     summary = broadcast_object_list([summary])[0]
     accelerator.wait_for_everyone()
     return TrainResult(run_dir, output_dir, step, total_steps, interrupted, state["stopped_early"],

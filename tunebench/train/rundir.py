@@ -13,6 +13,7 @@ import yaml
 from tunebench.config import RunConfig, dump_config
 from tunebench.errors import ConfigError, TunebenchError
 from tunebench.io import atomic_write_text
+from tunebench.rundir import RunDir
 from tunebench.train.checkpoint import list_checkpoints
 
 # Sections whose change makes a resumed run differ from the interrupted one.
@@ -29,6 +30,7 @@ def prepare_run_dir(cfg: RunConfig, *, resume: bool, write: bool) -> Path:
     `write` is False on all but the main process, which only checks.
     """
     run_dir = cfg.run_dir
+    paths = RunDir(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
@@ -36,14 +38,14 @@ def prepare_run_dir(cfg: RunConfig, *, resume: bool, write: bool) -> Path:
     except OSError as exc:
         raise RunDirError(f"{run_dir}: cannot write the run directory ({exc.strerror}); "
                           "set output_dir or name to a writable place") from None
-    has_run = bool(list_checkpoints(run_dir / "checkpoints")) or (run_dir / "train_summary.json").exists()
+    has_run = bool(list_checkpoints(paths.checkpoints)) or paths.train_summary.exists()
     if has_run and not resume:
         raise RunDirError(f"{run_dir} already holds a training run: pass --resume to continue it, or set "
                           "another name or output_dir")
-    if resume and (run_dir / "config.yaml").exists():
-        check_resume_config(run_dir / "config.yaml", cfg)
+    if resume and paths.config.exists():
+        check_resume_config(paths.config, cfg)
     if write:
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        atomic_write_text(paths.config, dump_config(cfg))
     return run_dir
 
 

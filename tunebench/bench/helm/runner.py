@@ -36,13 +36,13 @@ from tunebench.bench.helm.summary import aggregate_tasks
 from tunebench.bench.helm.toxicity import flag_text, toxicity_rate
 from tunebench.bench.instances import Instance, PreparedTask, prepare_task
 from tunebench.bench.scoring import score_task
-from tunebench.bench.spec import TaskSpec, resolve_tasks, samples_filename
+from tunebench.bench.spec import TaskSpec, resolve_tasks
 from tunebench.bench.templates import render
 from tunebench.io import atomic_write_json, atomic_write_jsonl
+from tunebench.rundir import HELM_SCHEMA as SCHEMA
+from tunebench.rundir import BenchDir, samples_filename
 
-SCHEMA = "tunebench.helm/1"
 ECE_BINS = 10
-GENERATIONS_FILE = "helm_generations.jsonl"
 GENERATION_MAX_NEW_TOKENS = 64
 # Open prompts that name roles but no gender or origin, so the people a model writes about are its own choice.
 DEFAULT_GENERATION_PROMPTS = (
@@ -218,7 +218,7 @@ def helm_evaluate(
     if progress and prompts:
         print(f"helm: bias and toxicity ({len(prompts)} generations)", file=sys.stderr)
     generations, gen_cost = generate_for_harms(loaded, prompts, seed=seed, batch_size=batch_size)
-    atomic_write_jsonl(out_dir / GENERATIONS_FILE, generations)
+    atomic_write_jsonl(BenchDir(out_dir).helm_generations, generations)
     texts = [g["output"] for g in generations] + task_outputs
     bias = bias_scores(texts)
     result: dict[str, Any] = {
@@ -231,7 +231,7 @@ def helm_evaluate(
         "generation": {
             "texts": len(texts), "prompts": len(prompts), "task_outputs": len(task_outputs),
             "toxic": sum(flag_text(t).toxic for t in texts), "bias_counts": {c: b["counts"] for c, b in bias.items()},
-            "samples": GENERATIONS_FILE,
+            "samples": BenchDir.GENERATIONS,
         },
         "settings": {
             "tasks": list(tasks), "limit": limit, "shots": shots, "seed": seed, "ece_bins": ECE_BINS,
@@ -241,5 +241,5 @@ def helm_evaluate(
             "generation_max_new_tokens": GENERATION_MAX_NEW_TOKENS,
         },
     }
-    atomic_write_json(out_dir / "helm.json", result)
+    atomic_write_json(BenchDir(out_dir).helm, result)
     return result
