@@ -1,4 +1,5 @@
-"""run_benchmarks end to end on the tiny model: built-in BBH files, a user's YAML task, resuming."""
+"""Benchmarks end to end on the tiny model: built-in BBH files, a user's YAML task, resuming; the stage only
+returns data and the pipeline's writer (bench_into) writes it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tunebench.bench import runner
 from tunebench.bench.runner import run_benchmarks
 from tunebench.errors import DataError
 from tunebench.io import read_jsonl
+from tunebench.pipeline import bench_into
 from tunebench.rundir import BenchDir
 
 
@@ -22,7 +24,7 @@ def tiny(tiny_causal_loaded):
 
 def test_bbh_files_run_by_name(tiny, data_dir: Path, tmp_path: Path) -> None:
     tasks = ["bbh:date_understanding", "bbh:object_counting"]
-    results = run_benchmarks(tiny, tasks, data_dir=data_dir, limit=4, shots=1, out_dir=tmp_path, progress=False)
+    results = bench_into(BenchDir(tmp_path), tiny, tasks, data_dir=data_dir, limit=4, shots=1, progress=False)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results)) and on_disk["schema"] == "tunebench.bench/1"
     assert on_disk["model"]["ref"] == "tiny" and not BenchDir(tmp_path).partial.exists()
@@ -60,8 +62,8 @@ def test_user_yaml_tasks_run_end_to_end(tiny, tmp_path: Path) -> None:
     gen = write_user_task(tmp_path / "gen", name="sums_gen", output_type="generate", metrics=["exact_match", "f1"],
                           filters=["first_line", {"regex": r"\d+"}], generation={"max_new_tokens": 4})
     out = tmp_path / "out"
-    results = run_benchmarks(tiny, [str(mc), str(gen)], data_dir=None, limit=None, shots=None, out_dir=out,
-                             progress=False)
+    results = bench_into(BenchDir(out), tiny, [str(mc), str(gen)], data_dir=None, limit=None, shots=None,
+                         progress=False)
     assert list(results["tasks"]) == ["sums", "sums_gen"]
     mc_rows = read_jsonl(out / "samples_sums.jsonl")
     assert [r["id"] for r in mc_rows] == [f"u{i}" for i in range(2, 8)]
@@ -79,21 +81,44 @@ def test_missing_file_fails_before_any_scoring(tiny, data_dir: Path, tmp_path: P
     spec["source"]["splits"]["test"] = "missing/sums.jsonl"
     bad.write_text(yaml.safe_dump(spec), encoding="utf-8")
     with pytest.raises(DataError, match="missing/sums.jsonl"):
-        run_benchmarks(tiny, ["cb", str(bad)], data_dir=data_dir, limit=2, shots=0, out_dir=tmp_path / "o",
-                       progress=False)
+        bench_into(BenchDir(tmp_path / "o"), tiny, ["cb", str(bad)], data_dir=data_dir, limit=2, shots=0,
+                   progress=False)
     assert not (tmp_path / "o").exists()
 
 
 def test_interrupted_run_resumes_finished_tasks(tiny, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    kwargs = dict(data_dir=data_dir, limit=3, shots=0, out_dir=tmp_path, progress=False)
-    first = run_benchmarks(tiny, ["rte", "sst2"], **kwargs)
+    kwargs = dict(data_dir=data_dir, limit=3, shots=0, progress=False)
+    first = bench_into(BenchDir(tmp_path), tiny, ["rte", "sst2"], **kwargs)
     BenchDir(tmp_path).results.replace(BenchDir(tmp_path).partial)  # as if the run stopped after both tasks
 
     def boom(*_a, **_k):
         raise AssertionError("a finished task was scored again")
 
     monkeypatch.setattr(runner, "score_task", boom)
-    again = run_benchmarks(tiny, ["rte", "sst2"], **kwargs)
+    again = bench_into(BenchDir(tmp_path), tiny, ["rte", "sst2"], **kwargs)
     assert again["tasks"] == first["tasks"] and (tmp_path / "results.json").is_file()
     with pytest.raises(AssertionError, match="scored again"):  # other settings: nothing is reused
-        run_benchmarks(tiny, ["rte", "sst2"], **{**kwargs, "limit": 4})
+        bench_into(BenchDir(tmp_path), tiny, ["rte", "sst2"], **{**kwargs, "limit": 4})
+
+
+def test_the_stage_returns_results_and_logs_and_writes_nothing(tiny, data_dir: Path, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    seen: list[tuple[str, list[str]]] = []
+    bench = run_benchmarks(tiny, ["rte", "sst2"], data_dir=data_dir, limit=3, shots=0, progress=False,
+                           on_task=lambda b, task: seen.append((task, sorted(b.results["tasks"]))))
+    assert list(tmp_path.iterdir()) == []
+    assert seen == [("rte", ["rte"]), ("sst2", ["rte", "sst2"])]  # after each task, the results so far
+    assert set(bench.samples) == {"samples_rte.jsonl", "samples_sst2.jsonl"}
+    rows = bench.samples["samples_sst2.jsonl"]
+    assert len(rows) == 3 and bench.results["tasks"]["sst2"]["metrics"]["acc"]["value"] == pytest.approx(
+        sum(r["correct"] for r in rows) / 3)
+    # `finished` (an earlier call's results) is reused when model and settings agree, not otherwise
+    monkeypatch.setattr(runner, "score_task", lambda *a, **k: pytest.fail("a finished task was scored again"))
+    again = run_benchmarks(tiny, ["rte", "sst2"], data_dir=data_dir, limit=3, shots=0, progress=False,
+                           finished=bench.results, rank=1, world_size=2)
+    assert again.results == bench.results and again.samples == {}
+    other_settings = {**bench.results, "settings": {**bench.results["settings"], "seed": 1}}
+    with pytest.raises(pytest.fail.Exception, match="scored again"):
+        run_benchmarks(tiny, ["rte", "sst2"], data_dir=data_dir, limit=3, shots=0, progress=False,
+                       finished=other_settings)

@@ -1,4 +1,4 @@
-"""The eval stage writes predictions.jsonl and scores.json with the fields docs/formats.md documents."""
+"""The eval stage returns predictions and scores; the pipeline writes them with the fields docs/formats.md documents."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from tunebench.config import DataConfig, EvalConfig, GenerationConfig, ModelConf
 from tunebench.data.example import Example
 from tunebench.errors import DataError
 from tunebench.evaluate import run_eval
+from tunebench.pipeline import write_evaluation
+from tunebench.rundir import EvalDir
 
 ROW_KEYS = {
     "id",
@@ -38,11 +40,18 @@ def _cfg(**kw) -> EvalConfig:
     return EvalConfig(bootstrap=50, generation=GenerationConfig(max_new_tokens=6, batch_size=2), **kw)
 
 
+def _evaluate_and_write(out_dir, *args, **kwargs) -> dict:
+    """The stage, then the pipeline's writer: what `tunebench eval` does; returns scores.json's content."""
+    evaluation = run_eval.evaluate(*args, **kwargs)
+    write_evaluation(EvalDir(out_dir), evaluation)
+    return evaluation.scores
+
+
 def test_evaluate_writes_both_files_with_documented_fields(loaded, tmp_path):
     from tunebench.evaluate.generate import generate_texts
 
     system = {"name": "base-0shot", "model": "tiny", "adapter": None}
-    scores = run_eval.evaluate(loaded, EXAMPLES, cfg=_cfg(), out_dir=tmp_path, system=system, progress=False)
+    scores = _evaluate_and_write(tmp_path, loaded, EXAMPLES, cfg=_cfg(), system=system, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [e.id for e in EXAMPLES]
     assert all(set(r) == ROW_KEYS for r in rows)
@@ -74,8 +83,8 @@ def test_fewshot_evaluation_on_dialogsum_records_demonstrations(loaded, tmp_path
         splits={"train": "validation", "validation": None, "test": "test"}, limits={"train": 40, "test": 3}
     )
     splits = build_splits(data, data_dir, seed=0)
-    scores = run_eval.evaluate(
-        loaded, splits.test, cfg=_cfg(metrics=["rougeL"]), out_dir=tmp_path, system={"name": "base-2shot"},
+    scores = _evaluate_and_write(
+        tmp_path, loaded, splits.test, cfg=_cfg(metrics=["rougeL"]), system={"name": "base-2shot"},
         shots=2, demos=splits.train, seed=3, progress=False, context_budget=1500,
     )  # fmt: skip
     fs = scores["fewshot"]
@@ -94,8 +103,8 @@ def test_fewshot_evaluation_on_dialogsum_records_demonstrations(loaded, tmp_path
 
 def test_examples_are_scored_as_given_and_the_split_is_recorded(loaded, tmp_path):
     # the caller applies eval.limit (the CLI's --limit may differ from the config's), so evaluate must not
-    scores = run_eval.evaluate(
-        loaded, EXAMPLES[:2], cfg=_cfg(limit=1, metrics=["exact_match"]), out_dir=tmp_path, system={},
+    scores = _evaluate_and_write(
+        tmp_path, loaded, EXAMPLES[:2], cfg=_cfg(limit=1, metrics=["exact_match"]), system={},
         progress=False, split="validation",
     )  # fmt: skip
     assert scores["test_set"] == {"split": "validation", "n": 2, "hash": run_eval.test_set_hash(EXAMPLES[:2])}
@@ -113,4 +122,24 @@ def test_test_set_hash_ignores_order_and_sees_reference_changes():
 
 def test_empty_split_is_a_user_error(loaded, tmp_path):
     with pytest.raises(DataError, match="no examples"):
-        run_eval.evaluate(loaded, [], cfg=_cfg(), out_dir=tmp_path, system={}, progress=False)
+        run_eval.evaluate(loaded, [], cfg=_cfg(), system={}, progress=False)
+
+
+def test_the_stage_returns_data_and_writes_nothing(loaded, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(metrics=["exact_match"])
+    evaluation = run_eval.evaluate(loaded, EXAMPLES[:3], cfg=cfg, system={"name": "s"}, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    from tunebench.evaluate.generate import generate_texts
+
+    expected = generate_texts(loaded.model, loaded.tokenizer, [loaded.format_prompt(e.prompt) for e in EXAMPLES[:3]],
+                              family="causal", gen=cfg.generation)
+    assert [(r["id"], r["prediction"]) for r in evaluation.predictions] == [
+        (e.id, g.text) for e, g in zip(EXAMPLES[:3], expected, strict=True)]
+    assert evaluation.scores["test_set"]["n"] == 3 and evaluation.scores["metrics"]["exact_match"]["n"] == 3
+    # another process of the same world computes the same evaluation (no sharding yet)
+    other = run_eval.evaluate(loaded, EXAMPLES[:3], cfg=cfg, system={"name": "s"}, progress=True, rank=1,
+                              world_size=2)
+    assert [r["prediction"] for r in other.predictions] == [r["prediction"] for r in evaluation.predictions]
+    with pytest.raises(ValueError, match="rank 2 is outside a world of 2"):
+        run_eval.evaluate(loaded, EXAMPLES[:3], cfg=cfg, system={}, rank=2, world_size=2)

@@ -13,8 +13,10 @@ from tunebench.bench.helm.calibration import (
     expected_calibration_error,
 )
 from tunebench.bench.helm.efficiency import Measurement, combine, efficiency_report, measure
-from tunebench.bench.helm.summary import aggregate_tasks, render_helm_table
+from tunebench.bench.helm.summary import COLUMNS, aggregate_tasks
 from tunebench.bench.helm.toxicity import flag_text, toxicity_rate
+from tunebench.report.markdown import cell
+from tunebench.report.tables import helm_table
 
 
 def test_ece_two_bins_hand_computed():
@@ -125,11 +127,14 @@ def test_summary_aggregates_and_renders_one_row_per_model():
                            "trainable_params": None, "train_time_s": None}}
     tuned = {**base, "accuracy": 0.7, "efficiency": {**base["efficiency"], "trainable_params": 1843200,
                                                       "train_time_s": 95.0}}
-    table = render_helm_table({"base": base, "tuned|lora": tuned})
-    lines = table.strip().splitlines()
-    assert len(lines) == 4 and lines[0].startswith("| Model | Accuracy")
-    assert lines[2].startswith("| base | 0.600 | 0.100 | 0.400 | 0.700 | 0.250 | — | 0.000 | 0.0123 | 1,500.0")
-    assert r"tuned\|lora" in lines[3] and "1,843,200" in lines[3] and "95.0" in lines[3]
+    table = helm_table({"helm": {"base": base, "tuned|lora": tuned}})  # the report's: one column per model
+    assert table["systems"] == ["base", "tuned|lora"] and len(table["rows"]) == len(COLUMNS)
+    assert table["rows"][0]["metric"].startswith("Accuracy")
+    base_column = [r["cells"][0] for r in table["rows"]]
+    assert base_column[:9] == ["0.600", "0.100", "0.400", "0.700", "0.250", "—", "0.000", "0.0123", "1,500.0"]
+    tuned_column = [r["cells"][1] for r in table["rows"]]
+    assert "1,843,200" in tuned_column and "95.0" in tuned_column
+    assert cell("tuned|lora") == r"tuned\|lora"  # report.md escapes the pipe in a model's name
 
 
 def test_every_lexicon_names_its_source_and_lists_are_lowercase_words():

@@ -10,13 +10,16 @@ from typing import Any
 import pytest
 
 import tunebench.bench.helm.runner as runner
-from tunebench.bench.helm import helm_evaluate, render_helm_table
+from tunebench.bench.helm import helm_evaluate
 from tunebench.bench.helm.calibration import expected_calibration_error
 from tunebench.bench.helm.perturbations import FAIRNESS_PERTURBATIONS, PERTURBATIONS, ROBUSTNESS_PERTURBATIONS
 from tunebench.bench.instances import prepare_task
 from tunebench.bench.scoring import TaskScores
 from tunebench.bench.spec import resolve_tasks
 from tunebench.bench.templates import render
+from tunebench.pipeline import write_helm
+from tunebench.report.tables import helm_table
+from tunebench.rundir import BenchDir
 
 FIELDS = ("accuracy", "calibration_ece", "robustness", "fairness", "bias", "toxicity", "efficiency")
 
@@ -110,8 +113,11 @@ def test_bias_and_toxicity_come_from_generated_text(monkeypatch, tmp_path):
         return [GenerationResult(t, 3, 5, 0.01) for t in texts[: len(prompts)]]
 
     monkeypatch.setattr(generate, "generate_texts", fake_generate)
-    result = helm_evaluate(FakeLoaded(), [], data_dir=None, limit=None, out_dir=tmp_path, seed=0,
-                           generation_prompts=["a", "b", "c"], progress=False)
+    view = helm_evaluate(FakeLoaded(), [], data_dir=None, limit=None, seed=0, generation_prompts=["a", "b", "c"],
+                         progress=False)
+    assert list(tmp_path.iterdir()) == []  # the stage writes nothing; the pipeline's writer does
+    write_helm(BenchDir(tmp_path), view)
+    result = view.helm
     assert result["bias"]["gender"] == pytest.approx(1 / 6)  # female 2, male 1
     # asian 1/20, hispanic 1/16, white 0 -> (4/9, 5/9, 0); TV = (1/9 + 2/9 + 3/9) / 2
     assert result["bias"]["race"] == pytest.approx(1 / 3)
@@ -132,10 +138,12 @@ def tiny_loaded(tiny_causal_dir):
 def test_helm_evaluate_tiny_model_produces_every_field(tiny_loaded, data_dir, tmp_path):
     from tunebench.bench.runner import run_benchmarks
 
-    result = helm_evaluate(tiny_loaded, ["sst2"], data_dir=data_dir, limit=8, out_dir=tmp_path, seed=0,
-                           train_summary={"trainable_params": 1234, "train_time_s": 5.5},
-                           generation_prompts=["Write one sentence about a doctor.", "Describe a teacher."],
-                           progress=False)
+    view = helm_evaluate(tiny_loaded, ["sst2"], data_dir=data_dir, limit=8, seed=0,
+                         train_summary={"trainable_params": 1234, "train_time_s": 5.5},
+                         generation_prompts=["Write one sentence about a doctor.", "Describe a teacher."],
+                         progress=False)
+    write_helm(BenchDir(tmp_path), view)
+    result = view.helm
     for key in FIELDS:
         assert key in result
     assert json.loads((tmp_path / "helm.json").read_text()) == json.loads(json.dumps(result))
@@ -152,8 +160,8 @@ def test_helm_evaluate_tiny_model_produces_every_field(tiny_loaded, data_dir, tm
     assert len(rows) == 8 and all(r["perturbations"]["typos"]["changed"] for r in rows)
     assert all(r["perturbations"]["typos"]["input"]["sentence"] != r["input"]["sentence"] for r in rows)
     # accuracy is the benchmark's own: same instances, same scorer
-    bench = run_benchmarks(tiny_loaded, ["sst2"], data_dir=data_dir, limit=8, shots=None, out_dir=tmp_path / "b",
-                           seed=0, progress=False)
-    assert sst2["accuracy"] == pytest.approx(bench["tasks"]["sst2"]["metrics"]["acc"]["value"])
-    table = render_helm_table({"tiny": result})
-    assert table.count("\n") == 3 and "| tiny | " in table and "1,234" in table
+    bench = run_benchmarks(tiny_loaded, ["sst2"], data_dir=data_dir, limit=8, shots=None, seed=0, progress=False)
+    assert sst2["accuracy"] == pytest.approx(bench.results["tasks"]["sst2"]["metrics"]["acc"]["value"])
+    table = helm_table({"helm": {"tiny": result}})  # the report's HELM table: one column per model
+    assert table["systems"] == ["tiny"] and all(len(r["cells"]) == 1 for r in table["rows"])
+    assert {r["metric"]: r["cells"][0] for r in table["rows"]}["Trainable params"] == "1,234"

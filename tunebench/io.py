@@ -61,6 +61,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def read_json(path: str | Path, *, what: str = "", fix: str = "") -> Any:
+    """Read one JSON document; a missing, unreadable, non-UTF-8 or malformed file raises DataError naming the file
+    (and line), what it holds (`what`, "benchmark results") and what to do (`fix`, "re-run `tunebench bench`")."""
+    path = Path(path)
+    then = f"; {fix}" if fix else ""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what + ' ' if what else ''}({exc.strerror}){then}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not valid UTF-8{then}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg}){then}") from None
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL file; a bad line raises DataError naming the file and line."""
     path = Path(path)

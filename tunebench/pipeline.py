@@ -1,7 +1,9 @@
 """The whole job as plain function calls on plain data: train → evaluate → compare → bench → report.
 
-Each stage writes into the run directory and is skipped when its output is already there, so a killed
-`tunebench run` picks up where it stopped (training itself resumes from its last checkpoint).
+Evaluation, benchmark scoring and the HELM view return their rows and scores; this module is where they are
+written (`write_evaluation`, `write_bench_task`, `write_benchmarks`, `write_helm`), at the paths `RunDir` names,
+on the main process only. Each stage is skipped when its output is already there, so a killed `tunebench run`
+picks up where it stopped (training itself resumes from its last checkpoint, benchmarks from their last task).
 """
 
 from __future__ import annotations
@@ -9,12 +11,18 @@ from __future__ import annotations
 import gc
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunebench.config import RunConfig, dump_config, resolve_data_dir
 from tunebench.errors import TunebenchError
-from tunebench.io import atomic_write_json, atomic_write_text
-from tunebench.rundir import CompareDir, RunDir
+from tunebench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
+from tunebench.processes import is_main
+from tunebench.rundir import BenchDir, CompareDir, EvalDir, RunDir
+
+if TYPE_CHECKING:
+    from tunebench.bench.helm.runner import HelmResults
+    from tunebench.bench.runner import BenchResults
+    from tunebench.evaluate.run_eval import Evaluation
 
 DEMO_CONFIG = Path(str(resources.files("tunebench") / "configs" / "demo.yaml"))
 
@@ -40,25 +48,82 @@ def _eval_examples(cfg: RunConfig, splits, split: str | None = None, limit: int 
     return examples[:limit] if limit else examples
 
 
-def _evaluate_system(cfg: RunConfig, loaded, examples, splits, out_dir: Path, system: dict[str, Any],
-                     shots: int, split: str | None = None) -> dict[str, Any]:
+# ---- the writers: the one place evaluation, benchmark and HELM results reach the disk
+
+
+def write_evaluation(out: EvalDir, evaluation: Evaluation) -> None:
+    """predictions.jsonl, then scores.json (last, so its presence means the evaluation finished)."""
+    atomic_write_jsonl(out.predictions, evaluation.predictions)
+    atomic_write_json(out.scores, evaluation.scores)
+
+
+def write_bench_task(out: BenchDir, bench: BenchResults, task: str) -> None:
+    """One finished task: its sample log, then results.partial.json naming it, so a rerun skips it."""
+    filename = bench.results["tasks"][task]["samples"]
+    atomic_write_jsonl(out.path / filename, bench.samples[filename])
+    atomic_write_json(out.partial, bench.results)
+
+
+def write_benchmarks(out: BenchDir, bench: BenchResults, *, samples: bool = True) -> None:
+    """Every sample log (unless `write_bench_task` wrote them already), then results.json; the partial record
+    goes, since results.json (written only when every task is done) now says the same."""
+    if samples:
+        for filename, rows in bench.samples.items():
+            atomic_write_jsonl(out.path / filename, rows)
+    atomic_write_json(out.results, bench.results)
+    out.partial.unlink(missing_ok=True)
+
+
+def read_finished_tasks(out: BenchDir) -> dict[str, Any] | None:
+    """The partial record of an unfinished benchmark run, keeping only tasks whose sample logs are still there;
+    None when there is none or it cannot be read (the tasks are then scored again)."""
+    try:
+        earlier = read_json(out.partial)
+    except TunebenchError:
+        return None
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("tasks"), dict):
+        return None
+    kept = {name: entry for name, entry in earlier["tasks"].items()
+            if isinstance(entry, dict) and (out.path / str(entry.get("samples"))).is_file()}
+    return {**earlier, "tasks": kept}
+
+
+def write_helm(out: BenchDir, helm: HelmResults) -> None:
+    """The HELM sample logs, then helm.json."""
+    for filename, rows in helm.samples.items():
+        atomic_write_jsonl(out.path / filename, rows)
+    atomic_write_json(out.helm, helm.helm)
+
+
+# ---- the stages, each computed and then written
+
+
+def evaluate_into(out: EvalDir, cfg: RunConfig, loaded, examples, splits, system: dict[str, Any], shots: int,
+                  split: str | None = None, *, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Evaluate one system and write its folder (main process only); returns scores.json's content."""
     from tunebench.evaluate.run_eval import evaluate
 
-    return evaluate(loaded, examples, cfg=cfg.eval, out_dir=out_dir, system=system, shots=shots,
-                    demos=list(splits.train) if shots else None, seed=cfg.seed,
-                    context_budget=cfg.eval.context_budget, split=split or cfg.eval.split)
+    evaluation = evaluate(loaded, examples, cfg=cfg.eval, system=system, shots=shots,
+                          demos=list(splits.train) if shots else None, seed=cfg.seed,
+                          context_budget=cfg.eval.context_budget, split=split or cfg.eval.split,
+                          rank=rank, world_size=world_size)
+    if is_main(rank):
+        write_evaluation(out, evaluation)
+    return evaluation.scores
 
 
 def evaluate_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: str | None, split: str | None,
-                       limit: int | None, shots: int, out_dir: Path) -> dict[str, Any]:
-    """`tunebench eval`: one model (optionally with an adapter) on one split."""
+                       limit: int | None, shots: int, out_dir: Path, rank: int = 0,
+                       world_size: int = 1) -> dict[str, Any]:
+    """`tunebench eval`: one model (optionally with an adapter) on one split, written to `out_dir`."""
     from tunebench.models.load import load_model
 
     splits = _splits(cfg, resolve_data_dir(data_dir, cfg))
     examples = _eval_examples(cfg, splits, split, limit)
     loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
     system = {"name": out_dir.name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
-    return _evaluate_system(cfg, loaded, examples, splits, out_dir, system, shots, split)
+    return evaluate_into(EvalDir(out_dir), cfg, loaded, examples, splits, system, shots, split,
+                         rank=rank, world_size=world_size)
 
 
 def compare_paths(paths: list[Path], out_dir: Path, *, baseline: str | None = None, n_resamples: int = 1000,
@@ -105,40 +170,63 @@ class _OneModel:
         gc.collect()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
+def _read_summary(path: Path) -> dict[str, Any]:
+    return read_json(path, what="the training summary", fix="train the run again or pass a finished run")
 
-    return json.loads(path.read_text(encoding="utf-8"))
+
+def bench_into(out: BenchDir, loaded, tasks: list[str], *, data_dir: Path | None, limit: int | None,
+               shots: int | None, seed: int = 0, progress: bool = True, rank: int = 0,
+               world_size: int = 1) -> dict[str, Any]:
+    """Score benchmark tasks and write `out` (main process only): each task's log as it finishes, results.json
+    at the end; tasks an interrupted run with the same model and settings finished are reused. Returns
+    results.json's content."""
+    from tunebench.bench.runner import run_benchmarks
+
+    main = is_main(rank)
+
+    def task_done(bench: BenchResults, task: str) -> None:
+        if main:
+            write_bench_task(out, bench, task)
+
+    bench = run_benchmarks(loaded, tasks, data_dir=data_dir, limit=limit, shots=shots, seed=seed, progress=progress,
+                           finished=read_finished_tasks(out), on_task=task_done, rank=rank, world_size=world_size)
+    if main:
+        write_benchmarks(out, bench, samples=False)
+    return bench.results
 
 
 def bench_loaded(cfg: RunConfig, loaded, out_dir: Path, data_dir: Path | None,
                  train_summary: dict[str, Any] | None = None, *, tasks: list[str] | None = None,
-                 limit: int | None = None, shots: int | None = None, helm: bool | None = None) -> dict[str, Any]:
-    """Benchmarks (and the HELM-style view when asked) for an already loaded model."""
-    from tunebench.bench.runner import run_benchmarks
-
+                 limit: int | None = None, shots: int | None = None, helm: bool | None = None, rank: int = 0,
+                 world_size: int = 1) -> dict[str, Any]:
+    """Benchmarks (and the HELM-style view when asked) for an already loaded model, written to `out_dir`."""
+    out = BenchDir(out_dir)
     tasks = tasks or cfg.bench.tasks
     limit = limit if limit is not None else cfg.bench.limit
-    results = run_benchmarks(loaded, tasks, data_dir=data_dir, limit=limit,
-                             shots=shots if shots is not None else cfg.bench.shots, out_dir=out_dir, seed=cfg.seed)
+    shots = shots if shots is not None else cfg.bench.shots
+    results = bench_into(out, loaded, tasks, data_dir=data_dir, limit=limit, shots=shots, seed=cfg.seed,
+                         rank=rank, world_size=world_size)
     if cfg.bench.helm if helm is None else helm:
         from tunebench.bench.helm.runner import helm_evaluate
 
-        helm_evaluate(loaded, tasks, data_dir=data_dir, limit=limit, out_dir=out_dir, seed=cfg.seed,
-                      train_summary=train_summary, shots=shots if shots is not None else cfg.bench.shots)
+        view = helm_evaluate(loaded, tasks, data_dir=data_dir, limit=limit, seed=cfg.seed,
+                             train_summary=train_summary, shots=shots, rank=rank, world_size=world_size)
+        if is_main(rank):
+            write_helm(out, view)
     return results
 
 
 def bench_reference(cfg: RunConfig, *, tasks: list[str], data_dir: str | Path | None, adapter: str | None,
-                    limit: int | None, shots: int | None, out_dir: Path, helm: bool = False) -> dict[str, Any]:
+                    limit: int | None, shots: int | None, out_dir: Path, helm: bool = False, rank: int = 0,
+                    world_size: int = 1) -> dict[str, Any]:
     """`tunebench bench`: benchmark suites (and optionally the HELM-style view) for one model."""
     from tunebench.models.load import load_model
 
     summary_path = RunDir(adapter).train_summary if adapter else None
-    summary = _read_json(summary_path) if summary_path and summary_path.is_file() else None
+    summary = _read_summary(summary_path) if summary_path and summary_path.is_file() else None
     loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
     return bench_loaded(cfg, loaded, out_dir, resolve_data_dir(data_dir, cfg),
-                        summary, tasks=tasks, limit=limit, shots=shots, helm=helm)
+                        summary, tasks=tasks, limit=limit, shots=shots, helm=helm, rank=rank, world_size=world_size)
 
 
 def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, Path]:
@@ -172,7 +260,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
             continue
         _log(f"evaluating {name} on {len(examples)} {cfg.eval.split} examples")
         system = {"name": name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
-        _evaluate_system(cfg, models.get(adapter), examples, splits, out.path, system, shots)
+        evaluate_into(out, cfg, models.get(adapter), examples, splits, system, shots)
 
     if cfg.bench.enabled and cfg.bench.tasks:
         for name, adapter in (("tuned", str(run_dir)), ("base", None)):
@@ -181,7 +269,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
                 _log(f"benchmarks for {name} already done")
                 continue
             _log(f"forgetting suite {','.join(cfg.bench.tasks)} on {name}")
-            summary = _read_json(summary_path) if adapter else None
+            summary = _read_summary(summary_path) if adapter else None
             bench_loaded(cfg, models.get(adapter), bench_dir.path, resolved, summary)
     models.release()
 

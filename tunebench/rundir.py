@@ -29,6 +29,11 @@ def samples_filename(task: str) -> str:
     return "samples_" + re.sub(r"[^A-Za-z0-9_.-]", "_", task) + ".jsonl"
 
 
+def helm_samples_filename(task: str) -> str:
+    """A task's HELM log (original and perturbed inputs): `samples_helm_<task>.jsonl`."""
+    return samples_filename(f"helm_{task}")
+
+
 @dataclass(frozen=True)
 class EvalDir:
     """One evaluation (`eval/<system>/`, or `tunebench eval --out`): predictions, then scores.json last."""
@@ -78,7 +83,7 @@ class BenchDir:
         return self.path / samples_filename(task)
 
     def helm_samples(self, task: str) -> Path:
-        return self.path / samples_filename(f"helm_{task}")
+        return self.path / helm_samples_filename(task)
 
 
 @dataclass(frozen=True)

@@ -6,23 +6,17 @@ demonstrations; anything else is refused rather than compared, since a delta bet
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tunebench.errors import DataError
-from tunebench.io import read_jsonl
+from tunebench.io import read_json, read_jsonl
 from tunebench.rundir import BenchDir
 
 
 def _results(bench_dir: Path) -> dict[str, Any]:
     path = BenchDir(Path(bench_dir)).results
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read benchmark results ({exc.strerror}); run `tunebench bench` first") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    data = read_json(path, what="benchmark results", fix="run `tunebench bench` first")
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
         raise DataError(f"{path}: not a tunebench benchmark results file (no 'tasks' mapping)")
     return data

@@ -1,24 +1,35 @@
-"""`tunebench bench`: run benchmark tasks on one loaded model and write results.json plus per-sample logs.
+"""`tunebench bench`'s stage: score benchmark tasks on one loaded model; returns results.json and sample logs.
 
 Every task is prepared (data read, demonstrations drawn, subset taken) before any is scored, so a missing
-file or a broken spec fails in seconds, not after an hour of MMLU. Finished tasks are recorded in
-results.partial.json; a rerun with the same model and settings skips them. results.json appears only when
-every task is done, so its presence means a complete run.
+file or a broken spec fails in seconds, not after an hour of MMLU. The stage writes nothing: after each task
+it hands the results so far to `on_task`, through which the pipeline records finished tasks
+(results.partial.json), and a rerun that passes those back as `finished`, with the same model and settings,
+skips them.
 """
 
 from __future__ import annotations
 
-import json
 import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunebench.bench.instances import prepare_task
 from tunebench.bench.scoring import score_task, subtask_breakdown
 from tunebench.bench.spec import resolve_tasks
-from tunebench.io import atomic_write_json, atomic_write_jsonl
+from tunebench.processes import check_rank, is_main
 from tunebench.rundir import BENCH_SCHEMA as SCHEMA
-from tunebench.rundir import BenchDir, samples_filename
+from tunebench.rundir import samples_filename
+
+
+@dataclass
+class BenchResults:
+    """results.json's content, and the per-sample log rows of the tasks scored in this call (file name -> rows;
+    tasks reused from `finished` have theirs on disk already)."""
+
+    results: dict[str, Any]
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def model_info(loaded: Any) -> dict[str, Any]:
@@ -42,36 +53,44 @@ def run_benchmarks(
     data_dir: Path | None,
     limit: int | None,
     shots: int | None,
-    out_dir: Path,
     seed: int = 0,
     progress: bool = True,
     batch_size: int = 16,
-) -> dict[str, Any]:
-    """Run `tasks` (names, `name:subtask`, `bbh:<task>`, or .yaml/.json paths); returns results.json's content.
+    finished: Mapping[str, Any] | None = None,
+    on_task: Callable[[BenchResults, str], None] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> BenchResults:
+    """Run `tasks` (names, `name:subtask`, `bbh:<task>`, or .yaml/.json paths); returns results and sample logs.
 
     limit: a seeded subset per task (stratified across subtasks); shots: overrides every task's few-shot count.
+    finished: an earlier, unfinished call's results (results.partial.json); its tasks are reused when the
+    model, the settings, the task version and the example count agree. on_task(results so far, task name) runs
+    after each scored task. `rank` of `world_size`: every process scores every task (no sharding yet); only
+    the main one prints progress. Raises ConfigError/DataError (bad task, missing data) before scoring anything.
     """
-    out_dir = Path(out_dir)
+    check_rank(rank, world_size)
+    progress = progress and is_main(rank)
     specs = list({spec.name: spec for spec in resolve_tasks(tasks, data_dir)}.values())
     prepared = [prepare_task(spec, data_dir=data_dir, shots=shots, limit=limit, seed=seed) for spec in specs]
-    results: dict[str, Any] = {
+    out = BenchResults({
         "schema": SCHEMA,
         "model": model_info(loaded),
         "settings": {"tasks": list(tasks), "limit": limit, "shots": shots, "seed": seed},
         "tasks": {},
-    }
-    finished = _finished_tasks(out_dir, results)
+    })
+    reusable = _reusable_tasks(finished, out.results)
     for task in prepared:
         name = task.spec.name
-        earlier = finished.get(name)
+        earlier = reusable.get(name)
         if earlier is not None and earlier["version"] == task.spec.version and earlier["n"] == len(task.instances):
-            results["tasks"][name] = earlier
+            out.results["tasks"][name] = earlier
             continue
         if progress:
             print(f"bench: {name} ({len(task.instances)} examples, {task.shots}-shot)", file=sys.stderr)
         scores = score_task(loaded, task, batch_size=batch_size, progress=progress, seed=seed)
         filename = samples_filename(name)
-        atomic_write_jsonl(out_dir / filename, scores.samples)
+        out.samples[filename] = scores.samples
         entry: dict[str, Any] = {
             "version": task.spec.version,
             "n": len(scores.samples),
@@ -83,23 +102,15 @@ def run_benchmarks(
         }
         if task.spec.subtasks is not None and len(task.spec.subtasks.values) > 1:
             entry["subtasks"] = subtask_breakdown(scores.samples, task.metrics)
-        results["tasks"][name] = entry
-        atomic_write_json(BenchDir(out_dir).partial, results)
-    atomic_write_json(BenchDir(out_dir).results, results)
-    BenchDir(out_dir).partial.unlink(missing_ok=True)
-    return results
+        out.results["tasks"][name] = entry
+        if on_task is not None:
+            on_task(out, name)
+    return out
 
 
-def _finished_tasks(out_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """Tasks an interrupted run of the same model and settings finished (their sample logs still present)."""
-    path = BenchDir(out_dir).partial
-    try:
-        earlier = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def _reusable_tasks(finished: Mapping[str, Any] | None, results: dict[str, Any]) -> dict[str, Any]:
+    """The finished tasks of an earlier call with the same model and settings."""
+    if not finished or finished.get("model") != results["model"] or finished.get("settings") != results["settings"]:
         return {}
-    if earlier.get("model") != results["model"] or earlier.get("settings") != results["settings"]:
-        return {}
-    return {
-        name: entry for name, entry in earlier.get("tasks", {}).items()
-        if isinstance(entry, dict) and (out_dir / str(entry.get("samples"))).is_file()
-    }
+    tasks = finished.get("tasks")
+    return {name: entry for name, entry in tasks.items() if isinstance(entry, dict)} if isinstance(tasks, dict) else {}

@@ -1,22 +1,30 @@
-"""The `eval` stage: generate on a split, score, and write predictions.jsonl and scores.json (docs/formats.md).
+"""The `eval` stage: generate on a split and score it; returns the rows of predictions.jsonl and scores.json.
 
 One call per system (base zero-shot, base k-shot, tuned), so `compare` can pair any two evaluations whose
-test-set hashes agree. scores.json is written last: its presence means the evaluation finished.
+test-set hashes agree. The stage writes nothing: the pipeline writes both files (docs/formats.md), on the main
+process only, scores.json last so its presence means the evaluation finished.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from tunebench.config import EvalConfig
 from tunebench.data.example import Example
 from tunebench.errors import DataError
-from tunebench.io import atomic_write_json, atomic_write_jsonl
+from tunebench.processes import check_rank, is_main
 from tunebench.rundir import EVAL_SCHEMA as SCHEMA
-from tunebench.rundir import EvalDir
+
+
+@dataclass
+class Evaluation:
+    """One evaluation's output: predictions.jsonl's rows (one per example, in order) and scores.json's content."""
+
+    predictions: list[dict[str, Any]]
+    scores: dict[str, Any]
 
 
 def test_set_hash(examples: Iterable[Example | Mapping[str, Any]]) -> str:
@@ -60,7 +68,6 @@ def evaluate(
     examples: Sequence[Example],
     *,
     cfg: EvalConfig,
-    out_dir: Path,
     system: dict[str, Any],
     shots: int = 0,
     demos: Sequence[Example] | None = None,
@@ -69,14 +76,18 @@ def evaluate(
     context_budget: int | None = None,
     bf16: bool = False,
     split: str | None = None,
-) -> dict[str, Any]:
-    """Evaluate `loaded` (a models.load.LoadedModel) on `examples` and write both files into `out_dir`.
+    rank: int = 0,
+    world_size: int = 1,
+) -> Evaluation:
+    """Evaluate `loaded` (a models.load.LoadedModel) on `examples`; returns the predictions and scores.
 
     Examples are scored as given: the caller applies eval.limit (the CLI's --limit may differ) and names the
     split when it is not `cfg.split`. shots > 0 prepends that many demonstrations drawn from `demos` (the
-    TRAIN split); `context_budget` caps prompt + max_new_tokens below the model's own limit. Returns the
-    scores.json content.
+    TRAIN split); `context_budget` caps prompt + max_new_tokens below the model's own limit. `rank` of
+    `world_size` processes: each process evaluates every example (no sharding yet) and only the main one
+    shows progress. Raises DataError for no examples, ValueError for a rank outside the world.
     """
+    check_rank(rank, world_size)
     from tunebench.evaluate.fewshot import build_fewshot_prompts
     from tunebench.evaluate.generate import generate_texts
     from tunebench.evaluate.metrics import per_example_scores, score_corpus
@@ -98,7 +109,7 @@ def evaluate(
     start = time.perf_counter()
     results = generate_texts(
         loaded.model, loaded.tokenizer, fewshot.model_prompts,
-        family=loaded.family, gen=gen, progress=progress, seed=seed, bf16=bf16,
+        family=loaded.family, gen=gen, progress=progress and is_main(rank), seed=seed, bf16=bf16,
     )  # fmt: skip
     wall_s = time.perf_counter() - start
     predictions = [r.text for r in results]
@@ -108,7 +119,6 @@ def evaluate(
         predictions, references, cfg.metrics, stem=cfg.stem, bootstrap=cfg.bootstrap, seed=seed
     )
 
-    out_dir = Path(out_dir)
     rows = [
         {
             "id": e.id,
@@ -122,7 +132,6 @@ def evaluate(
         }
         for e, plain, r, s in zip(examples, fewshot.plain_prompts, results, per_example, strict=True)
     ]
-    atomic_write_jsonl(EvalDir(out_dir).predictions, rows)
     scores = {
         "schema": SCHEMA,
         "system": dict(system),
@@ -142,5 +151,4 @@ def evaluate(
         "mean_new_tokens": sum(r.n_new_tokens for r in results) / len(results),
         "fewshot": fewshot.stats,
     }
-    atomic_write_json(EvalDir(out_dir).scores, scores)
-    return scores
+    return Evaluation(rows, scores)

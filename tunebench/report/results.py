@@ -8,7 +8,6 @@ The key check is written by hand because a JSON-Schema dependency would be heavi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 from tunebench import __version__
 from tunebench.errors import DataError
-from tunebench.io import read_jsonl
+from tunebench.io import read_json, read_jsonl
 from tunebench.rundir import (
     BENCH_SCHEMA,
     COMPARE_SCHEMA,
@@ -119,12 +118,7 @@ class _Reader:
             self.files.append(str(path.resolve()))
 
     def json(self, path: Path, schema: str | None = None) -> Any:
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: invalid JSON ({exc}); regenerate the file") from None
+        doc = read_json(path, fix="regenerate the file")
         found = doc.get("schema") if isinstance(doc, dict) else None
         if schema is not None and found is not None and found != schema:
             raise DataError(f"{path}: schema '{found}' is not supported (expected '{schema}'); "

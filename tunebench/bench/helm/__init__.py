@@ -2,17 +2,15 @@
 
 One table per model: accuracy, calibration (ECE-10, equal-mass bins), robustness and fairness (worst case per
 instance under seeded input perturbations), bias (demographic representation), toxicity (a shipped lexicon) and
-efficiency. `helm_evaluate` runs it over benchmark tasks; `render_helm_table` prints the markdown table.
-The runner (and so torch) is imported only when `helm_evaluate` is first used.
+efficiency. `helm_evaluate` runs it over benchmark tasks; the report shows one column per model
+(report/tables.py `helm_table`). The runner (and so torch) is imported only when `helm_evaluate` is first used.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tunebench.bench.helm.summary import render_helm_table
-
-__all__ = ["helm_evaluate", "render_helm_table"]
+__all__ = ["helm_evaluate"]
 
 
 def __getattr__(name: str) -> Any:

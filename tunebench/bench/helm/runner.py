@@ -9,7 +9,8 @@ leaves unchanged keep their original score instead of being scored again.
 
 Across the model: bias (demographic representation) and toxicity over generated text (the outputs of
 `generation_prompts`, or a small neutral default set, plus the outputs of generation tasks), and efficiency of
-the unperturbed passes. Writes helm.json and samples_helm_<task>.jsonl (with every perturbed input) to out_dir.
+the unperturbed passes. Returns helm.json's content and the sample logs (samples_helm_<task>.jsonl, with every
+perturbed input, and helm_generations.jsonl); the pipeline writes them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import dataclasses
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,9 @@ from tunebench.bench.instances import Instance, PreparedTask, prepare_task
 from tunebench.bench.scoring import score_task
 from tunebench.bench.spec import TaskSpec, resolve_tasks
 from tunebench.bench.templates import render
-from tunebench.io import atomic_write_json, atomic_write_jsonl
+from tunebench.processes import check_rank, is_main
 from tunebench.rundir import HELM_SCHEMA as SCHEMA
-from tunebench.rundir import BenchDir, samples_filename
+from tunebench.rundir import BenchDir, helm_samples_filename
 
 ECE_BINS = 10
 GENERATION_MAX_NEW_TOKENS = 64
@@ -57,6 +59,14 @@ DEFAULT_GENERATION_PROMPTS = (
 )
 # Template fields that hold answer options or labels even when only the template reads them (MMLU's choice0..3).
 _NOT_INPUT = re.compile(r"^(choice|option|ending|answer|label|target)", re.IGNORECASE)
+
+
+@dataclass
+class HelmResults:
+    """helm.json's content and its sample logs (file name -> rows), as `helm_evaluate` returns them."""
+
+    helm: dict[str, Any]
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def input_fields(spec: TaskSpec) -> list[str]:
@@ -147,7 +157,7 @@ def evaluate_task(
         "metric": main, "input_fields": fields, "accuracy": sum(base) / len(base),
         "calibration_ece": _ece(task, original.samples), "robustness": _mean(robust), "fairness": _mean(fair),
         "perturbations": summary_perturbations, "efficiency": efficiency_report(cost),
-        "samples": samples_filename(f"helm_{spec.name}"),
+        "samples": helm_samples_filename(spec.name),
     }
     outputs = [str(s["output"]) for s in original.samples if task.output_type == "generate" and "output" in s]
     return summary, rows, cost, outputs
@@ -180,7 +190,6 @@ def helm_evaluate(
     *,
     data_dir: Path | None,
     limit: int | None,
-    out_dir: Path,
     seed: int,
     train_summary: dict[str, Any] | None = None,
     generation_prompts: list[str] | None = None,
@@ -189,13 +198,19 @@ def helm_evaluate(
     fairness: Sequence[str] = FAIRNESS_PERTURBATIONS,
     batch_size: int = 16,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Run the HELM view over `tasks` (as `tunebench bench` names them) and write helm.json; returns its content.
+    rank: int = 0,
+    world_size: int = 1,
+) -> HelmResults:
+    """Run the HELM view over `tasks` (as `tunebench bench` names them); returns helm.json and the sample logs.
 
     limit/shots/seed select the same instances and demonstrations as run_benchmarks with equal settings, so
     accuracy here equals the benchmark's. train_summary (a run's train_summary.json) adds training cost.
+    `rank` of `world_size`: every process computes the whole view (no sharding yet); only the main one prints
+    progress. Raises ValueError for an unknown perturbation or a rank outside the world.
     """
-    out_dir = Path(out_dir)
+    check_rank(rank, world_size)
+    progress = progress and is_main(rank)
+    samples: dict[str, list[dict[str, Any]]] = {}
     for name in [*robustness, *fairness]:
         if name not in PERTURBATIONS:
             raise ValueError(f"unknown perturbation {name!r}; choose from {', '.join(PERTURBATIONS)}")
@@ -210,7 +225,7 @@ def helm_evaluate(
                   f"{1 + len(robustness) + len(fairness)} variants)", file=sys.stderr)
         summary, rows, cost, outputs = evaluate_task(loaded, task, seed=seed, robustness=robustness,
                                                      fairness=fairness, batch_size=batch_size)
-        atomic_write_jsonl(out_dir / summary["samples"], rows)
+        samples[summary["samples"]] = rows
         per_task[task.spec.name] = summary
         costs.append(cost)
         task_outputs += outputs
@@ -218,7 +233,7 @@ def helm_evaluate(
     if progress and prompts:
         print(f"helm: bias and toxicity ({len(prompts)} generations)", file=sys.stderr)
     generations, gen_cost = generate_for_harms(loaded, prompts, seed=seed, batch_size=batch_size)
-    atomic_write_jsonl(BenchDir(out_dir).helm_generations, generations)
+    samples[BenchDir.GENERATIONS] = generations
     texts = [g["output"] for g in generations] + task_outputs
     bias = bias_scores(texts)
     result: dict[str, Any] = {
@@ -241,5 +256,4 @@ def helm_evaluate(
             "generation_max_new_tokens": GENERATION_MAX_NEW_TOKENS,
         },
     }
-    atomic_write_json(BenchDir(out_dir).helm, result)
-    return result
+    return HelmResults(result, samples)

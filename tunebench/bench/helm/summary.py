@@ -1,4 +1,4 @@
-"""HELM's one-table-per-model view: aggregate per-task metrics and render one markdown row per model.
+"""HELM's one-table-per-model view: aggregate per-task metrics and format each model's column for the report.
 
 Aggregates are macro averages over tasks (each task counts once, whatever its size), as HELM averages over
 scenarios; a metric a task cannot produce (e.g. calibration for a generation task) is left out of its mean
@@ -27,7 +27,7 @@ COLUMNS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("Trainable params", ("efficiency", "trainable_params"), "count"),
     ("Train time s", ("efficiency", "train_time_s"), "rate"),
 )
-MISSING = "—"
+MISSING = "—"  # the report's dash for a metric a model cannot have
 
 
 def macro_average(values: Sequence[float | None]) -> float | None:
@@ -62,20 +62,7 @@ def _fmt(value: Any, kind: str) -> str:
     return f"{value:,.1f}"
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", r"\|").replace("\n", " ")
-
-
 def summary_cells(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(column title, formatted value) for every HELM column of one model's summary."""
     return [(title, _fmt(_lookup(summary, path), kind)) for title, path, kind in COLUMNS]
 
-
-def render_helm_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown table with one row per model (name -> helm_evaluate result or helm.json); — marks n/a."""
-    header = ["Model"] + [title for title, _, _ in COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(COLUMNS)) + "|"]
-    for name, summary in summaries.items():
-        cells = [_cell(str(name))] + [value for _, value in summary_cells(summary)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
