@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -87,4 +88,4 @@ def test_prune_keeps_the_last_and_the_best(tmp_path):
     assert ckpt.list_checkpoints(tmp_path) == [2, 6, 8]
     assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step-8"
     ckpt.write_best(tmp_path, 6, "val_loss", 1.5)
-    assert ckpt.read_best(tmp_path) == {"step": 6, "metric": "val_loss", "value": 1.5}
+    assert json.loads((tmp_path / "best.json").read_text()) == {"step": 6, "metric": "val_loss", "value": 1.5}

@@ -299,10 +299,6 @@ def load_template(cfg: TemplateConfig) -> PromptTemplate:
     return PromptTemplate(cfg.name, builtin.prompts, builtin.completion, cfg.variant, builtin.reference)
 
 
-def render_examples(records: Iterable[Record], template: PromptTemplate, seed: int) -> list[Example]:
-    return [template.to_example(r, seed) for r in records]
-
-
 def describe_templates() -> list[dict[str, Any]]:
     """Built-in templates as data: name, description, fields, number of phrasings, first phrasing."""
     out = []

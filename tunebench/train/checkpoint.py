@@ -213,11 +213,6 @@ def write_best(root: Path, step: int, metric: str, value: float) -> None:
     atomic_write_json(root / "best.json", {"step": step, "metric": metric, "value": value})
 
 
-def read_best(root: Path) -> dict[str, Any] | None:
-    path = root / "best.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
 def prune_checkpoints(root: Path, keep_last: int, best_step: int | None) -> list[int]:
     """Delete all but the last `keep_last` checkpoints and the best one; return the deleted steps."""
     steps = list_checkpoints(root)
