@@ -1,7 +1,15 @@
-"""Atomic writes and line-numbered JSONL reads: results and checkpoints never end half-written."""
+"""Atomic writes, and readers whose errors name the file and line: JSON, JSONL, CSV/TSV, YAML, UTF-8 text.
+
+Writes go to a temporary file and are renamed over the target, so results and checkpoints never end
+half-written. Local files are read by hand rather than through `datasets`, because a malformed line must name
+its file and line, which `datasets`' Arrow readers do not report.
+"""
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 import json
 import os
 import shutil
@@ -101,6 +109,85 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)
     return rows
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file, gzipped when its name ends in .gz (a leading BOM dropped); failures raise DataError
+    naming the file and line."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except OSError as exc:  # gzip.BadGzipFile is an OSError without strerror
+        raise DataError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    except EOFError:
+        raise DataError(f"{path}: truncated gzip file; restore it") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
+
+
+def read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
+    """Read CSV/TSV with a header row; a row with the wrong number of columns names its line."""
+    text = read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows: list[dict[str, Any]] = []
+    try:
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise DataError(f"{path}:1: missing header row; the first line must name the columns")
+        header = [h.strip() for h in header]
+        for values in reader:
+            if not values or (len(values) == 1 and not values[0].strip()):
+                continue
+            if len(values) != len(header):
+                raise DataError(
+                    f"{path}:{reader.line_num}: expected {len(header)} columns as in the header, "
+                    f"found {len(values)}; check quoting of that row"
+                )
+            rows.append(dict(zip(header, values, strict=True)))
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: malformed row ({exc})") from None
+    return rows
+
+
+def read_json_records(path: Path, records_key: str | None = None) -> list[dict[str, Any]]:
+    """A JSON array of objects, or an object holding one such array (e.g. {"examples": [...]}) under
+    `records_key` or, when that is None, as its only list; errors name the file and line."""
+    text = read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if records_key is not None:
+        if not isinstance(data, dict) or records_key not in data:
+            raise DataError(f"{path}: no top-level key '{records_key}' (records_key) holding the records")
+        data = data[records_key]
+    elif isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(f"{path}: expected a JSON array of objects, or an object holding exactly one array")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            line = _json_item_line(text, i)
+            raise DataError(f"{path}:{line}: item {i} is {type(row).__name__}, expected a JSON object")
+    return data
+
+
+def _json_item_line(text: str, index: int) -> int:
+    """Best-effort line of the index-th array item, for error messages."""
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    for i in range(index + 1):
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if i == index:
+            return text.count("\n", 0, pos) + 1
+        _, pos = decoder.raw_decode(text, pos)
+    return 1
 
 
 def read_yaml_mapping(path: str | Path, error: type[Exception], what: str, *, empty_ok: bool = False) -> dict[str, Any]:

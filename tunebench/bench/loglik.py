@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tunebench.models.chat import encode_prompt, pad_token_id
+
 
 @dataclass(frozen=True)
 class Request:
@@ -42,9 +44,8 @@ class _Row:
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids as generation sees them: special tokens added unless the text already starts with BOS."""
-    bos = getattr(tokenizer, "bos_token", None)
-    ids = list(tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"])
+    """Token ids as generation sees them (`chat.encode_prompt`), without a trailing EOS the tokenizer appends."""
+    ids = encode_prompt(tokenizer, text)
     eos = tokenizer.eos_token_id
     if ids and eos is not None and ids[-1] == eos and not text.endswith(tokenizer.eos_token or "\0"):
         ids.pop()  # tokenizers that append EOS would make it part of every continuation
@@ -186,7 +187,7 @@ def loglikelihoods(
     groups: dict[str, list[_Row]] = {}
     for row in rows:
         groups.setdefault(requests[row.request].group, []).append(row)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = pad_token_id(tokenizer)
     forward = _Forward(model)
     bar = _progress_bar(len(rows), progress)
     with inference(model):
@@ -239,7 +240,7 @@ def loglikelihoods_seq2seq(
                 raise ValueError(f"continuation {continuation!r} has no tokens")
             rows.append((r, c, source, labels))
     out: list[list[float]] = [[0.0] * len(req.continuations) for req in requests]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
     rows.sort(key=lambda row: -len(row[2]))
     bar = _progress_bar(len(rows), progress)
     with inference(model):

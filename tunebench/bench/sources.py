@@ -1,20 +1,18 @@
-"""Benchmark data readers: the few file shapes public benchmarks ship in, read into lists of records.
+"""Benchmark data: where a spec's files are, and the few shapes public benchmarks ship in, read into records.
 
-Hand-written rather than `datasets.load_dataset` because these files are small, the formats include SST-2's
-`<label> <sentence>` lines and BBH's `{"examples": [...]}` that `datasets` does not read as-is, and errors must name
-the file and line.
+The JSONL, JSON and CSV readers are tunebench.io's (shared with data/sources.py); only SST-2's `<label> <sentence>`
+lines are read here. Hand-written rather than `datasets.load_dataset` because these files are small, the formats
+include SST-2's lines and BBH's `{"examples": [...]}` that `datasets` does not read as-is, and errors must name the
+file and line.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from pathlib import Path
 from typing import Any
 
 from tunebench.errors import DataError
-from tunebench.io import read_jsonl
+from tunebench.io import read_delimited, read_json_records, read_jsonl, read_text
 
 
 def resolve_source_path(raw: str, *, data_dir: Path | None, spec_origin: str, where: str) -> Path:
@@ -43,57 +41,22 @@ def resolve_source_path(raw: str, *, data_dir: Path | None, spec_origin: str, wh
 
 
 def read_records(fmt: str, path: Path, *, records_key: str | None = None) -> list[dict[str, Any]]:
-    """All records of one file as dicts (column -> value)."""
+    """All records of one file as dicts (column -> value); the readers are tunebench.io's, shared with data/."""
     if fmt == "jsonl":
         return read_jsonl(path)
     if fmt == "json":
-        return _read_json(path, records_key)
+        return read_json_records(path, records_key)
     if fmt in ("csv", "tsv"):
-        return _read_csv(path, "," if fmt == "csv" else "\t")
+        return read_delimited(path, "," if fmt == "csv" else "\t")
     if fmt == "label_text":
         return _read_label_text(path)
     raise ValueError(f"unknown source format {fmt!r}")
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not valid UTF-8") from None
-
-
-def _read_json(path: Path, records_key: str | None) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(_read_text(path))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    if records_key is not None:
-        if not isinstance(data, dict) or records_key not in data:
-            raise DataError(f"{path}: no top-level key '{records_key}' (source.records_key) holding the records")
-        data = data[records_key]
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise DataError(f"{path}: expected a list of objects (set source.records_key if they sit under a key)")
-    return data
-
-
-def _read_csv(path: Path, delimiter: str) -> list[dict[str, Any]]:
-    # StringIO, not splitlines(): fields may hold U+0085 or U+2028, which splitlines() treats as line breaks.
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
-    if not reader.fieldnames:
-        raise DataError(f"{path}: empty file; expected a header row naming the columns")
-    rows = []
-    for row in reader:
-        if None in row or any(v is None for v in row.values()):
-            raise DataError(f"{path}:{reader.line_num}: the row has a different number of columns than the header")
-        rows.append(dict(row))
-    return rows
-
-
 def _read_label_text(path: Path) -> list[dict[str, Any]]:
+    """SST-2's `<label> <sentence>` lines."""
     rows = []
-    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         label, sep, text = line.strip().partition(" ")

@@ -7,10 +7,6 @@ must name its file and line, which `datasets`' Arrow readers do not report.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -19,7 +15,7 @@ from typing import Any
 
 from tunebench.config import DataConfig
 from tunebench.errors import DataError
-from tunebench.io import read_jsonl
+from tunebench.io import read_delimited, read_json_records, read_jsonl, read_text
 
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
 DIALOGSUM_HUB_ID = "knkarthick/dialogsum"
@@ -40,76 +36,6 @@ class Record:
 # ---------------------------------------------------------------------------------------------- file readers
 
 
-def _decode(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
-
-
-def read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
-    """Read CSV/TSV with a header row; a row with the wrong number of columns names its line."""
-    text = _decode(path)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    rows: list[dict[str, Any]] = []
-    try:
-        header = next(reader, None)
-        if not header or not any(h.strip() for h in header):
-            raise DataError(f"{path}:1: missing header row; the first line must name the columns")
-        header = [h.strip() for h in header]
-        for values in reader:
-            if not values or (len(values) == 1 and not values[0].strip()):
-                continue
-            if len(values) != len(header):
-                raise DataError(
-                    f"{path}:{reader.line_num}: expected {len(header)} columns as in the header, "
-                    f"found {len(values)}; check quoting of that row"
-                )
-            rows.append(dict(zip(header, values, strict=True)))
-    except csv.Error as exc:
-        raise DataError(f"{path}:{reader.line_num}: malformed row ({exc})") from None
-    return rows
-
-
-def read_json(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON array of objects, or an object holding one such array (e.g. {"examples": [...]})."""
-    text = _decode(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    if isinstance(data, dict):
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DataError(f"{path}: expected a JSON array of objects, or an object holding exactly one array")
-        data = lists[0]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
-    for i, row in enumerate(data):
-        if not isinstance(row, dict):
-            line = _json_item_line(text, i)
-            raise DataError(f"{path}:{line}: item {i} is {type(row).__name__}, expected a JSON object")
-    return data
-
-
-def _json_item_line(text: str, index: int) -> int:
-    """Best-effort line of the index-th array item, for error messages."""
-    decoder = json.JSONDecoder()
-    pos = text.index("[") + 1
-    for i in range(index + 1):
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if i == index:
-            return text.count("\n", 0, pos) + 1
-        _, pos = decoder.raw_decode(text, pos)
-    return 1
-
-
 LANGUAGE_NAMES = {
     "ar": "Arabic", "cs": "Czech", "de": "German", "en": "English", "es": "Spanish", "fi": "Finnish",
     "fr": "French", "hi": "Hindi", "it": "Italian", "ja": "Japanese", "nl": "Dutch", "pl": "Polish",
@@ -120,18 +46,7 @@ LANGUAGE_NAMES = {
 
 def _text_lines(path: Path) -> list[str]:
     """The lines of a plain or gzipped (.gz) UTF-8 text file, without line ends."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    except EOFError:
-        raise DataError(f"{path}: truncated gzip file; restore it") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
-    lines = text.split("\n")
+    lines = read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line.rstrip("\r") for line in lines]
@@ -178,7 +93,7 @@ def read_file(path: Path, fmt: str) -> list[dict[str, Any]]:
     if fmt == "jsonl":
         return read_jsonl(path)
     if fmt == "json":
-        return read_json(path)
+        return read_json_records(path)
     if fmt in ("csv", "tsv"):
         return read_delimited(path, "," if fmt == "csv" else "\t")
     raise DataError(f"{path}: unknown format '{fmt}'; set data.format to jsonl, json, csv or tsv")

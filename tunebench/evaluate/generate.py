@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from tunebench.config import GenerationConfig
 from tunebench.evaluate.decode import greedy_decode, supports_fast_greedy
+from tunebench.models.chat import encode_prompt, pad_token_id
 
 # Special tokens that end an assistant turn in common chat templates (ChatML, Llama 3, Gemma, Phi-3).
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
@@ -69,26 +70,9 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
-def pad_token_id(tokenizer: Any, eos_ids: Sequence[int]) -> int:
-    """The tokenizer's pad id, else its first EOS id (many causal tokenizers ship without a pad token)."""
-    if tokenizer.pad_token_id is not None:
-        return int(tokenizer.pad_token_id)
-    if not eos_ids:
-        raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad batches with")
-    return int(eos_ids[0])
-
-
 def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt; special tokens are added unless the prompt already starts with BOS.
-
-    Chat-templated prompts carry their own BOS, and a second one shifts the model off what it saw in training.
-    """
-    bos = getattr(tokenizer, "bos_token", None)
-    out = []
-    for prompt in prompts:
-        add_special = not (bos and prompt.startswith(bos))
-        out.append(list(tokenizer(prompt, add_special_tokens=add_special)["input_ids"]))
-    return out
+    """Token ids of each prompt (`chat.encode_prompt`: special tokens unless the prompt starts with BOS)."""
+    return [encode_prompt(tokenizer, prompt) for prompt in prompts]
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -1,7 +1,8 @@
-"""Prompt formatting shared by training, generation and benchmarks, so all three see the same text."""
+"""Prompt formatting and token conventions shared by training, generation and benchmarks, so all see the same."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -33,3 +34,21 @@ def format_prompt(tokenizer: Any, prompt: str, *, use_chat: bool, system_prompt:
 def completion_suffix(tokenizer: Any) -> str:
     """What ends a completion in training text: the EOS token (for chat models, the end-of-turn token)."""
     return tokenizer.eos_token or ""
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a formatted prompt: special tokens added unless the text already starts with BOS.
+
+    Chat-templated prompts carry their own BOS, and a second one shifts the model off what it saw in training.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    return list(tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"])
+
+
+def pad_token_id(tokenizer: Any, eos_ids: Sequence[int] = ()) -> int:
+    """The id padded positions hold: the tokenizer's pad, else its EOS, else the first of `eos_ids` (the model's),
+    else 0. Padding is masked out of attention and loss, so any id is correct; many causal tokenizers have no pad."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, *eos_ids):
+        if tid is not None:
+            return int(tid)
+    return 0
