@@ -15,10 +15,9 @@ class SpecError(ConfigError):
 
 @lru_cache(maxsize=1)
 def _env() -> Any:
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from tunebench.data.templates import sandboxed_environment
 
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    return sandboxed_environment(keep_trailing_newline=True)
 
 
 def check_syntax(text: str, origin: str, key: str) -> None:

@@ -198,7 +198,14 @@ def _ner_reference(tokens: list[str], labels: list[str]) -> str:
     return ner_reference(tokens, labels)
 
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+def sandboxed_environment(*, keep_trailing_newline: bool = False) -> ImmutableSandboxedEnvironment:
+    """A new Jinja2 environment of the kind every user template renders in (prompt templates here, task specs in
+    bench/): the immutable sandbox with no loader, StrictUndefined, and no autoescape (prompts are plain text)."""
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=keep_trailing_newline,
+                                         autoescape=False)
+
+
+_ENV = sandboxed_environment()
 _ENV.globals.update(entity_list=_entity_list, ner_reference=_ner_reference)
 
 
@@ -220,7 +227,8 @@ class PromptTemplate:
         self._prompts = [self._compile(src, "prompt") for src in self.prompt_sources]
         self._completion = self._compile(completion, "completion")
         self._reference = self._compile(reference, "reference") if reference is not None else None
-        self.fields = sorted(set().union(*(_fields(s) for s in (*self.prompt_sources, completion))) - set(_ENV.globals))
+        self.fields = sorted(set().union(*(template_fields(s) for s in (*self.prompt_sources, completion)))
+                             - set(_ENV.globals))
 
     def _compile(self, source: str, part: str) -> Any:
         try:
@@ -278,7 +286,8 @@ class PromptTemplate:
                        fields=record.fields)
 
 
-def _fields(source: str) -> set[str]:
+def template_fields(source: str) -> set[str]:
+    """The variables a template reads from its context; empty for a template that does not parse."""
     try:
         return set(meta.find_undeclared_variables(_ENV.parse(source)))
     except TemplateSyntaxError:

@@ -71,12 +71,7 @@ class HelmResults:
 
 def input_fields(spec: TaskSpec) -> list[str]:
     """The fields a perturbation may change: read by the template, not by choices/target/references/description."""
-    from jinja2 import Environment, meta
-
-    env = Environment()
-
-    def names(text: str) -> set[str]:
-        return set(meta.find_undeclared_variables(env.parse(text)))
+    from tunebench.data.templates import template_fields as names
 
     others = set().union(*(names(t) for key, t in spec.templates().items() if key != "template"))
     if spec.subtasks is not None:
