@@ -143,3 +143,18 @@ def test_the_stage_returns_data_and_writes_nothing(loaded, tmp_path, monkeypatch
     assert [r["prediction"] for r in other.predictions] == [r["prediction"] for r in evaluation.predictions]
     with pytest.raises(ValueError, match="rank 2 is outside a world of 2"):
         run_eval.evaluate(loaded, EXAMPLES[:3], cfg=cfg, system={}, rank=2, world_size=2)
+
+
+def test_only_the_main_process_writes(loaded, tmp_path):
+    from types import SimpleNamespace
+
+    from tunebench.pipeline import evaluate_into
+
+    cfg = SimpleNamespace(eval=_cfg(metrics=["exact_match"]), seed=0)
+    args = (cfg, loaded, EXAMPLES[:2], None, {"name": "s"}, 0)
+    other = evaluate_into(EvalDir(tmp_path / "other"), *args, rank=1, world_size=2)
+    assert not (tmp_path / "other").exists()
+    main = evaluate_into(EvalDir(tmp_path / "main"), *args, rank=0, world_size=2)
+    on_disk = json.loads(EvalDir(tmp_path / "main").scores.read_text())
+    assert on_disk["metrics"] == json.loads(json.dumps(main["metrics"])) and other["metrics"] == main["metrics"]
+    assert len(EvalDir(tmp_path / "main").predictions.read_text().splitlines()) == 2
