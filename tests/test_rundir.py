@@ -68,10 +68,10 @@ def test_evaluations_lists_only_finished_ones_by_name(tmp_path):
 @pytest.mark.parametrize("inside", ["", "adapter", "model", "checkpoints/step-4"])
 def test_around_finds_the_run_from_its_outputs(tmp_path, inside):
     run = RunDir(tmp_path / "runs" / "r")
-    (run.root / inside).mkdir(parents=True, exist_ok=True)
-    assert RunDir.around(run.root / inside) is None  # no config.yaml yet: not a run
+    (run.path / inside).mkdir(parents=True, exist_ok=True)
+    assert RunDir.around(run.path / inside) is None  # no config.yaml yet: not a run
     run.config.write_text("name: r\n")
-    assert RunDir.around(run.root / inside) == run
+    assert RunDir.around(run.path / inside) == run
 
 
 def test_around_does_not_climb_out_of_an_unrelated_folder(tmp_path):

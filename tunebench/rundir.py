@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 LAYOUT = "tunebench.run/1"
 EVAL_SCHEMA = "tunebench.eval/1"
@@ -21,7 +22,7 @@ COMPARE_SCHEMA = "tunebench.compare/1"
 RESULTS_SCHEMA = "tunebench.results/1"
 
 # The folders a training run's final output may live in: a PEFT adapter, or a full model.
-TRAINED_OUTPUTS = ("adapter", "model")
+TRAINED_OUTPUTS = ("adapter", "model")  # RunDir.adapter, RunDir.model
 
 
 def samples_filename(task: str) -> str:
@@ -34,20 +35,24 @@ def helm_samples_filename(task: str) -> str:
     return samples_filename(f"helm_{task}")
 
 
+class _Entry:
+    """A file or folder at a fixed name inside a folder object: `scores = _Entry("scores.json")` gives
+    `EvalDir(p).scores == p / "scores.json"`, and the class keeps the name (`EvalDir.scores.name`)."""
+
+    def __init__(self, name: str, doc: str = "") -> None:
+        self.name, self.__doc__ = name, doc or name
+
+    def __get__(self, folder: Any, owner: type | None = None) -> Any:
+        return self if folder is None else folder.path / self.name
+
+
 @dataclass(frozen=True)
 class EvalDir:
     """One evaluation (`eval/<system>/`, or `tunebench eval --out`): predictions, then scores.json last."""
 
     path: Path
-
-    @property
-    def predictions(self) -> Path:
-        return self.path / "predictions.jsonl"
-
-    @property
-    def scores(self) -> Path:
-        """Written last, so its presence means the evaluation finished."""
-        return self.path / "scores.json"
+    predictions = _Entry("predictions.jsonl")
+    scores = _Entry("scores.json", "Written last, so its presence means the evaluation finished.")
 
     @property
     def name(self) -> str:
@@ -60,24 +65,11 @@ class BenchDir:
 
     path: Path
     GENERATIONS = "helm_generations.jsonl"
-
-    @property
-    def results(self) -> Path:
-        """Written when every task is done, so its presence means a complete run."""
-        return self.path / "results.json"
-
-    @property
-    def partial(self) -> Path:
-        """The tasks an unfinished run completed; a rerun with the same model and settings skips them."""
-        return self.path / "results.partial.json"
-
-    @property
-    def helm(self) -> Path:
-        return self.path / "helm.json"
-
-    @property
-    def helm_generations(self) -> Path:
-        return self.path / self.GENERATIONS
+    results = _Entry("results.json", "Written when every task is done, so its presence means a complete run.")
+    partial = _Entry("results.partial.json", "The tasks an unfinished run completed; a rerun with the same model "
+                     "and settings skips them.")
+    helm = _Entry("helm.json")
+    helm_generations = _Entry(GENERATIONS)
 
     def samples(self, task: str) -> Path:
         return self.path / samples_filename(task)
@@ -91,88 +83,41 @@ class CompareDir:
     """Paired comparisons (`compare/`, or `tunebench compare --out`)."""
 
     path: Path
-
-    @property
-    def comparison(self) -> Path:
-        return self.path / "comparison.json"
-
-    @property
-    def forgetting(self) -> Path:
-        return self.path / "forgetting.json"
+    comparison = _Entry("comparison.json")
+    forgetting = _Entry("forgetting.json")
 
 
 @dataclass(frozen=True)
 class RunDir:
     """`runs/<name>/`: the resolved config, training's files, evaluations, benchmarks, comparisons, report."""
 
-    root: Path
+    path: Path
+    config = _Entry("config.yaml", "The resolved config, every default filled in.")
+    data_stats = _Entry("data_stats.json")
+    train_log = _Entry("train_log.jsonl")
+    loss_curve = _Entry("loss_curve.png")
+    checkpoints = _Entry("checkpoints", "`step-N/` folders and best.json; their contents are train/checkpoint.py's.")
+    adapter = _Entry("adapter", "The trained PEFT adapter (methods saved as adapters).")
+    model = _Entry("model", "The trained full model (methods saved as whole models).")
+    train_summary = _Entry("train_summary.json", "Written when training finished.")
+    eval_root = _Entry("eval")
+    bench_root = _Entry("bench")
+    results = _Entry("results.json")
+    report_md = _Entry("report.md")
+    report_html = _Entry("report.html")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def data_stats(self) -> Path:
-        return self.root / "data_stats.json"
-
-    @property
-    def train_log(self) -> Path:
-        return self.root / "train_log.jsonl"
-
-    @property
-    def loss_curve(self) -> Path:
-        return self.root / "loss_curve.png"
-
-    @property
-    def checkpoints(self) -> Path:
-        """`step-N/` folders and best.json; their contents are train/checkpoint.py's format."""
-        return self.root / "checkpoints"
-
-    @property
-    def adapter(self) -> Path:
-        return self.root / "adapter"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def train_summary(self) -> Path:
-        """Written when training finished."""
-        return self.root / "train_summary.json"
-
-    @property
-    def eval_root(self) -> Path:
-        return self.root / "eval"
+        object.__setattr__(self, "path", Path(self.path))
 
     def eval_dir(self, system: str) -> EvalDir:
         return EvalDir(self.eval_root / system)
-
-    @property
-    def bench_root(self) -> Path:
-        return self.root / "bench"
 
     def bench_dir(self, system: str) -> BenchDir:
         return BenchDir(self.bench_root / system)
 
     @property
     def compare_dir(self) -> CompareDir:
-        return CompareDir(self.root / "compare")
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results.json"
-
-    @property
-    def report_md(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
+        return CompareDir(self.path / "compare")
 
     def evaluations(self) -> list[EvalDir]:
         """The finished evaluations (those with scores.json), by system name."""
@@ -195,6 +140,6 @@ class RunDir:
         candidates = [path]
         if path.name in TRAINED_OUTPUTS:
             candidates.append(path.parent)
-        if path.parent.name == cls(path.parent.parent).checkpoints.name:
+        if path.parent.name == cls.checkpoints.name:
             candidates.append(path.parent.parent)
         return next((cls(p) for p in candidates if cls(p).config.is_file()), None)
