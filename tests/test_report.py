@@ -13,7 +13,7 @@ import pytest
 from tunebench.config import config_from_dict, dump_config
 from tunebench.errors import DataError
 from tunebench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from tunebench.report.html import write_report
+from tunebench.pipeline import write_report
 from tunebench.report.results import REQUIRED_KEYS, SCHEMA, build_results, validate_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,3 +300,19 @@ def test_training_or_benchmarks_alone(tmp_path: Path) -> None:
     md = write_report(tmp_path / "bench-only")["markdown"].read_text()
     assert "| mmlu | acc | 100 | 5 | 1 | 0.3100 ± 0.0460 | 0.2600 ± 0.0460 |" in md
     assert "## Training" not in md and "## Forgetting (tuned vs base)" in md
+
+
+def test_rendering_writes_nothing_and_the_writer_writes_what_was_rendered(tmp_path: Path) -> None:
+    from tunebench.report.html import render_report
+
+    make_run(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    report = render_report(tmp_path)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    paths = write_report(tmp_path)
+    written = json.loads(paths["results"].read_text())
+    # the same report, but for the time of rendering
+    assert paths["markdown"].read_text(encoding="utf-8") == report.markdown.replace(
+        report.results["created"], written["created"])
+    assert {k: v for k, v in written.items() if k != "created"} == {
+        k: v for k, v in json.loads(json.dumps(report.results)).items() if k != "created"}

@@ -131,7 +131,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tunebench.report.html import write_report
+    from tunebench.pipeline import write_report
 
     paths = write_report(Path(args.dir), Path(args.out) if args.out else None)
     for kind, path in paths.items():

@@ -95,6 +95,20 @@ def write_helm(out: BenchDir, helm: HelmResults) -> None:
     atomic_write_json(out.helm, helm.helm)
 
 
+def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
+    """`tunebench report`: results.json, report.md and report.html for a run, compare or eval directory (default:
+    in it). Everything is rendered before anything is written, so a failure never leaves a half-updated set."""
+    from tunebench.report.html import render_report
+
+    report = render_report(Path(run_dir))
+    out = RunDir(Path(out_dir) if out_dir is not None else Path(run_dir))
+    return {
+        "results": atomic_write_json(out.results, report.results),
+        "markdown": atomic_write_text(out.report_md, report.markdown),
+        "html": atomic_write_text(out.report_html, report.html),
+    }
+
+
 # ---- the stages, each computed and then written
 
 
@@ -231,7 +245,6 @@ def bench_reference(cfg: RunConfig, *, tasks: list[str], data_dir: str | Path | 
 
 def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, Path]:
     """`tunebench run`: train, evaluate base (zero/few-shot) and tuned, compare, benchmark, report."""
-    from tunebench.report.html import write_report
     from tunebench.train.loop import train
 
     resolved = resolve_data_dir(data_dir, cfg)

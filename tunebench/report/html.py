@@ -1,4 +1,4 @@
-"""report.html, one self-contained file (inline CSS, charts as base64 PNG data URIs), and write_report.
+"""report.html, one self-contained file (inline CSS, charts as base64 PNG data URIs), and render_report.
 
 The template is rendered by Jinja2 with autoescape forced on (its `.j2` suffix would slip past
 select_autoescape) and StrictUndefined, so model output and data text are always escaped and a template
@@ -9,15 +9,14 @@ network requests, so even a file edited by hand cannot phone home.
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunebench.io import atomic_write_json, atomic_write_text
 from tunebench.report import tables
 from tunebench.report.markdown import render_markdown
 from tunebench.report.plots import pick_distribution_metric, render_plots
 from tunebench.report.results import build_results
-from tunebench.rundir import RunDir
 
 TEMPLATE = "report.html.j2"
 
@@ -54,18 +53,19 @@ def render_html(results: dict[str, Any], plots: dict[str, bytes] | None = None) 
     return _environment().get_template(TEMPLATE).render(**context)
 
 
-def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
-    """Write results.json, report.md and report.html for a run, compare or eval directory (default: in it).
+@dataclass
+class Report:
+    """The report of one directory: results.json's content, report.md's text and report.html's page."""
 
-    Everything is rendered before anything is written, so a failure never leaves a half-updated set.
+    results: dict[str, Any]
+    markdown: str
+    html: str
+
+
+def render_report(run_dir: Path) -> Report:
+    """The report of a run, compare or eval directory, all rendered in memory (the pipeline writes it).
+
+    Raises DataError naming the file when something the directory holds cannot be read.
     """
-    run_dir = Path(run_dir)
-    out = RunDir(Path(out_dir) if out_dir is not None else run_dir)
-    results = build_results(run_dir)
-    markdown = render_markdown(results)
-    page = render_html(results)
-    return {
-        "results": atomic_write_json(out.results, results),
-        "markdown": atomic_write_text(out.report_md, markdown),
-        "html": atomic_write_text(out.report_html, page),
-    }
+    results = build_results(Path(run_dir))
+    return Report(results, render_markdown(results), render_html(results))
