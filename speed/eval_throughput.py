@@ -35,8 +35,8 @@ from tunebench.evaluate.generate import (  # noqa: E402
     eos_token_ids,
     generate_texts,
     pad_batch,
-    pad_token_id,
 )
+from tunebench.models.chat import pad_token_id  # noqa: E402
 
 
 def dialogsum_prompts(loaded: Any, n: int, data_dir: Path | None) -> list[str]:
