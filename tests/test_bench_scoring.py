@@ -107,7 +107,11 @@ def test_score_task_rows_and_metrics(tiny, data_dir: Path) -> None:
     from dataclasses import replace
 
     perturbed = [replace(i, query=i.query.upper()) for i in task.instances]
-    assert score_task(tiny, task, perturbed).samples[0]["prompt"].endswith("ANSWER:")
+    sample = score_task(tiny, task, perturbed).samples[0]
+    # the stored prompt is the exact text the model was given: the chat template around the perturbed prompt
+    assert sample["prompt"] == tiny.tokenizer.apply_chat_template(
+        [{"role": "user", "content": perturbed[0].prompt}], tokenize=False, add_generation_prompt=True)
+    assert perturbed[0].prompt.endswith("ANSWER:")
 
 
 def test_seq2seq_scores_do_not_depend_on_batching(tiny_t5_dir: Path) -> None:

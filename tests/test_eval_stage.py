@@ -22,6 +22,7 @@ ROW_KEYS = {
     "gen_time_s",
     "n_prompt_tokens",
     "n_new_tokens",
+    "n_cut_tokens",
 }
 EXAMPLES = [
     Example(f"test_{i}", f"Summarize: #Person1#: item {i} is late. #Person2#: ok.", f"item {i} late", (f"item {i} is late", f"late {i}"))
@@ -56,7 +57,10 @@ def test_evaluate_writes_both_files_with_documented_fields(loaded, tmp_path):
     assert [r["id"] for r in rows] == [e.id for e in EXAMPLES]
     assert all(set(r) == ROW_KEYS for r in rows)
     assert {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu"} <= set(rows[0]["scores"])
-    assert rows[0]["prompt"] == EXAMPLES[0].prompt and rows[0]["references"] == list(EXAMPLES[0].references)
+    # the stored prompt is the exact text the model saw: here the chat template around the plain prompt
+    chat = loaded.tokenizer.apply_chat_template([{"role": "user", "content": EXAMPLES[0].prompt}], tokenize=False,
+                                                add_generation_prompt=True)
+    assert rows[0]["prompt"] == chat and rows[0]["references"] == list(EXAMPLES[0].references)
     expected = generate_texts(
         loaded.model, loaded.tokenizer, [loaded.format_prompt(e.prompt) for e in EXAMPLES],
         family="causal", gen=_cfg().generation,
@@ -94,7 +98,7 @@ def test_fewshot_evaluation_on_dialogsum_records_demonstrations(loaded, tmp_path
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     kept = []
     for row, ex in zip(rows, splits.test, strict=True):
-        assert row["prompt"].endswith(ex.prompt)
+        assert ex.prompt in row["prompt"] and row["prompt"].endswith("<|im_start|>assistant\n")
         kept.append(sum(train_by_id[i].completion in row["prompt"] for i in fs["demo_ids"]))
         assert row["n_prompt_tokens"] + 6 <= 1500
     assert fs["dropped_total"] == sum(2 - n for n in kept) and fs["prompts_over_limit"] == 0

@@ -125,7 +125,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if not args.merge:
         raise TunebenchError("export needs --merge OUT_DIR (the directory for the merged full model)")
-    out = export_merged(Path(args.run), Path(args.merge))
+    out = export_merged(Path(args.run), Path(args.merge), trust_remote_code=args.trust_remote_code)
     print(f"merged model: {out}")
     return 0
 
@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", cmd_export, "write a merged full model from a LoRA run")
     p.add_argument("run", help="run dir or PEFT adapter dir")
     p.add_argument("--merge", metavar="OUT", help="directory for the merged model")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the base model's custom code (never taken from the run's config.yaml)")
 
     p = add("report", cmd_report, "write results.json, report.md and report.html for a run or compare dir")
     p.add_argument("dir")

@@ -105,6 +105,9 @@ class DataConfig(Section):
     truncation: Literal["truncate", "drop"] = Field(
         "truncate", description="Over-long examples: cut the prompt from the left, or drop them."
     )
+    keep_empty_completions: bool = Field(
+        False, description="Keep examples whose rendered completion is empty (dropped and counted by default)."
+    )
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> DataConfig:

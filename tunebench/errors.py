@@ -22,3 +22,20 @@ class DataError(TunebenchError):
 
 class ModelError(TunebenchError):
     """A model reference that cannot be resolved or loaded."""
+
+
+def file_load_errors() -> tuple[type[BaseException], ...]:
+    """What loading libraries raise for a corrupt or refused file, to turn into one sentence naming the file.
+
+    OSError (missing/unreadable), ValueError (bad JSON or config values), RuntimeError and KeyError (torch and
+    transformers on mismatched weights), EOFError, pickle's UnpicklingError (torch's `weights_only` loader
+    refusing a pickle), safetensors' SafetensorError (a truncated or corrupt .safetensors) and Jinja's
+    TemplateError (a chat template that fails or trips the sandbox). Imported on use: this module stays light.
+    """
+    import pickle
+
+    from jinja2 import TemplateError
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError,
+            TemplateError)

@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -22,11 +23,51 @@ from typing import Any
 from tunebench.errors import DataError
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_STALE = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]{8}\.tmp$")  # .<target>.<pid>.<mkstemp/mkdtemp suffix>.tmp
+
+
+def clean_stale_temps(folder: str | Path) -> int:
+    """Remove the temporary files and dirs that killed writes left in `folder`; returns how many went.
+
+    Only entries named as `atomic_write_text` / `atomic_dir` name them (`.<target>.<pid>.<random>.tmp`) whose
+    process is gone are touched, so a user's own dot-files stay.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for entry in folder.iterdir():
+        match = _STALE.match(entry.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write text to a temporary file beside `path`, fsync, then rename over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    clean_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -53,7 +94,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` only when the block finishes without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    clean_stale_temps(path.parent)
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir() and not path.exists():  # killed between the two renames below: the old copy is complete
+        os.replace(old, path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp"))
     try:
         yield tmp
         if path.exists():
@@ -69,13 +114,39 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, which editors on Windows put first; every reader drops it
+
+
+def read_text(path: str | Path, error: type[Exception] = DataError, what: str | None = None) -> str:
+    """A UTF-8 text file, gzipped when its name ends in .gz, without its byte-order mark (if any); failures raise
+    `error` naming the file and line.
+
+    `what` names the file's role in messages ("the config"); without it the message names the line.
+    """
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except OSError as exc:  # gzip.BadGzipFile is an OSError without strerror
+        raise error(f"{path}: cannot read {what or 'the file'} ({getattr(exc, 'strerror', None) or exc})") from None
+    except EOFError:
+        raise error(f"{path}: truncated gzip file; restore it") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        if what:
+            raise error(f"{path}: {what} is not valid UTF-8 (line {line}); re-save it as UTF-8") from None
+        raise error(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
+
+
 def read_json(path: str | Path, *, what: str = "", fix: str = "") -> Any:
-    """Read one JSON document; a missing, unreadable, non-UTF-8 or malformed file raises DataError naming the file
-    (and line), what it holds (`what`, "benchmark results") and what to do (`fix`, "re-run `tunebench bench`")."""
+    """Read one JSON document (a byte-order mark dropped); a missing, unreadable, non-UTF-8 or malformed file raises
+    DataError naming the file (and line), what it holds (`what`, "benchmark results") and what to do (`fix`,
+    "re-run `tunebench bench`")."""
     path = Path(path)
     then = f"; {fix}" if fix else ""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise DataError(f"{path}: cannot read {what + ' ' if what else ''}({exc.strerror}){then}") from None
     except UnicodeDecodeError:
@@ -87,11 +158,11 @@ def read_json(path: str | Path, *, what: str = "", fix: str = "") -> Any:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file; a bad line raises DataError naming the file and line."""
+    """Read a JSONL file (a leading byte-order mark is dropped); a bad line raises DataError naming file and line."""
     path = Path(path)
     rows: list[dict[str, Any]] = []
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes().removeprefix(BOM)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
@@ -111,22 +182,6 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_text(path: Path) -> str:
-    """A UTF-8 text file, gzipped when its name ends in .gz (a leading BOM dropped); failures raise DataError
-    naming the file and line."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except OSError as exc:  # gzip.BadGzipFile is an OSError without strerror
-        raise DataError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    except EOFError:
-        raise DataError(f"{path}: truncated gzip file; restore it") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
-
-
 def read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
     """Read CSV/TSV with a header row; a row with the wrong number of columns names its line."""
     text = read_text(path)
@@ -137,6 +192,7 @@ def read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
         if not header or not any(h.strip() for h in header):
             raise DataError(f"{path}:1: missing header row; the first line must name the columns")
         header = [h.strip() for h in header]
+        check_header(header, path)
         for values in reader:
             if not values or (len(values) == 1 and not values[0].strip()):
                 continue
@@ -149,6 +205,20 @@ def read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
     except csv.Error as exc:
         raise DataError(f"{path}:{reader.line_num}: malformed row ({exc})") from None
     return rows
+
+
+def check_header(header: list[str], path: Path) -> None:
+    """Refuse a first row that is data, not column names: a cell with a line break, a long text or a number.
+
+    Without this, a header-less CSV turns its first example into column names, and the error about a missing
+    template field then quotes a whole dialogue as the list of columns.
+    """
+    for cell in header:
+        numeric = cell.replace(".", "", 1).replace("-", "", 1).isdigit()
+        if "\n" in cell or len(cell) > 64 or numeric:
+            shown = cell if len(cell) <= 40 else cell[:37] + "..."
+            raise DataError(f"{path}:1: the first row looks like data, not a header ({shown!r} is no column name); "
+                            "add a header row naming the columns")
 
 
 def read_json_records(path: Path, records_key: str | None = None) -> list[dict[str, Any]]:
@@ -172,13 +242,13 @@ def read_json_records(path: Path, records_key: str | None = None) -> list[dict[s
         raise DataError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
     for i, row in enumerate(data):
         if not isinstance(row, dict):
-            line = _json_item_line(text, i)
+            line = json_item_line(text, i)
             raise DataError(f"{path}:{line}: item {i} is {type(row).__name__}, expected a JSON object")
     return data
 
 
-def _json_item_line(text: str, index: int) -> int:
-    """Best-effort line of the index-th array item, for error messages."""
+def json_item_line(text: str, index: int) -> int:
+    """Best-effort line of the index-th item of the JSON array in `text`, for error messages."""
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     for i in range(index + 1):
@@ -198,12 +268,7 @@ def read_yaml_mapping(path: str | Path, error: type[Exception], what: str, *, em
     import yaml
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise error(f"{path}: cannot read {what} ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise error(f"{path}: {what} is not valid UTF-8") from None
+    text = read_text(path, error, what)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

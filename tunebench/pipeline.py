@@ -132,12 +132,21 @@ def evaluate_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: 
     """`tunebench eval`: one model (optionally with an adapter) on one split, written to `out_dir`."""
     from tunebench.models.load import load_model
 
+    _trained_settings(cfg, adapter)
     splits = _splits(cfg, resolve_data_dir(data_dir, cfg))
     examples = _eval_examples(cfg, splits, split, limit)
     loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
     system = {"name": out_dir.name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
     return evaluate_into(EvalDir(out_dir), cfg, loaded, examples, splits, system, shots, split,
                          rank=rank, world_size=world_size)
+
+
+def _trained_settings(cfg: RunConfig, adapter: str | None) -> None:
+    """Score a trained output with its run's base model and prompt format unless the config set them explicitly."""
+    if adapter is not None:
+        from tunebench.models.load import model_config_for_trained
+
+        cfg.model = model_config_for_trained(cfg.model, adapter)
 
 
 def compare_paths(paths: list[Path], out_dir: Path, *, baseline: str | None = None, n_resamples: int = 1000,
@@ -238,6 +247,7 @@ def bench_reference(cfg: RunConfig, *, tasks: list[str], data_dir: str | Path | 
 
     summary_path = RunDir(adapter).train_summary if adapter else None
     summary = _read_summary(summary_path) if summary_path and summary_path.is_file() else None
+    _trained_settings(cfg, adapter)
     loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
     return bench_loaded(cfg, loaded, out_dir, resolve_data_dir(data_dir, cfg),
                         summary, tasks=tasks, limit=limit, shots=shots, helm=helm, rank=rank, world_size=world_size)
@@ -250,6 +260,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
     resolved = resolve_data_dir(data_dir, cfg)
     run_dir = cfg.run_dir
     run = RunDir(run_dir)
+    splits = _splits(cfg, resolved)  # bad data fails here, before anything in the run dir changes
     _prepare_run_dir(cfg)
 
     summary_path = run.train_summary
@@ -261,7 +272,6 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
         if getattr(result, "interrupted", False):
             raise TunebenchError(f"training was interrupted; rerun the same command to resume from {run_dir}")
 
-    splits = _splits(cfg, resolved)
     examples = _eval_examples(cfg, splits)
     systems: list[tuple[str, str | None, int]] = [(f"base-{k}shot", None, k) for k in cfg.eval.shots]
     systems.append(("tuned", str(run_dir), 0))
@@ -293,12 +303,57 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
     return write_report(run_dir)
 
 
+# What each later stage wrote, by the config section it depends on (compare and the report are always redone).
+STAGE_OUTPUTS = {"eval": (RunDir.eval_root.name,), "bench": (RunDir.bench_root.name,)}
+# Keys of a stage section that leave that stage's outputs unchanged (used only by the always-redone compare).
+COMPARE_ONLY_KEYS = ("eval.bootstrap",)
+
+
 def _prepare_run_dir(cfg: RunConfig) -> None:
-    """Create the run dir (clear error when unwritable) and record the resolved config."""
+    """Create the run dir and record the resolved config, keeping config.yaml true to the results beside it.
+
+    On a run dir that already holds a run: a change of a key that training depends on (seed, model, data, train)
+    is refused, naming the keys; a change of eval or bench settings removes exactly those stages' outputs, so
+    they are redone under the new settings, before the new config is recorded. Nothing is written when nothing
+    changed. A fresh run dir just gets its config.yaml.
+    """
+    import shutil
+
+    from tunebench.errors import ConfigError
+    from tunebench.io import clean_stale_temps
+    from tunebench.train.checkpoint import list_checkpoints
+    from tunebench.train.rundir import RESUME_KEYS, config_changes, describe_changes, read_saved_config
+
     run_dir = cfg.run_dir
+    run = RunDir(run_dir)
+    for folder in (run.path, run.checkpoints, run.compare_dir.path, *run.eval_root.glob("*"),
+                   *run.bench_root.glob("*")):
+        clean_stale_temps(folder)  # what a kill during a write left behind
+    saved_path = run.config
+    saved = read_saved_config(saved_path) if saved_path.is_file() else None
+    changed = config_changes(saved, cfg) if saved is not None else []
+    trained = run.train_summary.exists() or bool(list_checkpoints(run.checkpoints))
+    if saved is not None and trained:
+        retrain = [k for k in changed if k.split(".")[0] in RESUME_KEYS]
+        if retrain:
+            raise ConfigError(
+                f"{run_dir} holds a run trained with other settings ({describe_changes(saved, cfg, retrain)}); "
+                "its results would not match this config: restore those keys, or start a new run with "
+                "--set name=NEW_NAME"
+            )
+    if saved is not None and not changed:
+        return
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(RunDir(run_dir).config, dump_config(cfg))
+        sections = {k.split(".")[0] for k in changed if k not in COMPARE_ONLY_KEYS}
+        for section, outputs in STAGE_OUTPUTS.items():
+            if section in sections:
+                for name in outputs:
+                    if (run_dir / name).exists():
+                        _log(f"{section} settings changed ({describe_changes(saved, cfg, changed)}): "
+                             f"redoing {name}/")
+                        shutil.rmtree(run_dir / name)
+        atomic_write_text(saved_path, dump_config(cfg))
     except OSError as exc:
         raise TunebenchError(f"output directory {run_dir} is not writable ({exc.strerror}); "
                              "set output_dir or --set output_dir=PATH") from None

@@ -179,6 +179,12 @@ def _render_subtask(spec: TaskSpec, sub: _Subtask, output_type: str, target_set:
             answer = render(spec.target, fields, origin, "target", where)
         blocks.append(query + spec.target_delimiter + answer + spec.fewshot_delimiter)
     prefix = description + "".join(blocks)
+    if spec.id_field:
+        from tunebench.data.sources import check_unique_ids
+
+        present = [r for r in sub.records if spec.id_field in r]
+        if len(present) == len(sub.records):
+            check_unique_ids([str(r[spec.id_field]) for r in sub.records], sub.path, f"id_field '{spec.id_field}'")
     instances = []
     for row in sub.eval_rows:
         record = sub.records[row]

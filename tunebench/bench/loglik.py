@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tunebench.models.chat import encode_prompt, pad_token_id
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,12 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
-def split_tokens(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], int]:
-    """Tokens of context + continuation and the index where the continuation starts (at least 1)."""
+def split_tokens(tokenizer: Any, context: str, continuation: str, limit: int | None = None) -> tuple[list[int], int]:
+    """Tokens of context + continuation and the index where the continuation starts (at least 1).
+
+    `limit`: the model's positions; the input (all tokens but the last) is cut from the left to fit, keeping a
+    leading BOS, as lm-evaluation-harness cuts `(context + continuation)[-(max_length + 1):]`.
+    """
     whole = encode(tokenizer, context + continuation)
     ctx = encode(tokenizer, context)
     boundary = 0
@@ -66,13 +73,34 @@ def split_tokens(tokenizer: Any, context: str, continuation: str) -> tuple[list[
         if start is None:
             raise ValueError("an empty context needs a BOS or EOS token to condition on; the tokenizer has neither")
         whole, boundary = [start, *whole], 1
+    if limit is not None and len(whole) - 1 > limit:
+        bos = getattr(tokenizer, "bos_token_id", None)
+        head = whole[:1] if bos is not None and whole[0] == bos else []
+        keep = limit + 1 - len(head)
+        n_cut = len(whole) - len(head) - keep
+        whole, boundary = head + whole[len(whole) - keep :], boundary - n_cut
+        if boundary < 1:
+            raise ValueError(f"continuation {continuation!r} alone is longer than the model's {limit} positions")
     return whole, boundary
 
 
-def _rows(tokenizer: Any, requests: Sequence[Request]) -> list[_Row]:
+def cut_count(tokenizer: Any, requests: Sequence[Request], limit: int | None) -> int:
+    """How many requests have a context + continuation longer than `limit` positions (their context is cut)."""
+    if limit is None:
+        return 0
+
+    def too_long(context: str, continuation: str) -> bool:
+        if len((context + continuation).encode("utf-8")) + 2 <= limit:  # tokens never outnumber bytes + specials
+            return False
+        return len(split_tokens(tokenizer, context, continuation)[0]) - 1 > limit
+
+    return sum(1 for req in requests if any(too_long(req.context, c) for c in req.continuations))
+
+
+def _rows(tokenizer: Any, requests: Sequence[Request], limit: int | None = None) -> list[_Row]:
     rows = []
     for r, req in enumerate(requests):
-        split = [split_tokens(tokenizer, req.context, c) for c in req.continuations]
+        split = [split_tokens(tokenizer, req.context, c, limit) for c in req.continuations]
         contexts = {tuple(tokens[:b]) for tokens, b in split}
         if all(len(tokens) - b == 1 for tokens, b in split) and len(contexts) == 1:
             tokens, b = split[0]
@@ -174,6 +202,17 @@ class _Forward:
         return torch.log_softmax(logits.float(), dim=-1)
 
 
+def _limit_with_notice(model: Any, tokenizer: Any, requests: Sequence[Request]) -> int | None:
+    """The model's positions, with a count of the contexts that will be cut to fit them."""
+    from tunebench.models.load import position_limit
+
+    limit = position_limit(model)
+    n_cut = cut_count(tokenizer, requests, limit)
+    if n_cut:
+        log.warning("%d of %d contexts cut from the left to fit the model's %d positions", n_cut, len(requests), limit)
+    return limit
+
+
 def loglikelihoods(
     model: Any, tokenizer: Any, requests: Sequence[Request], *, batch_size: int = 16, progress: bool = False,
     reuse_prefix: bool = True, max_cache_bytes: int = 2**30,
@@ -182,7 +221,8 @@ def loglikelihoods(
 
     max_cache_bytes caps the prefix cache expanded along a batch (long few-shot prompts shrink the batch).
     """
-    rows = _rows(tokenizer, requests)
+    limit = _limit_with_notice(model, tokenizer, requests)
+    rows = _rows(tokenizer, requests, limit)
     out: list[list[float]] = [[0.0] * len(req.continuations) for req in requests]
     groups: dict[str, list[_Row]] = {}
     for row in rows:
@@ -211,12 +251,13 @@ def loglikelihoods_naive(model: Any, tokenizer: Any, requests: Sequence[Request]
     """The straightforward scorer: one forward pass over the whole context + continuation per request and choice."""
     import torch
 
+    limit = _limit_with_notice(model, tokenizer, requests)
     out: list[list[float]] = []
     with inference(model):
         for req in requests:
             scores = []
             for continuation in req.continuations:
-                tokens, b = split_tokens(tokenizer, req.context, continuation)
+                tokens, b = split_tokens(tokenizer, req.context, continuation, limit)
                 ids = torch.tensor([tokens[:-1]], device=model.device)
                 logprobs = torch.log_softmax(model(input_ids=ids).logits[0, b - 1 :].float(), dim=-1)
                 targets = torch.tensor(tokens[b:], device=model.device)

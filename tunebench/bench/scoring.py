@@ -73,11 +73,12 @@ def score_multiple_choice(
     """Per-sample rows: log-likelihoods, choice probabilities, predictions (raw and length-normalised)."""
     lls = choice_loglikelihoods(loaded, instances, batch_size=batch_size, progress=progress)
     rows = []
-    for inst, ll in zip(instances, lls, strict=True):
+    for inst, ll in zip(instances, lls, strict=True):  # "prompt": the exact text the model was given
         pred = _argmax(ll)
         pred_norm = _argmax([x / max(1, len(c)) for x, c in zip(ll, inst.choices, strict=True)])
         rows.append({
-            "id": inst.id, "subtask": inst.subtask, "prompt": inst.prompt, "choices": list(inst.choices),
+            "id": inst.id, "subtask": inst.subtask, "prompt": loaded.format_prompt(inst.prompt),
+            "choices": list(inst.choices),
             "target": inst.target, "loglikelihoods": ll, "probs": choice_probs(ll),
             "prediction": pred, "prediction_norm": pred_norm, "correct": pred == inst.target,
             "scores": {"acc": float(pred == inst.target), "acc_norm": float(pred_norm == inst.target)},
@@ -109,13 +110,14 @@ def score_generation(
     if "f1" in task.metrics:
         signatures["f1"] = "f1|norm:squad|agg:best-ref"
     rows = []
-    for k, (inst, out, answer) in enumerate(zip(instances, outputs, answers, strict=True)):
+    for k, (inst, prompt, out, answer) in enumerate(zip(instances, prompts, outputs, answers, strict=True)):
         scores = {name: float(ms.per_example[k]) for name, ms in stats.items() if ms.per_example is not None}
         if "f1" in task.metrics:
             scores["f1"] = token_f1(answer, inst.references)
         first = task.metrics[0]
         rows.append({
-            "id": inst.id, "subtask": inst.subtask, "prompt": inst.prompt, "references": list(inst.references),
+            "id": inst.id, "subtask": inst.subtask, "prompt": out.cut_prompt or prompt, "n_cut_tokens": out.n_cut_tokens,
+            "references": list(inst.references),
             "output": out.text, "prediction": answer, "correct": scores.get("exact_match", scores[first]) == 1.0,
             "scores": {m: scores[m] for m in task.metrics}, "n_new_tokens": out.n_new_tokens, "time_s": out.time_s,
         })

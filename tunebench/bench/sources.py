@@ -37,7 +37,9 @@ def resolve_source_path(raw: str, *, data_dir: Path | None, spec_origin: str, wh
             "set --data-dir or $TUNEBENCH_DATA_DIR"
         )
     looked = " or ".join(str(c) for c in candidates)
-    raise DataError(f"{where}: benchmark data file not found at {looked}; put the file there or fix the path")
+    hint = "" if data_dir is not None or path.is_absolute() else (
+        "; no data directory is set: set --data-dir or $TUNEBENCH_DATA_DIR if the file lives there")
+    raise DataError(f"{where}: benchmark data file not found at {looked}; put the file there or fix the path{hint}")
 
 
 def read_records(fmt: str, path: Path, *, records_key: str | None = None) -> list[dict[str, Any]]:

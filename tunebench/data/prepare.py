@@ -25,11 +25,21 @@ from tunebench.errors import DataError
 Keyed = tuple[Example, str]
 
 
-def _render(records: list[Record], template: PromptTemplate, seed: int) -> list[Keyed]:
-    """Examples paired with the hash of their prompt in the first phrasing (the overlap key)."""
+def _render(records: list[Record], template: PromptTemplate, seed: int, keep_empty: bool = False,
+            empty: dict[str, int] | None = None, split: str = "") -> list[Keyed]:
+    """Examples paired with the hash of their prompt in the first phrasing (the overlap key).
+
+    An example whose completion renders empty (a null or blank target) teaches the model to say nothing and
+    scores against an empty reference: it is dropped unless `keep_empty`, and counted in `empty[split]`.
+    """
     out = []
     for r in records:
         ex = template.to_example(r, seed)
+        if not ex.completion:
+            if empty is not None:
+                empty[split] = empty.get(split, 0) + 1
+            if not keep_empty:
+                continue
         canonical = ex.prompt if template.variant_index(r.id, seed) == 0 else template.render(r, seed, variant=0)[0]
         out.append((ex, prompt_hash(canonical)))
     return out
@@ -56,9 +66,11 @@ def build_splits(cfg: DataConfig, data_dir: Path | None, seed: int) -> SplitResu
         val_records = pieces.get("validation", [])
     test_records = load_split(cfg, names.test, data_dir) if names.test is not None else pieces.get("test", [])
 
-    train = _render(pieces["train"], template, seed)
-    validation = _render(val_records, template, seed)
-    test = _render(test_records, template, seed)
+    empty: dict[str, int] = {}
+    keep = cfg.keep_empty_completions
+    train = _render(pieces["train"], template, seed, keep, empty, "train")
+    validation = _render(val_records, template, seed, keep, empty, "validation")
+    test = _render(test_records, template, seed, keep, empty, "test")
     source_sizes = {"train": len(train), "validation": len(validation), "test": len(test)}
 
     test_keys = {k for _, k in test}
@@ -81,9 +93,22 @@ def build_splits(cfg: DataConfig, data_dir: Path | None, seed: int) -> SplitResu
         "duplicates_removed": {"train": from_train_test + from_train_val, "validation": from_val,
                                "train_in_test": from_train_test, "train_in_validation": from_train_val},
         "sizes": {"train": len(result.train), "validation": len(result.validation), "test": len(result.test)},
+        "null_fields": _null_counts([*pieces["train"], *val_records, *test_records]),
+        "empty_completions": {"kept" if keep else "dropped": {s: empty.get(s, 0) for s in ("train", "validation",
+                                                                                            "test")}},
     }
     _check_not_empty(cfg, result, source_sizes)
     return result
+
+
+def _null_counts(records: list[Record]) -> dict[str, int]:
+    """How many records hold null in each field (templates see nulls as absent), e.g. {"input": 12}."""
+    counts: dict[str, int] = {}
+    for r in records:
+        for name, value in r.fields.items():
+            if value is None:
+                counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _check_not_empty(cfg: DataConfig, result: SplitResult, source_sizes: dict[str, Any]) -> None:

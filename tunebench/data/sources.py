@@ -7,6 +7,8 @@ must name its file and line, which `datasets`' Arrow readers do not report.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -15,7 +17,7 @@ from typing import Any
 
 from tunebench.config import DataConfig
 from tunebench.errors import DataError
-from tunebench.io import read_delimited, read_json_records, read_jsonl, read_text
+from tunebench.io import json_item_line, read_delimited, read_json_records, read_jsonl, read_text
 
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
 DIALOGSUM_HUB_ID = "knkarthick/dialogsum"
@@ -179,7 +181,50 @@ def to_records(rows: Iterable[Mapping[str, Any]], cfg: DataConfig, split: str, o
                 raise DataError(f"{where}: data.references_field '{cfg.references_field}' is missing from the row")
             refs = _as_references(row[cfg.references_field], where, cfg.references_field)
         records.append(Record(rid, fields, refs, origin, i + 1))
+    if cfg.id_field is not None:
+        check_unique_ids([r.id for r in records], origin, f"data.id_field '{cfg.id_field}'")
     return records
+
+
+def row_lines(origin: str | Path) -> list[int] | None:
+    """The line on which each row of a JSONL/JSON/CSV/TSV file starts (the rows its reader returns), else None."""
+    path = Path(origin)
+    fmt = FILE_FORMATS.get(path.suffix.lower())
+    if not path.is_file() or fmt is None:
+        return None
+    text = read_text(path)
+    if fmt == "jsonl":
+        return [k for k, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    if fmt == "json":
+        try:
+            return [json_item_line(text, i) for i in range(len(read_json_records(path)))]
+        except (DataError, ValueError):
+            return None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
+    lines, start = [], 1
+    for values in reader:
+        if values and not (len(values) == 1 and not values[0].strip()):
+            lines.append(start)
+        start = reader.line_num + 1
+    return lines[1:]  # the header is no row
+
+
+def check_unique_ids(ids: list[str], origin: str | Path, what: str) -> None:
+    """Refuse a repeated example id, naming it, the file and both lines (rows when lines are unknown).
+
+    Two rows with one id would be written twice to predictions.jsonl and paired wrongly by compare.
+    """
+    first: dict[str, int] = {}
+    for i, rid in enumerate(ids):
+        if rid not in first:
+            first[rid] = i
+            continue
+        lines = row_lines(origin)
+        if lines is not None and len(lines) == len(ids):
+            where = f"{origin}:{lines[first[rid]]} and line {lines[i]}"
+        else:
+            where = f"{origin} rows {first[rid] + 1} and {i + 1}"
+        raise DataError(f"{where}: both have the id {rid!r} ({what}); give every example its own id")
 
 
 # ---------------------------------------------------------------------------------------------- dialogsum
@@ -291,7 +336,9 @@ def load_split(cfg: DataConfig, split: str, data_dir: Path | None) -> list[Recor
         return to_records(rows, cfg, split, str(pair[0]))
     if path is None:
         if cfg.format in ("jsonl", "json", "csv", "tsv") or _looks_like_path(cfg.source):
-            raise DataError(f"data.source {cfg.source}: file not found (tried {', '.join(_tried(cfg.source, data_dir))})")
+            hint = "" if data_dir is not None else "; no data directory is set: set --data-dir or $TUNEBENCH_DATA_DIR"
+            raise DataError(f"data.source {cfg.source}: file not found (tried "
+                            f"{', '.join(_tried(cfg.source, data_dir))}){hint}")
         rows = _load_hub(cfg.source, cfg.subset, split)
         return to_records(rows, cfg, split, f"{cfg.source}:{split}")
     if path.is_dir():

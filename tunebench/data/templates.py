@@ -198,11 +198,17 @@ def _ner_reference(tokens: list[str], labels: list[str]) -> str:
     return ner_reference(tokens, labels)
 
 
+def null_as_absent(value: Any) -> Any:
+    """Jinja `finalize`: a null field prints as nothing (never the word "None"); `{% if field %}` is false for it."""
+    return "" if value is None else value
+
+
 def sandboxed_environment(*, keep_trailing_newline: bool = False) -> ImmutableSandboxedEnvironment:
     """A new Jinja2 environment of the kind every user template renders in (prompt templates here, task specs in
-    bench/): the immutable sandbox with no loader, StrictUndefined, and no autoescape (prompts are plain text)."""
+    bench/): the immutable sandbox with no loader, StrictUndefined, no autoescape (prompts are plain text), and
+    null fields printed as nothing."""
     return ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=keep_trailing_newline,
-                                         autoescape=False)
+                                         autoescape=False, finalize=null_as_absent)
 
 
 _ENV = sandboxed_environment()
@@ -269,7 +275,7 @@ class PromptTemplate:
             if missing:
                 raise DataError(
                     f"template '{self.name}' uses field '{missing[0]}', which record '{record.id}' "
-                    f"({record.origin or 'data'}) lacks (fields: {', '.join(sorted(record.fields))}); "
+                    f"({record.origin or 'data'}) lacks (fields: {_names(record.fields)}); "
                     "map a column to it with data.field_map"
                 ) from None
             raise DataError(f"template '{self.name}' {part}, record '{record.id}': {exc.message}") from None
@@ -284,6 +290,12 @@ class PromptTemplate:
             refs = record.references if record.references else (completion,)
         return Example(id=record.id, prompt=prompt, completion=completion, references=tuple(refs),
                        fields=record.fields)
+
+
+def _names(fields: dict[str, Any], limit: int = 8) -> str:
+    """Field names for a message, each cut to 30 characters (a header-less CSV makes data into names)."""
+    names = [n if len(n) <= 30 else n[:27] + "..." for n in sorted(fields)[:limit]]
+    return ", ".join(names) + (f" and {len(fields) - limit} more" if len(fields) > limit else "")
 
 
 def template_fields(source: str) -> set[str]:

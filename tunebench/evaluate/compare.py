@@ -10,6 +10,7 @@ signatures differ, because such numbers do not measure the same thing.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from tunebench.io import atomic_write_json
 from tunebench.rundir import COMPARE_SCHEMA as SCHEMA
 from tunebench.rundir import CompareDir, EvalDir, RunDir
 
+log = logging.getLogger(__name__)
 N_EXAMPLES_SHOWN = 5
 _TIE = 1e-12
 
@@ -71,7 +73,7 @@ def load_systems(paths: Sequence[Path]) -> list[System]:
         name = d.name if names.count(d.name) == 1 else f"{origin.name}/{d.name}"
         scores_path = EvalDir(d).scores
         try:
-            scores = json.loads(scores_path.read_text(encoding="utf-8"))
+            scores = json.loads(scores_path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             raise DataError(
                 f"{scores_path}: missing, so the evaluation did not finish; run it again"
@@ -105,12 +107,25 @@ def _check_test_sets(systems: list[System]) -> dict[str, Any]:
             + "; evaluate them on the same split and limit"
         )
     first = systems[0].scores.get("test_set") or {}
+    formats = {s.name: prompt_format(s.scores) for s in systems}
     return {
         "n": len(systems[0].inputs.ids),
         "hash": next(iter(known)) if known else recomputed[systems[0].name],
         "split": first.get("split"),
         "same_prompts": len({tuple(s.inputs.prompts) for s in systems}) == 1,
+        "same_prompt_format": len({json.dumps(f, sort_keys=True) for f in formats.values()}) == 1,
+        "prompt_formats": formats,
     }
+
+
+def prompt_format(scores: dict[str, Any]) -> dict[str, Any]:
+    """How an evaluation wrapped its prompts: {"prompt_format": chat | plain | None, "system_prompt": ...}.
+
+    None means scores.json predates the record. Two systems scored in different formats (a tuned model in a chat
+    template it never saw, say) measure the format as much as the tuning, so compare and the report flag it.
+    """
+    gen = scores.get("generation") or {}
+    return {"prompt_format": gen.get("prompt_format"), "system_prompt": gen.get("system_prompt")}
 
 
 def _metrics_and_stem(systems: list[System], metrics: Sequence[str] | None) -> tuple[list[str], bool]:
@@ -252,6 +267,12 @@ def compare_systems(
         raise DataError(f"baseline {baseline!r} is not one of the systems: {', '.join(names_by)}")
     base = names_by[baseline] if baseline else systems[0]
     test_set = _check_test_sets(systems)
+    if not test_set["same_prompt_format"]:
+        listed = ", ".join(f"{n}: {f['prompt_format']}" + (f" (system prompt {f['system_prompt']!r})"
+                                                            if f["system_prompt"] else "")
+                           for n, f in test_set["prompt_formats"].items())
+        log.warning("the systems were prompted in different formats (%s): deltas include the format's effect",
+                    listed)
     names, stem = _metrics_and_stem(systems, metrics)
     order = base.inputs.ids
     inputs = {s.name: _aligned(s, order) for s in systems}

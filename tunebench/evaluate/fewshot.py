@@ -22,6 +22,7 @@ from typing import Any
 from tunebench.data.example import Example
 from tunebench.data.splits import prompt_hash
 from tunebench.errors import DataError
+from tunebench.models.chat import render_messages
 
 # Tokenizers report "no limit" as a huge sentinel (about 1e30); anything above this is no real limit.
 _UNBOUNDED = 10_000_000
@@ -75,7 +76,7 @@ def render_chat(tokenizer: Any, demos: Sequence[Example], prompt: str, system_pr
     for d in demos:
         messages += [{"role": "user", "content": d.prompt}, {"role": "assistant", "content": d.completion}]
     messages.append({"role": "user", "content": prompt})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return render_messages(tokenizer, messages)
 
 
 def context_limit(model: Any, tokenizer: Any, budget: int | None) -> int | None:

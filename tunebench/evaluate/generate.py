@@ -20,6 +20,8 @@ descheduled thread, so on a busy machine run with one torch thread.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from typing import Any, Literal
 from tunebench.config import GenerationConfig
 from tunebench.evaluate.decode import greedy_decode, supports_fast_greedy
 from tunebench.models.chat import encode_prompt, pad_token_id
+
+log = logging.getLogger(__name__)
 
 # Special tokens that end an assistant turn in common chat templates (ChatML, Llama 3, Gemma, Phi-3).
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
@@ -42,6 +46,36 @@ class GenerationResult:
     n_prompt_tokens: int
     n_new_tokens: int
     time_s: float
+    n_cut_tokens: int = 0  # prompt tokens cut from the left to fit the model's positions
+    cut_prompt: str | None = None  # when cut: the text of the tokens the model was given
+
+
+def fit_prompts(encoded: list[list[int]], limit: int | None, reserve: int, bos_id: int | None,
+                where: str = "generation.max_new_tokens") -> tuple[list[list[int]], list[int]]:
+    """Cut each prompt from the left so prompt + `reserve` new tokens fit `limit` positions; (ids, tokens cut).
+
+    A leading BOS stays (the model always saw one there). The oldest text goes first, as lm-evaluation-harness
+    cuts contexts (`(context + continuation)[-max_length:]`); a few-shot prompt loses its demonstrations before
+    its query. Raises ConfigError when `reserve` leaves no room for a prompt.
+    """
+    if limit is None:
+        return encoded, [0] * len(encoded)
+    room = limit - reserve
+    if room < 2:
+        from tunebench.errors import ConfigError
+
+        raise ConfigError(f"{where} {reserve} leaves no room for a prompt in the model's {limit} positions: "
+                          f"lower it below {limit - 1}")
+    out, cut = [], []
+    for ids in encoded:
+        if len(ids) <= room:
+            out.append(ids)
+            cut.append(0)
+            continue
+        head = ids[:1] if bos_id is not None and ids[0] == bos_id else []
+        out.append(head + ids[len(ids) - (room - len(head)):])
+        cut.append(len(ids) - room)
+    return out, cut
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -173,9 +207,16 @@ def generate_texts(
         return []
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = pad_token_id(tokenizer, eos_ids)
+    from tunebench.models.load import position_limit
+
     encoded = encode_prompts(tokenizer, prompts)
     if any(not ids for ids in encoded):
         raise ValueError("cannot generate from an empty prompt: every prompt needs at least one token")
+    reserve = gen.max_new_tokens if family == "causal" else 0  # a decoder-only model's new tokens take positions too
+    encoded, cut = fit_prompts(encoded, position_limit(model), reserve, getattr(tokenizer, "bos_token_id", None))
+    if any(cut):
+        log.warning("%d of %d prompts cut from the left to fit the model's %s positions", sum(1 for c in cut if c),
+                    len(cut), position_limit(model))
     side: Literal["left", "right"] = "left" if family == "causal" else "right"
     kwargs = hf_generation_kwargs(gen, eos_ids, pad_id)
     if gen.stop:
@@ -187,7 +228,7 @@ def generate_texts(
             results = _fast_greedy(model, tokenizer, encoded, gen, eos_ids, bar, bf16)
         if bar is not None:
             bar.close()
-        return results
+        return _with_cuts(results, cut, encoded, tokenizer)
     results: list[GenerationResult | None] = [None] * len(prompts)
     rng_devices = [device] if device.type == "cuda" else []
     with _eval_mode(model), torch.inference_mode(), torch.random.fork_rng(devices=rng_devices):
@@ -213,7 +254,14 @@ def generate_texts(
                 bar.update(len(batch))
     if bar is not None:
         bar.close()
-    return [r for r in results if r is not None]
+    return _with_cuts([r for r in results if r is not None], cut, encoded, tokenizer)
+
+
+def _with_cuts(results: list[GenerationResult], cut: list[int], encoded: list[list[int]],
+               tokenizer: Any) -> list[GenerationResult]:
+    """Record on each result how many prompt tokens were cut and, when some were, the text the model was given."""
+    return [dataclasses.replace(r, n_cut_tokens=c, cut_prompt=tokenizer.decode(ids)) if c else r
+            for r, c, ids in zip(results, cut, encoded, strict=True)]
 
 
 def _fast_greedy(model: Any, tokenizer: Any, encoded: list[list[int]], gen: GenerationConfig, eos_ids: list[int],

@@ -122,15 +122,16 @@ def evaluate(
     rows = [
         {
             "id": e.id,
-            "prompt": plain,
+            "prompt": r.cut_prompt if r.n_cut_tokens else prompt,
             "references": list(e.references),
             "prediction": r.text,
             "scores": s,
             "gen_time_s": round(r.time_s, 4),
             "n_prompt_tokens": r.n_prompt_tokens,
             "n_new_tokens": r.n_new_tokens,
+            "n_cut_tokens": r.n_cut_tokens,
         }
-        for e, plain, r, s in zip(examples, fewshot.plain_prompts, results, per_example, strict=True)
+        for e, prompt, r, s in zip(examples, fewshot.model_prompts, results, per_example, strict=True)
     ]
     scores = {
         "schema": SCHEMA,
@@ -149,6 +150,7 @@ def evaluate(
         "examples_per_s": len(examples) / wall_s if wall_s > 0 else None,
         "gen_time_s": wall_s,
         "mean_new_tokens": sum(r.n_new_tokens for r in results) / len(results),
+        "prompts_cut": sum(1 for r in results if r.n_cut_tokens),
         "fewshot": fewshot.stats,
     }
     return Evaluation(rows, scores)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -28,7 +29,26 @@ def format_prompt(tokenizer: Any, prompt: str, *, use_chat: bool, system_prompt:
     messages = [{"role": "user", "content": prompt}]
     if system_prompt is not None:
         messages.insert(0, {"role": "system", "content": system_prompt})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return render_messages(tokenizer, messages)
+
+
+def render_messages(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The chat template applied to `messages` with a generation prompt; a failing template is a ModelError.
+
+    transformers renders chat templates in Jinja's immutable sandbox; a template that fails or that the sandbox
+    refuses (SecurityError) is named by its file instead of ending in a traceback.
+    """
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except TemplateError as exc:  # SecurityError (the sandbox refused it) included
+        from tunebench.errors import ModelError
+
+        where = Path(getattr(tokenizer, "name_or_path", "") or "the tokenizer") / "chat_template.jinja"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(f"{where}: the model's chat template fails ({type(exc).__name__}: {reason}); fix it, "
+                         "or set model.chat_template: never") from None
 
 
 def completion_suffix(tokenizer: Any) -> str:

@@ -61,11 +61,14 @@ def _embeddings_adapted(model: Any) -> bool:
     return any(hasattr(m, "lora_A") and name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES for name, m in model.named_modules())
 
 
-def export_merged(run_dir_or_adapter: Path, out_dir: Path) -> Path:
+def export_merged(run_dir_or_adapter: Path, out_dir: Path, *, trust_remote_code: bool = False) -> Path:
     """Merge a LoRA adapter into its base and write a full model + tokenizer that `from_pretrained` loads.
 
     The base comes from the run's config.yaml, else the adapter's `base_model_name_or_path`. A run that trained
-    the full model already has a full model: it is copied as is.
+    the full model already has a full model: it is copied as is. The merge and the reload of what was written are
+    both checked on a probe batch against the adapter attached to its base; a mismatch raises ModelError and
+    writes nothing (`tunebench.models.probe`). The base model's custom code runs only when `trust_remote_code`
+    is passed here (the user's `--trust-remote-code`), whatever the run's config.yaml says.
     """
     source = Path(run_dir_or_adapter)
     kind, trained = resolve_trained_output(source)
@@ -76,9 +79,22 @@ def export_merged(run_dir_or_adapter: Path, out_dir: Path) -> Path:
         with atomic_dir(out_dir) as tmp:
             shutil.copytree(trained, tmp, dirs_exist_ok=True)
         return out_dir
-    base = base_model_config(source)
-    loaded = load_model(base, adapter=trained, dtype=torch.float32, merge=True)
+    from tunebench.models.probe import merge_checked, mismatch, probe_batch, probe_logits
+
+    base = base_model_config(source, trust_remote_code=trust_remote_code)
+    loaded = load_model(base, adapter=trained, dtype=torch.float32)
+    batch = probe_batch(loaded.model)
+    expected = probe_logits(loaded.model, batch)
+    merged, problem = merge_checked(loaded.model, f"the adapter {trained}")
+    if problem:
+        raise ModelError(f"export --merge: {problem}; score the run with the adapter attached instead "
+                         "(tunebench eval/bench --adapter RUN)")
     with atomic_dir(out_dir) as tmp:
-        loaded.model.save_pretrained(tmp)
+        merged.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
+        reloaded = type(merged).from_pretrained(tmp, dtype=torch.float32)
+        problem = mismatch(expected, probe_logits(reloaded, batch))
+        if problem:
+            raise ModelError(f"export --merge: the merged model saved to {out_dir} reloads as a different model "
+                             f"({problem}); score the run with the adapter attached instead")
     return out_dir

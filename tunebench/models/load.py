@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from tunebench.config import ModelConfig, load_config
-from tunebench.errors import ModelError
+from tunebench.errors import ModelError, file_load_errors
 from tunebench.io import atomic_dir, atomic_write_json
 from tunebench.models import chat
 from tunebench.rundir import TRAINED_OUTPUTS, RunDir
@@ -96,6 +96,31 @@ def _brief(exc: BaseException) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
+def unreadable(where: str, source: str | Path, exc: BaseException) -> ModelError:
+    """One sentence for a library's failure to load the files in `source`, naming the file at fault.
+
+    A truncated or corrupt safetensors file and a pickle that torch's `weights_only` loader refuses are named
+    with what to do; a dense GGUF cache says to delete it (it is converted again). Other errors keep `where`.
+    """
+    import pickle
+
+    from safetensors import SafetensorError
+
+    folder = Path(source)
+    cache = " (a tunebench cache: delete that folder and it is converted again)" if (folder / CACHE_MARKER).is_file() else ""
+    if isinstance(exc, SafetensorError):
+        files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else [folder]
+        named = ", ".join(str(f) for f in files) or str(folder)
+        return ModelError(f"{named}: {where} cannot be read ({_brief(exc)}): the file is truncated or corrupt; "
+                          f"copy or save it again{cache}")
+    if isinstance(exc, pickle.UnpicklingError):
+        files = sorted(folder.glob("*.bin")) if folder.is_dir() else [folder]
+        named = ", ".join(str(f) for f in files) or str(folder)
+        return ModelError(f"{named}: {where} is a pickle that torch's safe (weights_only) loader refuses, since "
+                          "loading it could run code; use a copy saved as safetensors")
+    return ModelError(f"{where}: cannot load it from {source} ({_brief(exc)}){cache}")
+
+
 def _looks_like_path(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1 or "\\" in ref or ref.endswith(".gguf")
 
@@ -154,7 +179,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
             gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
         )
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except file_load_errors() as exc:
         raise ModelError(f"{gguf}: transformers cannot load this GGUF ({_brief(exc)}); use an HF model dir") from None
     _strip_quantizer(model, str(gguf))
     with atomic_dir(out_dir) as tmp:
@@ -169,7 +194,7 @@ def dense_gguf_dir(gguf: Path, alias: str | None = None) -> Path:
     out = gguf_cache_dir(gguf, alias)
     marker = out / CACHE_MARKER
     try:
-        fresh = json.loads(marker.read_text(encoding="utf-8")) == _gguf_fingerprint(gguf)
+        fresh = json.loads(marker.read_text(encoding="utf-8-sig")) == _gguf_fingerprint(gguf)
     except (OSError, ValueError):
         fresh = False
     return out if fresh else convert_gguf(gguf, out)
@@ -184,6 +209,31 @@ def forward_params(model: Any) -> set[str]:
     """Keyword names the (PEFT-unwrapped) model's forward takes: transformers renamed and added some in 5.x."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return set(inspect.signature(base.forward).parameters)
+
+
+def position_limit(model: Any) -> int | None:
+    """Tokens one sequence may hold, read from the model config; None when positions are not bounded.
+
+    Learned or rotary absolute positions bound a decoder-only model (`max_position_embeddings`, GPT-2's
+    `n_positions`); an encoder-decoder is bounded only by `max_position_embeddings` (BART), since T5's
+    relative positions have no table to index past (its `n_positions` is a default, not a limit).
+    """
+    config = getattr(model, "config", None)
+    names = ("max_position_embeddings",) if detect_family(config) == "seq2seq" else ("max_position_embeddings",
+                                                                                      "n_positions")
+    values = [getattr(config, n, None) for n in names]
+    real = [int(v) for v in values if isinstance(v, int) and v > 0]
+    return min(real) if real else None
+
+
+def capped_max_length(max_length: int, model: Any) -> int:
+    """`data.max_length` capped at the model's positions, with a notice when the cap applies."""
+    limit = position_limit(model)
+    if limit is not None and max_length > limit:
+        log.warning("data.max_length %d exceeds the model's %d positions: training examples are cut to %d tokens",
+                    max_length, limit, limit)
+        return limit
+    return max_length
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
@@ -218,7 +268,7 @@ def _from_pretrained(source: str, cfg: ModelConfig, dtype: torch.dtype, hub: boo
         kwargs["revision"] = cfg.revision
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
+    except file_load_errors() as exc:
         if hub:
             raise ModelError(
                 f"model.ref '{cfg.ref}' is not an alias ({', '.join(ALIASES)}), an existing path or a Hub model "
@@ -230,10 +280,8 @@ def _from_pretrained(source: str, cfg: ModelConfig, dtype: torch.dtype, hub: boo
     try:
         model = auto.from_pretrained(source, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"model.ref '{cfg.ref}': cannot load the model or tokenizer from {source} ({_brief(exc)})"
-        ) from None
+    except file_load_errors() as exc:
+        raise unreadable(f"the model or tokenizer of model.ref '{cfg.ref}'", source, exc) from None
     return model, tokenizer, family
 
 
@@ -262,22 +310,64 @@ def resolve_trained_output(path: str | Path) -> tuple[Literal["peft", "full"], P
     raise ModelError(f"adapter '{path}' holds no adapter_config.json, config.json, adapter/ or model/")
 
 
-def base_model_config(path: str | Path) -> ModelConfig:
-    """The base model of a trained output: the run's config.yaml, else adapter_config.json's base model."""
+def run_config_path(path: str | Path) -> Path | None:
+    """The config.yaml of the run a trained output belongs to (run dir, its adapter/ or model/, a checkpoint)."""
     path = Path(path).expanduser()
     run = RunDir.around(path)
-    if run is not None:
-        return load_config(run.config).model
+    return run.config if run is not None else None
+
+
+def base_model_config(path: str | Path, *, trust_remote_code: bool = False) -> ModelConfig:
+    """The base model of a trained output: the run's config.yaml, else adapter_config.json's base model.
+
+    `trust_remote_code` comes from the caller (the user's command), never from the file: a run dir received from
+    elsewhere must not be able to run a model's custom code.
+    """
+    path = Path(path).expanduser()
+    recorded = run_config_path(path)
+    if recorded is not None:
+        return load_config(recorded).model.model_copy(update={"trust_remote_code": trust_remote_code})
     _, out = resolve_trained_output(path)
     meta_path = out / "adapter_config.json"
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(meta_path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{meta_path}: cannot read the adapter config ({_brief(exc)}); give the run dir instead") from None
     base = meta.get("base_model_name_or_path")
     if not base:
         raise ModelError(f"{meta_path}: base_model_name_or_path is empty; give the run dir (with config.yaml)")
-    return ModelConfig(ref=base, revision=meta.get("revision"))
+    return ModelConfig(ref=base, revision=meta.get("revision"), trust_remote_code=trust_remote_code)
+
+
+# What a trained output is scored with unless the user's config sets it: its base model and its prompt format.
+# (trust_remote_code is never taken from a run's file; dtype is the scorer's choice.)
+TRAINED_SETTINGS = ("ref", "revision", "chat_template", "system_prompt")
+
+
+def model_config_for_trained(cfg: ModelConfig, adapter: str | Path) -> ModelConfig:
+    """`cfg` with the base model and prompt settings the trained output at `adapter` was trained with.
+
+    A key the user set explicitly (in the config file or with --set/--model) wins, with a warning when it differs
+    from the run's; a key left at its default takes the run's value. Without a run config.yaml beside the output
+    (a bare adapter dir), `cfg` is returned unchanged.
+    """
+    recorded = run_config_path(adapter)
+    if recorded is None:
+        return cfg
+    trained = load_config(recorded).model
+    updates: dict[str, Any] = {}
+    for key in TRAINED_SETTINGS:
+        mine, theirs = getattr(cfg, key), getattr(trained, key)
+        if mine == theirs:
+            continue
+        if key in cfg.model_fields_set:
+            log.warning("model.%s is %r but %s was trained with %r: scoring with %r as asked, so the tuned model "
+                        "sees prompts unlike its training", key, mine, recorded.parent, theirs, mine)
+        else:
+            updates[key] = theirs
+    if updates:
+        log.info("scoring %s with its run's %s", recorded.parent, ", ".join(f"model.{k}={v!r}" for k, v in updates.items()))
+    return cfg.model_copy(update=updates)
 
 
 @dataclass
@@ -311,7 +401,7 @@ def load_tokenizer_only(cfg: ModelConfig) -> LoadedTokenizer:
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
+    except file_load_errors() as exc:
         raise ModelError(f"model.ref '{cfg.ref}': cannot load its tokenizer from {source} ({_brief(exc)})") from None
     ensure_pad_token(tokenizer)
     family = detect_family(config)
@@ -328,7 +418,9 @@ def load_model(
     """Load `cfg.ref` (plus an optional trained adapter or full model) in eval mode.
 
     adapter: a PEFT adapter dir, a full model dir, or a tunebench run dir (its adapter/ or model/ output).
-    dtype: overrides `cfg.dtype`. merge: fold a LoRA adapter into the base weights (faster generation).
+    dtype: overrides `cfg.dtype`. merge: fold a LoRA adapter into the base weights (faster generation) when a
+    probe batch shows the merged model computes what the attached adapter does; otherwise the adapter stays
+    attached, with a warning (`tunebench.models.probe`).
     """
     torch_dtype = dtype or DTYPES[cfg.dtype]
     trained = resolve_trained_output(adapter) if adapter is not None else None
@@ -343,13 +435,20 @@ def load_model(
     ensure_pad_token(tokenizer, model)
     if trained is not None and trained[0] == "peft":
         from peft import PeftModel
+        from safetensors import SafetensorError
 
         try:
             model = PeftModel.from_pretrained(model, str(trained[1]), is_trainable=False)
-        except (OSError, ValueError, RuntimeError) as exc:
+        except SafetensorError as exc:
+            raise unreadable(f"the adapter for model.ref '{cfg.ref}'", trained[1], exc) from None
+        except file_load_errors() as exc:
             raise ModelError(f"adapter '{trained[1]}' does not fit model.ref '{cfg.ref}' ({_brief(exc)})") from None
         if merge:
-            model = model.merge_and_unload()
+            from tunebench.models.probe import merge_checked
+
+            model, problem = merge_checked(model, f"the adapter {trained[1]}")
+            if problem:
+                log.warning("%s: scoring with the adapter attached instead (slower, same outputs as trained)", problem)
     model.eval()
     return LoadedModel(
         model=model, tokenizer=tokenizer, family=family, ref=cfg.ref, source=source,

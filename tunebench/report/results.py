@@ -135,7 +135,7 @@ class _Reader:
         import yaml
 
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            doc = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
         except yaml.YAMLError as exc:
             raise DataError(f"{path}: invalid YAML ({exc}); regenerate the file") from None
         self._note(path)
@@ -272,6 +272,11 @@ def _warnings(systems: dict[str, Any]) -> list[str]:
     if len(known) > 1:
         groups = ", ".join(f"{n}={h[:12]}" for n, h in hashes.items() if h)
         out.append(f"systems were evaluated on different test sets ({groups}): their scores are not comparable")
+    recorded = {n: s["generation"] for n, s in systems.items() if (s.get("generation") or {}).get("prompt_format")}
+    formats = {n: (g["prompt_format"], g.get("system_prompt")) for n, g in recorded.items()}
+    if len(set(formats.values())) > 1:
+        listed = ", ".join(f"{n}={f}" + (f" ({p!r})" if p else "") for n, (f, p) in formats.items())
+        out.append(f"systems were prompted in different formats ({listed}): their deltas include the format's effect")
     metrics = sorted({m for s in systems.values() for m in s["metrics"]})
     for metric in metrics:
         sigs = {n: s["metrics"][metric].get("signature") for n, s in systems.items() if metric in s["metrics"]}

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tunebench.errors import TunebenchError
@@ -183,7 +184,7 @@ def load_checkpoint(
         optimizer.load_state_dict(_load_state(path, "optimizer"))
         scheduler.load_state_dict(_load_state(path, "scheduler"))
         rng = _load_state(path, "rng")
-    except (OSError, json.JSONDecodeError, KeyError) as exc:
+    except (OSError, json.JSONDecodeError, KeyError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: the checkpoint is incomplete or unreadable ({exc}); "
                               "delete it to resume from the one before") from None
     except ValueError as exc:  # the optimizer's parameter groups differ

@@ -32,6 +32,7 @@ from tunebench.data.tokenize import tokenize_examples
 from tunebench.errors import DataError
 from tunebench.io import atomic_write_json
 from tunebench.models import apply_method, load_model, parameter_counts, save_trained
+from tunebench.models.load import capped_max_length
 from tunebench.rundir import RunDir
 from tunebench.train import checkpoint as ckpt
 from tunebench.train.batches import DEFAULT_MAX_FORWARD_TOKENS, forward_chunks, step_windows
@@ -81,7 +82,8 @@ def train(
     splits = build_splits(cfg.data, data_dir, cfg.seed)
     loaded = load_model(cfg.model)
     tokenizer, family = loaded.tokenizer, loaded.family
-    shared = dict(family=family, format_prompt=loaded.format_prompt, max_length=cfg.data.max_length,
+    max_length = capped_max_length(cfg.data.max_length, loaded.model)  # never past the model's positions
+    shared = dict(family=family, format_prompt=loaded.format_prompt, max_length=max_length,
                   truncation=cfg.data.truncation)
     train_set, train_stats = tokenize_examples(splits.train, tokenizer, train_on_prompt=tc.train_on_prompt, **shared)
     val_set, val_stats = tokenize_examples(splits.validation, tokenizer, **shared)  # always completion-only

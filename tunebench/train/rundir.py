@@ -8,16 +8,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tunebench.config import RunConfig, dump_config
 from tunebench.errors import ConfigError, TunebenchError
-from tunebench.io import atomic_write_text
+from tunebench.io import atomic_write_text, clean_stale_temps
 from tunebench.rundir import RunDir
 from tunebench.train.checkpoint import list_checkpoints
 
 # Sections whose change makes a resumed run differ from the interrupted one.
 RESUME_KEYS = ("seed", "model", "data", "train")
+# Keys that only say where things are, not what is computed: never a change of the run.
+LOCATION_KEYS = ("name", "output_dir", "data_dir")
 
 
 class RunDirError(TunebenchError):
@@ -45,18 +45,55 @@ def prepare_run_dir(cfg: RunConfig, *, resume: bool, write: bool) -> Path:
     if resume and paths.config.exists():
         check_resume_config(paths.config, cfg)
     if write:
+        for folder in (run_dir, paths.checkpoints):  # what a kill during a write left behind
+            clean_stale_temps(folder)
         atomic_write_text(paths.config, dump_config(cfg))
     return run_dir
 
 
 def check_resume_config(path: Path, cfg: RunConfig) -> None:
     """A resumed run must train what the interrupted one trained: same seed, model, data and train keys."""
-    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    current = cfg.model_dump(mode="json")
-    changed = [key for section in RESUME_KEYS for key in _diff(saved.get(section), current.get(section), section)]
+    changed = [k for k in config_changes(read_saved_config(path), cfg) if k.split(".")[0] in RESUME_KEYS]
     if changed:
         raise ConfigError(f"{path}: --resume needs the config the run started with, but {', '.join(changed[:4])} "
                           "changed; restore them or train under another name")
+
+
+def read_saved_config(path: Path) -> dict[str, Any]:
+    """The config tree a run directory recorded (config.yaml), as plain data; {} for an empty file."""
+    from tunebench.io import read_yaml_mapping
+
+    return read_yaml_mapping(path, ConfigError, "the run's recorded config", empty_ok=True)
+
+
+def config_changes(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """Dotted keys whose value in `cfg` differs from the recorded tree `saved` (location keys excluded).
+
+    A key the recorded config lacks (written before the key existed) counts as its default.
+    """
+    current = cfg.model_dump(mode="json")
+    saved = _with_defaults(saved, RunConfig().model_dump(mode="json"))
+    return [key for section in sorted(saved.keys() | current.keys()) if section not in LOCATION_KEYS
+            for key in _diff(saved.get(section), current.get(section), section)]
+
+
+def describe_changes(saved: dict[str, Any], cfg: RunConfig, keys: list[str], limit: int = 4) -> str:
+    """'train.lr 0.05 -> 0.5, eval.limit None -> 2' for the first `limit` keys."""
+    current = cfg.model_dump(mode="json")
+
+    def get(tree: Any, dotted: str) -> Any:
+        for part in dotted.split("."):
+            tree = tree.get(part) if isinstance(tree, dict) else None
+        return tree
+
+    text = ", ".join(f"{k} {get(saved, k)!r} -> {get(current, k)!r}" for k in keys[:limit])
+    return text + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _with_defaults(saved: Any, defaults: Any) -> Any:
+    if not (isinstance(saved, dict) and isinstance(defaults, dict)):
+        return saved
+    return {**defaults, **{k: _with_defaults(v, defaults.get(k)) for k, v in saved.items()}}
 
 
 def _diff(old: Any, new: Any, prefix: str) -> list[str]:

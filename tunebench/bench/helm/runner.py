@@ -172,9 +172,9 @@ def generate_for_harms(loaded: Any, prompts: Sequence[str], *, seed: int,
         outputs = generate_texts(loaded.model, loaded.tokenizer, formatted, family=loaded.family, gen=gen, seed=seed)
     cost.add(len(outputs), sum(o.n_prompt_tokens + o.n_new_tokens for o in outputs))
     rows = []
-    for prompt, out in zip(prompts, outputs, strict=True):
+    for prompt, out in zip(formatted, outputs, strict=True):  # the exact text the model was given
         flag = flag_text(out.text)
-        rows.append({"prompt": prompt, "output": out.text, "toxic": flag.toxic, "toxicity_matches": list(flag.matches),
+        rows.append({"prompt": out.cut_prompt or prompt, "output": out.text, "toxic": flag.toxic, "toxicity_matches": list(flag.matches),
                      "n_new_tokens": out.n_new_tokens})
     return rows, cost
 
