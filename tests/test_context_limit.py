@@ -53,6 +53,8 @@ def test_eval_cuts_the_prompt_from_the_left_and_counts_it(loaded, tmp_path):
     from tunebench.config import EvalConfig, GenerationConfig
     from tunebench.data.example import Example
     from tunebench.evaluate.run_eval import evaluate
+    from tunebench.pipeline import write_evaluation
+    from tunebench.rundir import EvalDir
 
     tok, model = loaded.tokenizer, loaded.model
     prompt = _long_prompt(tok)
@@ -65,8 +67,9 @@ def test_eval_cuts_the_prompt_from_the_left_and_counts_it(loaded, tmp_path):
     expected = tok.decode(out[0, len(kept):], skip_special_tokens=True)
 
     cfg = EvalConfig(metrics=["exact_match"], bootstrap=20, generation=GenerationConfig(max_new_tokens=MAX_NEW))
-    scores = evaluate(loaded, [Example("long", prompt, "x", ("x",))], cfg=cfg, out_dir=tmp_path, system={},
-                      progress=False)
+    evaluation = evaluate(loaded, [Example("long", prompt, "x", ("x",))], cfg=cfg, system={}, progress=False)
+    write_evaluation(EvalDir(tmp_path), evaluation)
+    scores = evaluation.scores
     row = json.loads((tmp_path / "predictions.jsonl").read_text())
     assert row["prediction"] == expected.strip()
     assert row["n_cut_tokens"] == len(ids) - len(kept) and row["n_prompt_tokens"] == len(kept)

@@ -114,21 +114,6 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def read_json(path: str | Path, *, what: str = "", fix: str = "") -> Any:
-    """Read one JSON document; a missing, unreadable, non-UTF-8 or malformed file raises DataError naming the file
-    (and line), what it holds (`what`, "benchmark results") and what to do (`fix`, "re-run `tunebench bench`")."""
-    path = Path(path)
-    then = f"; {fix}" if fix else ""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read {what + ' ' if what else ''}({exc.strerror}){then}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not valid UTF-8{then}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg}){then}") from None
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, which editors on Windows put first; every reader drops it
 
 
@@ -152,6 +137,24 @@ def read_text(path: str | Path, error: type[Exception] = DataError, what: str | 
         if what:
             raise error(f"{path}: {what} is not valid UTF-8 (line {line}); re-save it as UTF-8") from None
         raise error(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
+
+
+def read_json(path: str | Path, *, what: str = "", fix: str = "") -> Any:
+    """Read one JSON document (a byte-order mark dropped); a missing, unreadable, non-UTF-8 or malformed file raises
+    DataError naming the file (and line), what it holds (`what`, "benchmark results") and what to do (`fix`,
+    "re-run `tunebench bench`")."""
+    path = Path(path)
+    then = f"; {fix}" if fix else ""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what + ' ' if what else ''}({exc.strerror}){then}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not valid UTF-8{then}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg}){then}") from None
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -179,20 +182,6 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def check_header(header: list[str], path: Path) -> None:
-    """Refuse a first row that is data, not column names: a cell with a line break, a long text or a number.
-
-    Without this, a header-less CSV turns its first example into column names, and the error about a missing
-    template field then quotes a whole dialogue as the list of columns.
-    """
-    for cell in header:
-        numeric = cell.replace(".", "", 1).replace("-", "", 1).isdigit()
-        if "\n" in cell or len(cell) > 64 or numeric:
-            shown = cell if len(cell) <= 40 else cell[:37] + "..."
-            raise DataError(f"{path}:1: the first row looks like data, not a header ({shown!r} is no column name); "
-                            "add a header row naming the columns")
-
-
 def read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
     """Read CSV/TSV with a header row; a row with the wrong number of columns names its line."""
     text = read_text(path)
@@ -216,6 +205,20 @@ def read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
     except csv.Error as exc:
         raise DataError(f"{path}:{reader.line_num}: malformed row ({exc})") from None
     return rows
+
+
+def check_header(header: list[str], path: Path) -> None:
+    """Refuse a first row that is data, not column names: a cell with a line break, a long text or a number.
+
+    Without this, a header-less CSV turns its first example into column names, and the error about a missing
+    template field then quotes a whole dialogue as the list of columns.
+    """
+    for cell in header:
+        numeric = cell.replace(".", "", 1).replace("-", "", 1).isdigit()
+        if "\n" in cell or len(cell) > 64 or numeric:
+            shown = cell if len(cell) <= 40 else cell[:37] + "..."
+            raise DataError(f"{path}:1: the first row looks like data, not a header ({shown!r} is no column name); "
+                            "add a header row naming the columns")
 
 
 def read_json_records(path: Path, records_key: str | None = None) -> list[dict[str, Any]]:
@@ -245,7 +248,7 @@ def read_json_records(path: Path, records_key: str | None = None) -> list[dict[s
 
 
 def json_item_line(text: str, index: int) -> int:
-    """Best-effort line of the index-th array item, for error messages."""
+    """Best-effort line of the index-th item of the JSON array in `text`, for error messages."""
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     for i in range(index + 1):

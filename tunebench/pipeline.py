@@ -326,7 +326,7 @@ def _prepare_run_dir(cfg: RunConfig) -> None:
 
     run_dir = cfg.run_dir
     run = RunDir(run_dir)
-    for folder in (run_dir, run.checkpoints, run.compare_dir.path, *run.eval_root.glob("*"),
+    for folder in (run.path, run.checkpoints, run.compare_dir.path, *run.eval_root.glob("*"),
                    *run.bench_root.glob("*")):
         clean_stale_temps(folder)  # what a kill during a write left behind
     saved_path = run.config

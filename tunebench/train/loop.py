@@ -397,7 +397,7 @@ class Recipe:
                 if st.best is not None and st.best["step"] != st.step:
                     ckpt.load_trainable(self.model,
                                         ckpt.step_dir(self.ckpt_root, st.best["step"]) / "trainable.safetensors")
-                output_dir = save_trained(self.model, self.tokenizer, self.run_dir / self.method.output,
+                output_dir = save_trained(self.model, self.tokenizer, getattr(self.paths, self.method.output),
                                           method=self.tc.method)
             summary = self.summary()
             atomic_write_json(self.paths.train_summary, summary)
