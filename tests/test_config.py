@@ -76,3 +76,37 @@ def test_overrides_parse_yaml_values(tmp_path):
         apply_overrides({}, ["train.lr"])
     with pytest.raises(ConfigError, match="train.nope"):
         load_config(p, ["train.nope=1"])
+
+
+def test_unknown_key_suggests_close_names_or_lists_the_section(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("evl: {}\ntrain:\n  methd: lora\n  lora: {rank: 3}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "evl: unknown key; did you mean 'eval'?" in msg
+    assert "train.methd: unknown key; did you mean 'method'?" in msg
+    assert "train.lora.rank: unknown key; known keys: r, alpha, dropout, target_modules" in msg
+
+
+def test_did_you_mean_is_case_insensitive_and_empty_when_nothing_is_close():
+    from tunebench.errors import did_you_mean
+
+    assert did_you_mean("SST", ["sst2", "rte", "mmlu"]) == "; did you mean 'sst2'?"
+    assert did_you_mean("glue", ["sst2", "rte", "mmlu"]) == ""
+
+
+def test_set_takes_comma_lists_for_list_keys_and_errors_name_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\n")
+    cfg = load_config(path, ["eval.metrics=rouge,exact_match", "eval.shots=0,3"])
+    assert cfg.eval.metrics == ["rouge", "exact_match"]
+    assert cfg.eval.shots == [0, 3]
+    assert load_config(path, ["model.system_prompt=Be brief, please."]).model.system_prompt == "Be brief, please."
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["train.lora.rnk=3"])
+    assert err.value.exit_code == 2
+    assert str(err.value).startswith("--set: train.lora.rnk: unknown key")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["train.batch_size=lots"])
+    assert str(err.value).startswith("--set: train.batch_size:")

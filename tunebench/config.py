@@ -7,13 +7,14 @@ schema` prints the JSON schema generated from these models.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunebench.errors import ConfigError
+from tunebench.errors import ConfigError, did_you_mean
 from tunebench.io import read_yaml_mapping
 
 DATA_DIR_ENV = "TUNEBENCH_DATA_DIR"
@@ -270,14 +271,42 @@ class RunConfig(Section):
         return Path(self.output_dir) / self.name
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _field_at(loc: tuple[Any, ...] | list[str]) -> Any:
+    """The pydantic field at key path `loc` (None when the path names no field)."""
+    model: Any = RunConfig
+    field = None
+    for key in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(key))
+        if field is None:
+            return None
+        model = field.annotation
+    return field
+
+
+def _section_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the config section at key path `loc` accepts ([] when the path leaves the sections)."""
+    model: Any = _field_at(loc).annotation if loc and _field_at(loc) is not None else (None if loc else RunConfig)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return list(model.model_fields)
+
+
+def _format_validation_error(err: ValidationError, source: str, overridden: Iterable[str] = ()) -> str:
+    """One line per pydantic error: `source: key.path: message`; keys set by `--set` name `--set` as source."""
     lines = []
+    overridden = set(overridden)
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{source}: {path}: {msg}")
+            keys = _section_keys(e["loc"][:-1])
+            hint = did_you_mean(str(e["loc"][-1]), keys) or (f"; known keys: {', '.join(keys)}" if keys else "")
+            msg = "unknown key" + hint
+        parts = [str(p) for p in e["loc"]]
+        from_set = any(".".join(parts[:i]) in overridden for i in range(1, len(parts) + 1))
+        lines.append(f"{'--set' if from_set else source}: {path}: {msg}")
     return "\n".join(lines)
 
 
@@ -292,8 +321,16 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _is_list_field(dotted: str) -> bool:
+    field = _field_at(dotted.split("."))
+    return field is not None and "list[" in str(field.annotation)
+
+
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b=value` overrides; values are parsed as YAML (so 3 is an int, [a, b] a list)."""
+    """Apply `a.b=value` overrides; values are parsed as YAML (so 3 is an int, [a, b] a list).
+
+    A list-valued key also takes `a,b` (as every list option of the CLI does): each item is parsed as YAML.
+    """
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -302,15 +339,18 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+        if isinstance(value, str) and "," in value and _is_list_field(key.strip()):
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
         _set_path(tree, key.strip(), value)
     return tree
 
 
-def config_from_dict(tree: dict[str, Any], source: str = "config") -> RunConfig:
+def config_from_dict(tree: dict[str, Any], source: str = "config", overridden: Iterable[str] = ()) -> RunConfig:
+    """Validate a config tree; errors name `source` (or `--set` for the keys in `overridden`). Raises ConfigError."""
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, source, overridden)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -321,7 +361,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         source = str(path)
         tree = read_yaml_mapping(path, ConfigError, "the config", empty_ok=True)
     apply_overrides(tree, overrides or [])
-    return config_from_dict(tree, source)
+    overridden = [o.partition("=")[0].strip() for o in overrides or []]
+    return config_from_dict(tree, source, overridden)
 
 
 def dump_config(cfg: RunConfig) -> str:
