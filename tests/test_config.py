@@ -100,7 +100,7 @@ def test_unknown_registry_names_exit_2_naming_key_value_and_known_names(override
     path.write_text("name: x\n", encoding="utf-8")
     assert main(["config", "show", str(path), "--set", override]) == 2
     err = capsys.readouterr().err
-    assert f"{path}: {message}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"--set: {message}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_registry_names_that_exist_load():
@@ -111,3 +111,37 @@ def test_registry_names_that_exist_load():
     custom = load_config(None, ["data.template.name=nosuch", "data.template.prompt='{{ a }}'",
                                 "data.template.completion='{{ b }}'"])
     assert custom.data.template.prompt == "{{ a }}"  # a custom template's name is only a label
+
+
+def test_unknown_key_suggests_close_names_or_lists_the_section(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("evl: {}\ntrain:\n  methd: lora\n  lora: {rank: 3}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "evl: unknown key; did you mean 'eval'?" in msg
+    assert "train.methd: unknown key; did you mean 'method'?" in msg
+    assert "train.lora.rank: unknown key; known keys: r, alpha, dropout, target_modules" in msg
+
+
+def test_did_you_mean_is_case_insensitive_and_empty_when_nothing_is_close():
+    from tunebench.errors import did_you_mean
+
+    assert did_you_mean("SST", ["sst2", "rte", "mmlu"]) == "; did you mean 'sst2'?"
+    assert did_you_mean("glue", ["sst2", "rte", "mmlu"]) == ""
+
+
+def test_set_takes_comma_lists_for_list_keys_and_errors_name_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\n")
+    cfg = load_config(path, ["eval.metrics=rouge,exact_match", "eval.shots=0,3"])
+    assert cfg.eval.metrics == ["rouge", "exact_match"]
+    assert cfg.eval.shots == [0, 3]
+    assert load_config(path, ["model.system_prompt=Be brief, please."]).model.system_prompt == "Be brief, please."
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["train.lora.rnk=3"])
+    assert err.value.exit_code == 2
+    assert str(err.value).startswith("--set: train.lora.rnk: unknown key")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["train.batch_size=lots"])
+    assert str(err.value).startswith("--set: train.batch_size:")

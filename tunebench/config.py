@@ -9,13 +9,14 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tunebench.errors import ConfigError
+from tunebench.errors import ConfigError, did_you_mean
 from tunebench.io import read_yaml_mapping
 
 DATA_DIR_ENV = "TUNEBENCH_DATA_DIR"
@@ -358,17 +359,45 @@ def _check_name(key: str | None, value: Any, known: list[str], what: str) -> Non
         raise ValueError(unknown_name_message(key, value, known, what))
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _field_at(loc: tuple[Any, ...] | list[str]) -> Any:
+    """The pydantic field at key path `loc` (None when the path names no field)."""
+    model: Any = RunConfig
+    field = None
+    for key in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(key))
+        if field is None:
+            return None
+        model = field.annotation
+    return field
+
+
+def _section_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the config section at key path `loc` accepts ([] when the path leaves the sections)."""
+    model: Any = _field_at(loc).annotation if loc and _field_at(loc) is not None else (None if loc else RunConfig)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return list(model.model_fields)
+
+
+def _format_validation_error(err: ValidationError, source: str, overridden: Iterable[str] = ()) -> str:
+    """One line per pydantic error: `source: key.path: message`; keys set by `--set` name `--set` as source."""
     lines = []
+    overridden = set(overridden)
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            keys = _section_keys(e["loc"][:-1])
+            hint = did_you_mean(str(e["loc"][-1]), keys) or (f"; known keys: {', '.join(keys)}" if keys else "")
+            msg = "unknown key" + hint
         key, sep, rest = msg.partition(": ")
         if sep and re.fullmatch(r"[a-z_][a-z_.]*", key):  # a check naming its key below `loc`: one key path
             path, msg = (f"{path}.{key}" if e["loc"] else key), rest
-        lines.append(f"{source}: {path}: {msg}")
+        parts = path.split(".")
+        from_set = any(".".join(parts[:i]) in overridden for i in range(1, len(parts) + 1))
+        lines.append(f"{'--set' if from_set else source}: {path}: {msg}")
     return "\n".join(lines)
 
 
@@ -383,8 +412,16 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _is_list_field(dotted: str) -> bool:
+    field = _field_at(dotted.split("."))
+    return field is not None and "list[" in str(field.annotation)
+
+
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b=value` overrides; values are parsed as YAML (so 3 is an int, [a, b] a list)."""
+    """Apply `a.b=value` overrides; values are parsed as YAML (so 3 is an int, [a, b] a list).
+
+    A list-valued key also takes `a,b` (as every list option of the CLI does): each item is parsed as YAML.
+    """
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -393,15 +430,18 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+        if isinstance(value, str) and "," in value and _is_list_field(key.strip()):
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
         _set_path(tree, key.strip(), value)
     return tree
 
 
-def config_from_dict(tree: dict[str, Any], source: str = "config") -> RunConfig:
+def config_from_dict(tree: dict[str, Any], source: str = "config", overridden: Iterable[str] = ()) -> RunConfig:
+    """Validate a config tree; errors name `source` (or `--set` for the keys in `overridden`). Raises ConfigError."""
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, source, overridden)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -412,7 +452,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         source = str(path)
         tree = read_yaml_mapping(path, ConfigError, "the config", empty_ok=True)
     apply_overrides(tree, overrides or [])
-    return config_from_dict(tree, source)
+    overridden = [o.partition("=")[0].strip() for o in overrides or []]
+    return config_from_dict(tree, source, overridden)
 
 
 def dump_config(cfg: RunConfig) -> str:

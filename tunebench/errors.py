@@ -3,6 +3,10 @@
 The CLI prints these without a traceback; anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+
 
 class TunebenchError(Exception):
     """An error caused by the user's input (config, data, paths, models). Exit code 1."""
@@ -39,3 +43,19 @@ def file_load_errors() -> tuple[type[BaseException], ...]:
 
     return (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError,
             TemplateError)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """A suffix for an error about an unknown `name`: "; did you mean 'x'?" for close matches among `known`, else "".
+
+    Closeness is difflib's ratio (>= 0.6, the stdlib default), case-insensitive; at most three suggestions.
+    """
+    import difflib
+
+    known = list(known)
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3)
+    if not close:
+        return ""
+    names = " or ".join(f"'{by_lower[c]}'" for c in close)
+    return f"; did you mean {names}?"
