@@ -165,21 +165,6 @@ def approximate_randomization_stats(
     }
 
 
-def approximate_randomization(
-    values_a: np.ndarray | list[float],
-    values_b: np.ndarray | list[float],
-    *,
-    n_trials: int = 10000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Approximate randomization for a mean metric: random sign flips of the per-example differences."""
-    a = np.asarray(values_a, dtype=np.float64)
-    b = np.asarray(values_b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired values need equal 1-D shapes, got {a.shape} and {b.shape}")
-    return approximate_randomization_stats(a, b, mean_score(len(a)), n_trials=n_trials, seed=seed)
-
-
 def _as_2d(stats: np.ndarray) -> np.ndarray:
     stats = np.asarray(stats, dtype=np.float64)
     return stats[:, None] if stats.ndim == 1 else stats
