@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunebench.bench.answers import apply_filters, token_f1
+from tunebench.bench.answers import apply_filters
 from tunebench.bench.instances import prepare_task
 from tunebench.bench.spec import (
     RegexFilter,
@@ -17,6 +17,7 @@ from tunebench.bench.spec import (
     resolve_tasks,
 )
 from tunebench.errors import ConfigError, DataError
+from tunebench.evaluate.metrics.classification import token_f1
 from tunebench.rundir import samples_filename
 
 USER_SPEC = {
@@ -161,6 +162,8 @@ def test_target_outside_choice_set(tmp_path: Path) -> None:
     [
         ({"output_type": "generate"}, "choices: output_type generate takes no choices"),
         ({"metrics": ["rougeL"]}, "metrics: 'rougeL' is not one of"),
+        ({"metrics": ["acc_nrom"]}, "metrics: unknown metric 'acc_nrom'; did you mean 'acc_norm'\\? known metrics: acc,"),
+        ({"bleu_tokenize": "zhh"}, "bleu_tokenize: unknown tokenizer 'zhh'; did you mean 'zh'"),
         ({"eval_split": "dev"}, "eval_split: 'dev' is not one of source.splits"),
         ({"template": "{{ premise "}, "template: invalid Jinja2 template"),
         ({"version": None}, "version"),

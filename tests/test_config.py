@@ -110,3 +110,38 @@ def test_set_takes_comma_lists_for_list_keys_and_errors_name_set(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path, ["train.batch_size=lots"])
     assert str(err.value).startswith("--set: train.batch_size:")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("eval.metrics=[rouge,bertscore]", "eval.metrics: unknown metric 'bertscore'; known metrics: rouge, "),
+        ("eval.metrics=[rouge2,blue]", "eval.metrics: unknown metric 'blue'; did you mean 'bleu'? known metrics: "),
+        ("eval.metrics=[acc]", "eval.metrics: unknown metric 'acc'; known metrics: rouge, "),  # a multiple-choice metric
+        ("train.gen_eval.metric=rougel", "train.gen_eval.metric: unknown metric 'rougel'; did you mean 'rougeL'?"),
+        ("train.gen_eval.metric=rouge", "train.gen_eval.metric: unknown metric 'rouge'; did you mean 'rougeL'?"),
+        ("bench.tasks=[mmlu,nonexistent]", "bench.tasks: unknown task 'nonexistent'; known tasks: bbh, cb, "),
+        ("bench.tasks=[sst3:x]", "bench.tasks: unknown task 'sst3'; did you mean 'sst2'?"),
+        ("data.template.name=dialogsun", "data.template.name: unknown template 'dialogsun'; did you mean 'dialogsum'?"),
+        ("eval.bleu_tokenize=13A", "eval.bleu_tokenize: unknown tokenizer '13A'; did you mean '13a'?"),
+        ("eval.rouge_tokenize=chars", "eval.rouge_tokenize: unknown tokenizer 'chars'; known tokenizers: rouge_score,"),
+    ],
+)
+def test_unknown_registry_names_exit_2_naming_key_value_and_known_names(override, message, tmp_path, capsys):
+    from tunebench.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\n", encoding="utf-8")
+    assert main(["config", "show", str(path), "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert f"--set: {message}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_registry_names_that_exist_load():
+    cfg = load_config(None, ["eval.metrics=[rouge,chrf,macro_f1,f1]", "train.gen_eval.metric=bleu",
+                             "bench.tasks=[mmlu:anatomy,bbh:navigate,my/task.yaml]", "data.template.name=nli",
+                             "eval.language=zh", "eval.bleu_tokenize=char", "eval.rouge_tokenize=unicode"])
+    assert cfg.eval.metric_settings().rouge_tokenizer() == "unicode" and cfg.eval.metric_settings().bleu_tokenize == "char"
+    custom = load_config(None, ["data.template.name=nosuch", "data.template.prompt='{{ a }}'",
+                                "data.template.completion='{{ b }}'"])
+    assert custom.data.template.prompt == "{{ a }}"  # a custom template's name is only a label

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunebench import __version__
-from tunebench.errors import TunebenchError
+from tunebench.errors import ConfigError, TunebenchError
 
 
 def _csv(value: str) -> list[str]:
@@ -67,10 +67,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     import json
 
+    from tunebench.evaluate.metrics import MetricSettings, check_metric_names
+    from tunebench.evaluate.metrics.base import check_tokenizers
     from tunebench.evaluate.score import render_score_table, score_files
 
+    check_metric_names(args.metric, "--metric")
+    try:
+        check_tokenizers(args.bleu_tokenize, args.rouge_tokenize, ("--bleu-tokenize", "--rouge-tokenize"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    settings = MetricSettings(stem=not args.no_stem, bleu_tokenize=args.bleu_tokenize,
+                              rouge_tokenize=args.rouge_tokenize, language=args.language)
     result = score_files(Path(args.pred), Path(args.ref) if args.ref else None, args.metric,
-                         stem=not args.no_stem, bootstrap=args.bootstrap, seed=args.seed)
+                         bootstrap=args.bootstrap, seed=args.seed, settings=settings)
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     else:
@@ -208,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", type=_csv, default=["rouge", "bleu"], help="comma-separated metrics")
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by metric")
     p.add_argument("--no-stem", action="store_true", help="turn Porter stemming off for ROUGE")
+    p.add_argument("--language", default=None, help="target language (ISO 639-1, e.g. zh): picks the tokenizers")
+    p.add_argument("--bleu-tokenize", default=None, help="sacreBLEU tokenizer for bleu (13a, zh, intl, char, ...)")
+    p.add_argument("--rouge-tokenize", default=None, help="ROUGE tokenizer: rouge_score or unicode (any script)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
     p.add_argument("--seed", type=int, default=0)
 

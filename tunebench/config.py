@@ -7,12 +7,13 @@ schema` prints the JSON schema generated from these models.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunebench.errors import ConfigError, did_you_mean
 from tunebench.io import read_yaml_mapping
@@ -56,6 +57,10 @@ class TemplateConfig(Section):
             raise ValueError("a custom template needs both 'prompt' and 'completion'")
         if self.prompt is None and self.name is None:
             raise ValueError("give a built-in template 'name' or a custom 'prompt' and 'completion'")
+        if self.prompt is None:
+            from tunebench.data.templates import BUILTIN_TEMPLATES
+
+            _check_name("name", self.name, list(BUILTIN_TEMPLATES), "template")
         return self
 
 
@@ -165,6 +170,14 @@ class GenEvalConfig(Section):
     metric: str = Field("rougeL", description="Metric logged and usable for best-checkpoint selection.")
     max_new_tokens: int = Field(96, gt=0, description="Generation length cap during training.")
 
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        from tunebench.evaluate.metrics import METRICS
+
+        _check_name(None, value, [n for n, c in METRICS.items() if c.inputs == "text"], "metric")
+        return value
+
 
 class TrainConfig(Section):
     method: Literal["full", "lora", "freeze"] = Field("lora", description="What gets trained.")
@@ -229,6 +242,15 @@ class EvalConfig(Section):
         default_factory=lambda: ["rouge", "bleu"], description="Metrics: rouge (= rouge1, rouge2, rougeL, rougeLsum), bleu, chrf, exact_match, accuracy, macro_f1."
     )
     stem: bool = Field(True, description="Porter stemming for ROUGE.")
+    language: str | None = Field(
+        None, description="Target language (ISO 639-1, e.g. zh); picks BLEU/ROUGE tokenizers as sacreBLEU does."
+    )
+    bleu_tokenize: str | None = Field(
+        None, description="sacreBLEU tokenizer for bleu: 13a, intl, zh, ja-mecab, ko-mecab, char, ... (None: from language)."
+    )
+    rouge_tokenize: str | None = Field(
+        None, description="ROUGE tokenizer: rouge_score (a-z0-9 only) or unicode (any script; None: from language)."
+    )
     shots: list[int] = Field(
         default_factory=lambda: [0], description="In-context baselines of the base model: numbers of demonstrations."
     )
@@ -244,6 +266,31 @@ class EvalConfig(Section):
             raise ValueError("shots must be >= 0")
         return self
 
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        from tunebench.evaluate.metrics import known_names
+
+        for name in value:
+            _check_name(None, name, known_names("text"), "metric")
+        if not [n for n in value if n.strip()]:
+            raise ValueError(f"no metric given; known metrics: {', '.join(known_names('text'))}")
+        return value
+
+    @model_validator(mode="after")
+    def _tokenizers(self) -> EvalConfig:
+        from tunebench.evaluate.metrics.base import check_tokenizers
+
+        check_tokenizers(self.bleu_tokenize, self.rouge_tokenize)
+        return self
+
+    def metric_settings(self) -> Any:
+        """The tunebench.evaluate.metrics.MetricSettings these keys select (stemming, tokenizers, language)."""
+        from tunebench.evaluate.metrics import MetricSettings
+
+        return MetricSettings(stem=self.stem, bleu_tokenize=self.bleu_tokenize,
+                              rouge_tokenize=self.rouge_tokenize, language=self.language)
+
 
 class BenchConfig(Section):
     tasks: list[str] = Field(
@@ -253,6 +300,17 @@ class BenchConfig(Section):
     shots: int | None = Field(None, ge=0, description="Override every task's few-shot count.")
     enabled: bool = Field(True, description="Run the forgetting suite in `tunebench run`.")
     helm: bool = Field(False, description="Add the HELM-style view (calibration, robustness, fairness, ...).")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        from tunebench.bench.spec import task_names
+
+        known = task_names()
+        for name in value:
+            if not name.strip().endswith((".yaml", ".yml", ".json")):
+                _check_name(None, name.strip().partition(":")[0], known, "task")
+        return value
 
 
 class RunConfig(Section):
@@ -269,6 +327,14 @@ class RunConfig(Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+
+def _check_name(key: str | None, value: Any, known: list[str], what: str) -> None:
+    """ValueError (pydantic adds the key path) when `value` is not one of a registry's `known` names."""
+    if value not in known:
+        from tunebench.evaluate.metrics.base import unknown_name_message
+
+        raise ValueError(unknown_name_message(key, value, known, what))
 
 
 def _field_at(loc: tuple[Any, ...] | list[str]) -> Any:
@@ -304,6 +370,9 @@ def _format_validation_error(err: ValidationError, source: str, overridden: Iter
             keys = _section_keys(e["loc"][:-1])
             hint = did_you_mean(str(e["loc"][-1]), keys) or (f"; known keys: {', '.join(keys)}" if keys else "")
             msg = "unknown key" + hint
+        key, sep, rest = msg.partition(": ")
+        if sep and re.fullmatch(r"[a-z_][a-z_.]*", key):  # a check naming its key below `loc`: one key path
+            path, msg = (f"{path}.{key}" if e["loc"] else key), rest
         parts = [str(p) for p in e["loc"]]
         from_set = any(".".join(parts[:i]) in overridden for i in range(1, len(parts) + 1))
         lines.append(f"{'--set' if from_set else source}: {path}: {msg}")

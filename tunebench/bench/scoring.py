@@ -1,9 +1,10 @@
 """Score a prepared task: multiple choice by log-likelihood, generation by answer extraction and metrics.
 
 `score_task` takes any list of instances (the prepared ones, or perturbed copies for the HELM-style views) and
-returns per-sample log rows plus metric means with standard errors (sample std / sqrt(n), as lm-eval reports).
-Multiple choice reports acc (argmax log-likelihood) and acc_norm (argmax log-likelihood per character of the
-choice, lm-eval's length normalisation).
+returns per-sample log rows plus metric values with standard errors, every metric asked from the metric
+registry: a mean metric's stderr is sample std / sqrt(n), a corpus metric's (BLEU, chrF) the standard deviation
+of 1000 seeded bootstrap scores (lm-eval's `bootstrap_stderr`). Multiple choice reports acc (argmax
+log-likelihood) and acc_norm (argmax log-likelihood per character of the choice, lm-eval's length normalisation).
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tunebench.bench.answers import apply_filters, token_f1
+from tunebench.bench.answers import apply_filters
 from tunebench.bench.instances import Instance, PreparedTask
+from tunebench.bench.spec import MC_DEFAULT_METRICS
+from tunebench.evaluate.metrics import MetricStats, compute_metric_stats
+
+STDERR_BOOTSTRAP = 1000
 
 
 @dataclass
@@ -81,9 +86,18 @@ def score_multiple_choice(
             "choices": list(inst.choices),
             "target": inst.target, "loglikelihoods": ll, "probs": choice_probs(ll),
             "prediction": pred, "prediction_norm": pred_norm, "correct": pred == inst.target,
-            "scores": {"acc": float(pred == inst.target), "acc_norm": float(pred_norm == inst.target)},
         })
     return rows
+
+
+def _choice_stats(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, MetricStats]:
+    """acc from each row's prediction, acc_norm from its length-normalised one, against the gold index."""
+    golds = [[r["target"]] for r in rows]
+    picked = {"acc_norm": [r["prediction_norm"] for r in rows]}
+    out: dict[str, MetricStats] = {}
+    for name in metrics:
+        out.update(compute_metric_stats(picked.get(name, [r["prediction"] for r in rows]), golds, [name]))
+    return out
 
 
 def score_generation(
@@ -93,7 +107,6 @@ def score_generation(
     """Per-sample rows (raw output, extracted answer, scores) and each metric's signature."""
     from tunebench.config import GenerationConfig
     from tunebench.evaluate.generate import generate_texts
-    from tunebench.evaluate.metrics.registry import compute_metric_stats
 
     spec = task.spec
     gen = GenerationConfig(
@@ -104,16 +117,10 @@ def score_generation(
                              progress=progress, seed=seed)
     answers = [apply_filters(out.text, spec.filters) for out in outputs]
     references = [list(inst.references) for inst in instances]
-    registry_metrics = [m for m in task.metrics if m != "f1"]
-    stats = compute_metric_stats(answers, references, registry_metrics) if registry_metrics else {}
-    signatures = {name: ms.signature for name, ms in stats.items()}
-    if "f1" in task.metrics:
-        signatures["f1"] = "f1|norm:squad|agg:best-ref"
+    stats = compute_metric_stats(answers, references, task.metrics, settings=spec.metric_settings())
     rows = []
     for k, (inst, prompt, out, answer) in enumerate(zip(instances, prompts, outputs, answers, strict=True)):
         scores = {name: float(ms.per_example[k]) for name, ms in stats.items() if ms.per_example is not None}
-        if "f1" in task.metrics:
-            scores["f1"] = token_f1(answer, inst.references)
         first = task.metrics[0]
         rows.append({
             "id": inst.id, "subtask": inst.subtask, "prompt": out.cut_prompt or prompt, "n_cut_tokens": out.n_cut_tokens,
@@ -121,7 +128,21 @@ def score_generation(
             "output": out.text, "prediction": answer, "correct": scores.get("exact_match", scores[first]) == 1.0,
             "scores": {m: scores[m] for m in task.metrics}, "n_new_tokens": out.n_new_tokens, "time_s": out.time_s,
         })
-    return rows, signatures
+    return rows, stats
+
+
+def value_stderr(ms: MetricStats, *, seed: int = 0) -> dict[str, float]:
+    """The task-level value of a metric and its standard error: sample std / sqrt(n) for a mean metric (as
+    `mean_stderr`), the std of seeded bootstrap scores for a corpus metric (lm-eval's bootstrap_stderr)."""
+    from tunebench.evaluate.stats import bootstrap_scores
+
+    if ms.metric.aggregation == "mean":
+        assert ms.per_example is not None
+        return mean_stderr([float(v) for v in ms.per_example])
+    if len(ms.stats) < 2:
+        return {"value": ms.score(), "stderr": 0.0}
+    boot = bootstrap_scores(ms.stats, ms.score_fn, n_resamples=STDERR_BOOTSTRAP, seed=seed)
+    return {"value": ms.score(), "stderr": float(boot.std(ddof=1))}
 
 
 def score_task(
@@ -136,17 +157,19 @@ def score_task(
     if not items:
         raise ValueError(f"task {task.spec.name}: no instances to score")
     start = time.perf_counter()
-    signatures: dict[str, str] = {}
     if task.output_type == "multiple_choice":
         samples = score_multiple_choice(loaded, items, batch_size=batch_size, progress=progress)
+        stats = _choice_stats(samples, list(dict.fromkeys([*MC_DEFAULT_METRICS, *task.metrics])))
+        for k, row in enumerate(samples):
+            row["scores"] = {name: float(ms.stats[k, 0]) for name, ms in stats.items()}
     else:
-        samples, signatures = score_generation(loaded, task, items, batch_size=batch_size, progress=progress, seed=seed)
+        samples, stats = score_generation(loaded, task, items, batch_size=batch_size, progress=progress, seed=seed)
     elapsed = time.perf_counter() - start
     metrics = {}
     for name in task.metrics:
-        metrics[name] = mean_stderr([s["scores"][name] for s in samples])
-        if name in signatures:
-            metrics[name]["signature"] = signatures[name]
+        metrics[name] = value_stderr(stats[name], seed=seed)
+        if task.output_type != "multiple_choice":
+            metrics[name]["signature"] = stats[name].signature
     return TaskScores(samples, metrics, elapsed)
 
 

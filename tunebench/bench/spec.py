@@ -24,12 +24,14 @@ from pydantic import (
 
 from tunebench.bench.templates import SpecError, check_syntax
 from tunebench.errors import ConfigError, DataError
+from tunebench.evaluate.metrics import METRICS, MetricSettings, unknown_name_message
+from tunebench.evaluate.metrics.base import check_tokenizers
 from tunebench.io import read_yaml_mapping
 
 __all__ = ["SpecError", "TaskSpec", "load_spec", "resolve_tasks"]
 
-MC_METRICS = ("acc", "acc_norm")
-GEN_METRICS = ("exact_match", "f1", "rouge1", "rouge2", "rougeL", "rougeLsum")
+MC_DEFAULT_METRICS = ("acc", "acc_norm")
+GEN_DEFAULT_METRICS = ("exact_match",)
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 
 
@@ -116,7 +118,16 @@ class TaskSpec(_Strict):
     references: list[str] | None = Field(None, description="generate: Jinja2 gold outputs (None: [target]).")
     target_delimiter: str = Field(" ", description="Between the prompt and the answer (choice or demonstration).")
     fewshot_delimiter: str = Field("\n\n", description="Between demonstrations, and before the example.")
-    metrics: list[str] | None = Field(None, description="Metrics reported (None: the output type's defaults).")
+    metrics: list[str] | None = Field(
+        None, description="Metrics reported, from the metric registry (None: acc, acc_norm / exact_match)."
+    )
+    language: str | None = Field(
+        None, description="Target language (ISO 639-1); picks BLEU/ROUGE tokenizers as sacreBLEU does."
+    )
+    bleu_tokenize: str | None = Field(None, description="sacreBLEU tokenizer for bleu (None: from language, 13a).")
+    rouge_tokenize: str | None = Field(
+        None, description="ROUGE tokenizer: rouge_score (a-z0-9) or unicode (None: from language)."
+    )
     filters: list[Filter] = Field(default_factory=list, description="Answer extraction applied to generations.")
     generation: GenerateSpec = Field(default_factory=GenerateSpec)
     closed_set_max: int = Field(10, gt=1, description="auto: at most this many distinct targets for MC.")
@@ -137,11 +148,20 @@ class TaskSpec(_Strict):
             raise ValueError("choices: output_type generate takes no choices; remove the key")
         if self.output_type == "multiple_choice" and self.filters:
             raise ValueError("filters: apply to generated answers; multiple_choice takes none")
-        allowed = {"multiple_choice": MC_METRICS, "generate": GEN_METRICS, "auto": MC_METRICS + GEN_METRICS}
+        mc, gen = metrics_for("multiple_choice"), metrics_for("generate")
+        allowed = {"multiple_choice": mc, "generate": gen, "auto": mc + gen}
         for metric in self.metrics or []:
+            if metric not in allowed["auto"]:
+                raise ValueError(unknown_name_message("metrics", metric, allowed[self.output_type]))
             if metric not in allowed[self.output_type]:
-                raise ValueError(f"metrics: '{metric}' is not one of {list(allowed[self.output_type])}")
+                raise ValueError(f"metrics: '{metric}' is not one of {allowed[self.output_type]}")
+        check_tokenizers(self.bleu_tokenize, self.rouge_tokenize)
         return self
+
+    def metric_settings(self) -> MetricSettings:
+        """Settings of this task's text metrics (tokenizers, target language)."""
+        return MetricSettings(bleu_tokenize=self.bleu_tokenize, rouge_tokenize=self.rouge_tokenize,
+                              language=self.language)
 
     @property
     def origin(self) -> str:
@@ -160,9 +180,9 @@ class TaskSpec(_Strict):
 
     def default_metrics(self, output_type: str) -> list[str]:
         """The metrics reported for the resolved output type ('auto' may list metrics of both kinds)."""
-        allowed = MC_METRICS if output_type == "multiple_choice" else GEN_METRICS
+        allowed = metrics_for(output_type)
         chosen = [m for m in self.metrics or [] if m in allowed]
-        return chosen or (list(MC_METRICS) if output_type == "multiple_choice" else ["exact_match"])
+        return chosen or list(MC_DEFAULT_METRICS if output_type == "multiple_choice" else GEN_DEFAULT_METRICS)
 
     def templates(self) -> dict[str, str]:
         """Every Jinja2 template of the spec, keyed by its key path (for error messages)."""
@@ -171,6 +191,13 @@ class TaskSpec(_Strict):
             out.update({f"choices.{i}": c for i, c in enumerate(self.choices)})
         out.update({f"references.{i}": r for i, r in enumerate(self.references or [])})
         return out
+
+
+def metrics_for(output_type: str) -> list[str]:
+    """Registry metrics a task of this output type can report: multiple choice scores a chosen option; a
+    generation task needs a value per sample (samples_<task>.jsonl)."""
+    inputs = "choice" if output_type == "multiple_choice" else "text"
+    return [n for n, cls in METRICS.items() if cls.inputs == inputs and cls.has_per_example]
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:
@@ -201,6 +228,12 @@ def builtin_tasks() -> dict[str, Path]:
     """Built-in task names and their spec files."""
     folder = resources.files("tunebench") / "bench" / "tasks"
     return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def task_names() -> list[str]:
+    """Task names a config may give (besides paths to .yaml/.json specs): the built-ins, with `name:subtask`
+    and `bbh:<task>` forms starting with one of these."""
+    return sorted(builtin_tasks())
 
 
 def bbh_spec(path: Path, name: str) -> TaskSpec:

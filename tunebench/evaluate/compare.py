@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from tunebench.errors import DataError
-from tunebench.evaluate.metrics import ROUGE_TYPES, MetricStats, compute_metric_stats, expand_metrics
+from tunebench.evaluate.metrics import (
+    METRICS,
+    MetricSettings,
+    MetricStats,
+    compute_metric_stats,
+    expand_metrics,
+)
 from tunebench.evaluate.metrics.signature import parse_signature
 from tunebench.evaluate.score import ScoringInputs, hash_test_set, load_scoring_inputs
 from tunebench.evaluate.stats import approximate_randomization_stats, bootstrap_ci, paired_bootstrap_stats
@@ -128,8 +134,11 @@ def prompt_format(scores: dict[str, Any]) -> dict[str, Any]:
     return {"prompt_format": gen.get("prompt_format"), "system_prompt": gen.get("system_prompt")}
 
 
-def _metrics_and_stem(systems: list[System], metrics: Sequence[str] | None) -> tuple[list[str], bool]:
-    """Metrics to compare (default: those every scores.json holds) and the stemming their signatures used."""
+def _metrics_and_settings(
+    systems: list[System], metrics: Sequence[str] | None
+) -> tuple[list[str], MetricSettings]:
+    """Metrics to compare (default: those every score.json holds) and the settings their signatures name
+    (each metric class reads its own fields back: ROUGE stemming and tokenizer, BLEU tokenizer)."""
     if metrics is None:
         stored = [set(s.scores.get("metrics", {})) for s in systems]
         common = [m for m in systems[0].scores.get("metrics", {}) if all(m in names for names in stored)]
@@ -146,13 +155,13 @@ def _metrics_and_stem(systems: list[System], metrics: Sequence[str] | None) -> t
             raise DataError(
                 f"metric {name} was computed with different settings ({listed}); re-score them alike"
             )
-    stems = {
-        parse_signature(s.scores["metrics"][m]["signature"]).get("stem")
-        for s in systems
-        for m in names
-        if m in ROUGE_TYPES and s.scores.get("metrics", {}).get(m, {}).get("signature")
-    }
-    return names, "no" not in stems
+    settings: dict[str, Any] = {}
+    for s in systems:
+        for m in names:
+            signature = s.scores.get("metrics", {}).get(m, {}).get("signature")
+            if signature:
+                settings.update(METRICS[m].settings_from_signature(parse_signature(signature)))
+    return names, MetricSettings(**settings)
 
 
 def _aligned(system: System, order: list[str]) -> ScoringInputs:
@@ -168,8 +177,8 @@ def _aligned(system: System, order: list[str]) -> ScoringInputs:
 
 
 def _per_example(ms: MetricStats) -> np.ndarray:
-    """Values for win/tie/loss: the metric's per-example score, or 0/1 correctness for macro-F1."""
-    return ms.per_example if ms.per_example is not None else ms.stats[:, 0::3].sum(axis=1)
+    """Values for win/tie/loss: the metric's per-example score, or what stands for it (macro-F1: correctness)."""
+    return ms.metric.paired_values(ms.stats)
 
 
 def _examples(
@@ -273,11 +282,13 @@ def compare_systems(
                            for n, f in test_set["prompt_formats"].items())
         log.warning("the systems were prompted in different formats (%s): deltas include the format's effect",
                     listed)
-    names, stem = _metrics_and_stem(systems, metrics)
+    names, settings = _metrics_and_settings(systems, metrics)
     order = base.inputs.ids
     inputs = {s.name: _aligned(s, order) for s in systems}
     stats = {
-        s.name: compute_metric_stats(inputs[s.name].predictions, inputs[s.name].references, names, stem=stem)
+        s.name: compute_metric_stats(
+            inputs[s.name].predictions, inputs[s.name].references, names, settings=settings, warn=False
+        )
         for s in systems
     }
     result = {

@@ -90,7 +90,7 @@ def evaluate(
     check_rank(rank, world_size)
     from tunebench.evaluate.fewshot import build_fewshot_prompts
     from tunebench.evaluate.generate import generate_texts
-    from tunebench.evaluate.metrics import per_example_scores, score_corpus
+    from tunebench.evaluate.metrics import compute_metric_stats, per_example_rows, summarize
 
     examples = list(examples)
     split = split or cfg.split
@@ -114,10 +114,9 @@ def evaluate(
     wall_s = time.perf_counter() - start
     predictions = [r.text for r in results]
     references = [list(e.references) for e in examples]
-    per_example = per_example_scores(predictions, references, cfg.metrics, stem=cfg.stem)
-    metrics = score_corpus(
-        predictions, references, cfg.metrics, stem=cfg.stem, bootstrap=cfg.bootstrap, seed=seed
-    )
+    stats = compute_metric_stats(predictions, references, cfg.metrics, settings=cfg.metric_settings())
+    per_example = per_example_rows(stats)
+    metrics = summarize(stats, bootstrap=cfg.bootstrap, seed=seed)
 
     rows = [
         {

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.errors import DataError
-from tunebench.evaluate.metrics import score_corpus
+from tunebench.evaluate.metrics import METRICS, MetricSettings, score_corpus
 from tunebench.io import read_jsonl
 
 _SHOW_IDS = 10
@@ -138,16 +138,22 @@ def score_files(
     stem: bool = True,
     bootstrap: int = 1000,
     seed: int = 0,
+    settings: MetricSettings | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Scores keyed by metric (scores.json's `metrics` shape, docs/formats.md) for two JSONL files."""
+    """Scores keyed by metric (scores.json's `metrics` shape, docs/formats.md) for two JSONL files.
+
+    `settings` (tokenizers, target language; default: from `stem`) go to every metric."""
     inputs = load_scoring_inputs(pred_path, ref_path)
     return score_corpus(
-        inputs.predictions, inputs.references, metrics, stem=stem, bootstrap=bootstrap, seed=seed
+        inputs.predictions, inputs.references, metrics, stem=stem, bootstrap=bootstrap, seed=seed,
+        settings=settings,
     )
 
 
 def _fmt(value: float, name: str) -> str:
-    return f"{value:.2f}" if name in ("bleu", "chrf") else f"{value:.4f}"
+    """A score as the metric prints it (its scale decides the decimals); an unregistered name gets 4."""
+    cls = METRICS.get(name)
+    return cls.format(value) if cls else f"{value:.4f}"
 
 
 def render_score_table(result: dict[str, dict[str, Any]]) -> Any:

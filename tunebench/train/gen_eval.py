@@ -54,8 +54,11 @@ def run_gen_eval(
     stem: bool = True,
     bf16: bool = False,
     seed: int = 0,
+    settings: Any = None,
 ) -> dict[str, Any]:
     """Generate on the subset and score it: {"metric", "value", "n", "time_s", "example"}.
+
+    `settings` (a tunebench.evaluate.metrics.MetricSettings; default: from `stem`) are the eval section's.
 
     `generate_texts` restores the model's train mode and forks the RNG, so the training run continues exactly
     as if no generation had happened (resume stays exact).
@@ -66,7 +69,8 @@ def run_gen_eval(
     start = time.perf_counter()
     results = generate_texts(model, tokenizer, subset.prompts, family=family, gen=generation, seed=seed, bf16=bf16)
     predictions = [r.text for r in results]
-    scores = score_corpus(predictions, subset.references, [metric], stem=stem, bootstrap=0, seed=seed)
+    scores = score_corpus(predictions, subset.references, [metric], stem=stem, bootstrap=0, seed=seed,
+                          settings=settings)
     return {
         "metric": metric,
         "value": float(scores[metric]["score"]),

@@ -30,6 +30,7 @@ from tunebench.data.batching import PaddingCollator, epoch_batches, pad_token_id
 from tunebench.data.prepare import build_splits
 from tunebench.data.tokenize import tokenize_examples
 from tunebench.errors import DataError
+from tunebench.evaluate.metrics import metric_class
 from tunebench.io import atomic_write_json
 from tunebench.models import apply_method, load_model, parameter_counts, save_trained
 from tunebench.models.load import capped_max_length
@@ -238,7 +239,7 @@ def train(
                     result = None
                     if is_main:
                         result = run_gen_eval(model, tokenizer, gen_subset, family=family, metric=tc.gen_eval.metric,
-                                              generation=gen_eval_generation(cfg), stem=cfg.eval.stem,
+                                              generation=gen_eval_generation(cfg), settings=cfg.eval.metric_settings(),
                                               bf16=use_bf16, seed=cfg.seed)
                         log.append({"step": step, "epoch": at_epoch, "gen_metric": {result["metric"]: result["value"]},
                                     "gen_n": result["n"], "gen_time_s": result["time_s"],
@@ -306,12 +307,14 @@ def capture_all_rng() -> list[dict[str, Any]]:
 
 def _record_selection(state: dict[str, Any], step: int, value: float | None, metric: str,
                       patience: int | None) -> bool:
-    """Track the best step by `metric` (val_loss: lower is better; a generation metric: higher) and count
+    """Track the best step by `metric` (val_loss: lower is better; a generation metric: as the metric registry
+    says) and count
     evaluations without improvement for early stopping. Returns whether `step` is the new best."""
     if value is None:
         return False
     best = state["best"]
-    better = best is None or (value < best["value"] if metric == "val_loss" else value > best["value"])
+    better = best is None or (value < best["value"] if metric == "val_loss"
+                              else metric_class(metric).is_better(value, best["value"]))
     if better:
         state["best"], state["bad_evals"] = {"step": step, "value": value}, 0
     else:

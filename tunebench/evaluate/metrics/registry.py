@@ -1,63 +1,105 @@
-"""The metric registry: names -> per-example statistics, a score from summed statistics, and a signature.
+"""The metric registry's front door: check names, compute every requested metric's statistics once, summarize.
 
-Every metric is reduced to the same shape (see tunebench.evaluate.stats) so corpus scores, bootstrap
-intervals, paired tests and per-example scores all come from one computation per metric.
+Each metric is an object (tunebench.evaluate.metrics.base.Metric) registered by name; importing its module
+registers it. `compute_metric_stats` returns one `MetricStats` per metric, from which the corpus score,
+bootstrap interval, paired tests and per-example values are all derived without recomputing statistics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tunebench.errors import ConfigError, DataError
-from tunebench.evaluate.metrics import bleu, classification, rouge
-from tunebench.evaluate.metrics.signature import make_signature, refs_field
-from tunebench.evaluate.stats import ScoreFn, bootstrap_ci, mean_score
+
+# the built-in metrics: importing a module registers its metrics (add a new metric module to this line)
+from tunebench.evaluate.metrics import bleu, classification, rouge  # noqa: F401
+from tunebench.evaluate.metrics.base import (
+    GROUPS,
+    METRICS,
+    Metric,
+    MetricSettings,
+    MetricWarning,
+    get_metric,
+    known_names,
+    unknown_name_message,
+)
+from tunebench.evaluate.stats import ScoreFn, bootstrap_ci
 
 ROUGE_TYPES = rouge.ROUGE_TYPES
-METRIC_NAMES = (*ROUGE_TYPES, "bleu", "chrf", "exact_match", "accuracy", "macro_f1")
-"""Every metric name a user may give, besides 'rouge' (= the four ROUGE types)."""
-
-PER_EXAMPLE_NAMES = (*ROUGE_TYPES, "bleu", "chrf", "exact_match", "accuracy")
-"""Metrics with a per-example value (sentence BLEU/chrF for the corpus metrics; macro-F1 has none)."""
 
 
 @dataclass
 class MetricStats:
-    """One metric over one corpus: per-example statistics and how to turn their sums into the score."""
+    """One metric over one corpus: the metric object, its (N, K) statistics and their signature."""
 
-    name: str
+    metric: Metric
     stats: np.ndarray  # (N, K)
-    score_fn: ScoreFn
     signature: str
-    per_example: np.ndarray | None  # (N,) values for win/tie/loss and predictions.jsonl; None for macro-F1
+
+    @property
+    def name(self) -> str:
+        return self.metric.name
+
+    @property
+    def score_fn(self) -> ScoreFn:
+        """Summed statistics (B, K) -> B scores, for tunebench.evaluate.stats."""
+        n, metric = len(self.stats), self.metric
+        return lambda sums: metric.score(sums, n)
+
+    @property
+    def per_example(self) -> np.ndarray | None:
+        """(N,) values for win/tie/loss and predictions.jsonl; None for a metric without (macro-F1)."""
+        return self.metric.per_example(self.stats)
 
     def score(self) -> float:
-        return float(self.score_fn(self.stats.sum(0, keepdims=True))[0])
+        return float(self.metric.score(self.stats.sum(0, keepdims=True), len(self.stats))[0])
+
+    def summary(self, *, bootstrap: int, seed: int) -> dict[str, Any]:
+        """The scores.json entry: score (+ P/R/F1 for ROUGE, precisions/bp for BLEU), ci95, signature, n."""
+        details = self.metric.details(self.stats)
+        entry: dict[str, Any] = {k: details[k] for k in ("precision", "recall", "f1") if k in details}
+        entry["score"] = self.score()
+        entry.update({k: v for k, v in details.items() if k not in entry})
+        entry["ci95"] = (
+            bootstrap_ci(self.stats, self.score_fn, n_resamples=bootstrap, seed=seed) if bootstrap > 0 else None
+        )
+        entry["signature"] = self.signature
+        entry["n"] = len(self.stats)
+        return entry
+
+
+def metric_class(name: str) -> type[Metric]:
+    """The registered class of a metric name (its higher_is_better, scale, ...); ConfigError when unknown."""
+    if name not in METRICS:
+        raise ConfigError(unknown_name_message("metric", name, known_names(None)))
+    return METRICS[name]
+
+
+def check_metric_names(names: Sequence[str] | str, key: str, *, inputs: str | None = "text") -> list[str]:
+    """Validate metric names given at config key `key`; return them expanded (groups such as 'rouge' opened),
+    in order, without repeats. ConfigError (exit 2) names the key, the bad value and the known names."""
+    raw = [m.strip() for m in names.split(",")] if isinstance(names, str) else [str(m).strip() for m in names]
+    known = known_names(inputs)
+    out: list[str] = []
+    for name in raw:
+        if not name:
+            continue
+        if name not in known:
+            raise ConfigError(unknown_name_message(key, name, known))
+        out.extend(m for m in GROUPS.get(name, (name,)) if m not in out)
+    if not out:
+        raise ConfigError(f"{key}: no metric given; known metrics: {', '.join(known)}")
+    return out
 
 
 def expand_metrics(metrics: Sequence[str] | str) -> list[str]:
     """Validate metric names (a list or comma-separated string), expand 'rouge', keep order, drop repeats."""
-    names = (
-        [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else [m.strip() for m in metrics]
-    )
-    out: list[str] = []
-    for name in names:
-        if not name:
-            continue
-        if name == "rouge":
-            expanded = list(ROUGE_TYPES)
-        elif name in METRIC_NAMES:
-            expanded = [name]
-        else:
-            raise ConfigError(f"unknown metric {name!r}: choose from rouge, {', '.join(METRIC_NAMES)}")
-        out.extend(m for m in expanded if m not in out)
-    if not out:
-        raise ConfigError("no metric given: choose from rouge, " + ", ".join(METRIC_NAMES))
-    return out
+    return check_metric_names(metrics, "metrics")
 
 
 def _check_inputs(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> None:
@@ -75,65 +117,55 @@ def _check_inputs(predictions: Sequence[str], references: Sequence[Sequence[str]
 
 
 def compute_metric_stats(
-    predictions: Sequence[str],
-    references: Sequence[Sequence[str]],
+    predictions: Sequence[Any],
+    references: Sequence[Sequence[Any]],
     metrics: Sequence[str] | str,
     *,
     stem: bool = True,
+    settings: MetricSettings | None = None,
+    warn: bool = True,
 ) -> dict[str, MetricStats]:
-    """Per-example statistics of every requested metric (ROUGE types share one pass over the texts)."""
-    names = expand_metrics(metrics)
-    _check_inputs(predictions, references)
-    n = len(predictions)
-    nrefs = refs_field(references)
-    out: dict[str, MetricStats] = {}
-    rouge_types = [m for m in names if m in ROUGE_TYPES]
-    prf = rouge.rouge_prf(predictions, references, rouge_types, stem=stem) if rouge_types else {}
-    for name in names:
-        if name in ROUGE_TYPES:
-            sig = make_signature(
-                name, tok="rouge_score-default", stem=stem, lsum_split="newline", refs=nrefs, agg="best-f"
-            )
-            # columns: precision, recall, F1; the score is mean F1
-            out[name] = MetricStats(name, prf[name], lambda s: s[:, 2] / n, sig, prf[name][:, 2])
-        elif name in ("bleu", "chrf"):
-            stats, sig = bleu.corpus_stats(name, predictions, references)
-            out[name] = MetricStats(
-                name,
-                stats,
-                lambda s, _m=name: bleu.scores_from_sums(_m, s),
-                sig,
-                bleu.sentence_scores(name, stats),
-            )
-        elif name == "exact_match":
-            values = classification.exact_match(predictions, references)
-            sig = make_signature(name, norm="whitespace", case="yes", refs=nrefs, agg="any")
-            out[name] = MetricStats(name, values[:, None], mean_score(n), sig, values)
-        elif name == "accuracy":
-            values = classification.accuracy(predictions, references)
-            sig = make_signature(name, norm="casefold-whitespace-punct", refs=nrefs, agg="any")
-            out[name] = MetricStats(name, values[:, None], mean_score(n), sig, values)
-        else:  # macro_f1
-            stats = classification.macro_f1_stats(predictions, references)
-            sig = make_signature(name, norm="casefold-whitespace-punct", gold="first-ref", labels="gold")
-            out[name] = MetricStats(name, stats, classification.macro_f1_from_sums, sig, None)
+    """Per-example statistics of every requested metric, computed once (metrics of one class that can share a
+    pass, the ROUGE types, share it). `settings` (default: from `stem`) go to every metric; with `warn`, a
+    MetricWarning is issued for each metric whose tokenizer would make the score meaningless here."""
+    settings = settings or MetricSettings(stem=stem)
+    objects = [get_metric(name, settings) for name in expand_metrics_any(metrics)]
+    if all(m.inputs == "text" for m in objects):
+        _check_inputs(predictions, references)
+    elif len(predictions) != len(references) or not predictions:
+        raise DataError(f"{len(predictions)} predictions but {len(references)} references: nothing to pair")
+    by_class: dict[Any, list[Metric]] = {}
+    for m in objects:
+        by_class.setdefault(type(m).stats_together.__func__, []).append(m)  # type: ignore[attr-defined]
+    stats: dict[str, np.ndarray] = {}
+    for group in by_class.values():
+        stats.update(zip((m.name for m in group), type(group[0]).stats_together(group, predictions, references),
+                         strict=True))
+    out = {}
+    for m in objects:
+        if warn:
+            for sentence in m.warnings(references):
+                warnings.warn(sentence, MetricWarning, stacklevel=2)
+        out[m.name] = MetricStats(m, stats[m.name], m.signature(references))
     return out
 
 
-def summarize(ms: MetricStats, *, bootstrap: int, seed: int) -> dict[str, Any]:
-    """The scores.json entry of one metric: score (+ P/R/F1 for ROUGE), ci95, signature, n."""
-    entry: dict[str, Any] = {}
-    if ms.name in ROUGE_TYPES:
-        p, r, f = (float(x) for x in ms.stats.mean(0))
-        entry.update(precision=p, recall=r, f1=f)
-    entry["score"] = ms.score()
-    entry.update(bleu.details(ms.name, ms.stats.sum(0)) if ms.name in ("bleu", "chrf") else {})
-    entry["ci95"] = (
-        bootstrap_ci(ms.stats, ms.score_fn, n_resamples=bootstrap, seed=seed) if bootstrap > 0 else None
-    )
-    entry["signature"] = ms.signature
-    entry["n"] = len(ms.stats)
-    return entry
+def expand_metrics_any(metrics: Sequence[str] | str) -> list[str]:
+    """Like expand_metrics, for names of any input kind (text metrics and multiple-choice ones)."""
+    return check_metric_names(metrics, "metrics", inputs=None)
+
+
+def summarize(all_stats: Mapping[str, MetricStats], *, bootstrap: int, seed: int) -> dict[str, dict[str, Any]]:
+    """scores.json's `metrics` mapping from computed statistics (see MetricStats.summary)."""
+    return {name: ms.summary(bootstrap=bootstrap, seed=seed) for name, ms in all_stats.items()}
+
+
+def per_example_rows(all_stats: Mapping[str, MetricStats]) -> list[dict[str, float]]:
+    """One {metric: value} dict per example from computed statistics (metrics without per-example values left
+    out)."""
+    columns = {name: ms.per_example for name, ms in all_stats.items() if ms.per_example is not None}
+    n = len(next(iter(all_stats.values())).stats) if all_stats else 0
+    return [{name: float(values[k]) for name, values in columns.items()} for k in range(n)]
 
 
 def score_corpus(
@@ -144,19 +176,23 @@ def score_corpus(
     stem: bool = True,
     bootstrap: int = 1000,
     seed: int = 0,
+    settings: MetricSettings | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Corpus scores keyed by metric, each with a seeded 95% bootstrap interval (None when bootstrap=0).
 
     ROUGE, exact match and accuracy are on 0-1; BLEU and chrF on 0-100 as sacreBLEU reports them.
     """
-    all_stats = compute_metric_stats(predictions, references, metrics, stem=stem)
-    return {name: summarize(ms, bootstrap=bootstrap, seed=seed) for name, ms in all_stats.items()}
+    all_stats = compute_metric_stats(predictions, references, metrics, stem=stem, settings=settings)
+    return summarize(all_stats, bootstrap=bootstrap, seed=seed)
 
 
 def per_example_scores(
-    predictions: list[str], references: list[list[str]], metrics: Sequence[str] | str, *, stem: bool = True
+    predictions: list[str],
+    references: list[list[str]],
+    metrics: Sequence[str] | str,
+    *,
+    stem: bool = True,
+    settings: MetricSettings | None = None,
 ) -> list[dict[str, float]]:
     """One {metric: value} dict per example, for predictions.jsonl (macro-F1 has no per-example value)."""
-    all_stats = compute_metric_stats(predictions, references, metrics, stem=stem)
-    columns = {name: ms.per_example for name, ms in all_stats.items() if ms.per_example is not None}
-    return [{name: float(values[k]) for name, values in columns.items()} for k in range(len(predictions))]
+    return per_example_rows(compute_metric_stats(predictions, references, metrics, stem=stem, settings=settings))

@@ -9,6 +9,11 @@ reproduces its tie-breaking exactly, one column per step (see `_lcs_indices`). S
 `rouge_score`: lowercase, non-[a-z0-9] to spaces, Porter (NLTK extensions) on tokens longer than 3 characters,
 Lsum sentences = non-empty newline-separated lines, several references = the reference with the best F per
 type (`score_multi`, first best on ties).
+
+rouge_score's tokenizer drops every character outside a-z0-9, so Chinese, Japanese, Russian or Arabic text has
+no tokens and scores 0. The `unicode` tokenizer keeps Unicode letters, marks and digits (casefolded) and makes
+each Han, Hiragana and Katakana character a token of its own, as sacreBLEU's `zh` tokenizer splits Chinese
+characters; ASCII tokens are stemmed exactly as rouge_score stems them.
 """
 
 from __future__ import annotations
@@ -21,13 +26,27 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import regex
+
+from tunebench.evaluate.metrics.base import (
+    ROUGE_TOKENIZERS,
+    Metric,
+    MetricSettings,
+    register_group,
+    register_metric,
+)
+from tunebench.evaluate.metrics.signature import refs_field
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 _ALNUM_RUN = re.compile(r"[a-z0-9]+")
 _VALID_TOKEN = re.compile(r"^[a-z0-9]+$")
+_UNICODE_TOKEN = regex.compile(
+    r"[\p{Han}\p{Hiragana}\p{Katakana}]|[[\p{L}\p{M}\p{N}]--[\p{Han}\p{Hiragana}\p{Katakana}]]+", regex.V1
+)
+TOKENIZERS = ROUGE_TOKENIZERS
 _VOCAB: dict[str, int] = {}
-_TOKEN_IDS: dict[bool, dict[str, int]] = {True: {}, False: {}}
+_TOKEN_IDS: dict[tuple[bool, str], dict[str, int]] = {}
 
 
 @lru_cache(maxsize=1)
@@ -38,13 +57,13 @@ def _porter() -> Any:
     return porter.PorterStemmer()
 
 
-def _token_id(word: str, stem: bool) -> int:
+def _token_id(word: str, stem: bool, cache: dict[str, int]) -> int:
     """Map a raw lowercase token to the id of its (stemmed) form; -1 when rouge_score would drop it."""
-    cache = _TOKEN_IDS[stem]
     tid = cache.get(word)
     if tid is None:
-        form = _porter().stem(word) if stem and len(word) > 3 else word
-        if _VALID_TOKEN.match(form):
+        ascii_word = _VALID_TOKEN.match(word) is not None
+        form = _porter().stem(word) if stem and ascii_word and len(word) > 3 else word
+        if _VALID_TOKEN.match(form) or not ascii_word:
             tid = _VOCAB.setdefault(form, len(_VOCAB))
         else:
             tid = -1
@@ -52,20 +71,32 @@ def _token_id(word: str, stem: bool) -> int:
     return tid
 
 
-def tokenize(text: str, stem: bool) -> list[str]:
-    """Tokens exactly as `rouge_score.tokenize.tokenize` gives them (for tests and debugging)."""
-    ids = _encode(text, stem)
+def tokenize(text: str, stem: bool, tokenizer: str = "rouge_score") -> list[str]:
+    """Tokens as ROUGE counts them; with 'rouge_score', exactly `rouge_score.tokenize.tokenize`'s."""
+    ids = _encode(text, stem, tokenizer)
     inverse = {v: k for k, v in _VOCAB.items()}
     return [inverse[i] for i in ids]
 
 
-def _encode(text: str, stem: bool) -> list[int]:
-    cache = _TOKEN_IDS[stem]
-    words = _ALNUM_RUN.findall(text.lower())
+def _words(text: str, tokenizer: str) -> list[str]:
+    if tokenizer == "unicode":
+        return _UNICODE_TOKEN.findall(text.casefold())
+    return _ALNUM_RUN.findall(text.lower())
+
+
+def kept_share(text: str, tokenizer: str) -> float:
+    """Share of the letters and digits of `text` that the tokenizer keeps in tokens (1.0 for no letters)."""
+    total = sum(1 for ch in text if ch.isalnum())
+    return sum(len(w) for w in _words(text, tokenizer)) / total if total else 1.0
+
+
+def _encode(text: str, stem: bool, tokenizer: str = "rouge_score") -> list[int]:
+    cache = _TOKEN_IDS.setdefault((stem, tokenizer), {})
+    words = _words(text, tokenizer)
     try:
         ids = [cache[w] for w in words]
     except KeyError:
-        ids = [cache[w] if w in cache else _token_id(w, stem) for w in words]
+        ids = [cache[w] if w in cache else _token_id(w, stem, cache) for w in words]
     if -1 in ids:
         ids = [i for i in ids if i >= 0]
     return ids
@@ -103,17 +134,17 @@ class _Text:
         return self._sentence_masks
 
 
-_TEXTS: dict[tuple[str, bool], _Text] = {}
+_TEXTS: dict[tuple[str, bool, str], _Text] = {}
 
 
-def _text(text: str, stem: bool) -> _Text:
-    key = (text, stem)
+def _text(text: str, stem: bool, tokenizer: str = "rouge_score") -> _Text:
+    key = (text, stem, tokenizer)
     found = _TEXTS.get(key)
     if found is not None:
         return found
     # rouge_score splits Lsum sentences on "\n" and drops empty lines; the whole-text tokens are the same as
     # the concatenated sentence tokens because "\n" is a separator for the tokenizer too.
-    sentences = [_encode(s, stem) for s in text.split("\n") if s]
+    sentences = [_encode(s, stem, tokenizer) for s in text.split("\n") if s]
     tokens = sentences[0] if len(sentences) == 1 else [t for s in sentences for t in s]
     item = _Text(tokens, sentences, Counter(tokens), Counter(zip(tokens, tokens[1:], strict=False)))
     if len(_TEXTS) > 200_000:  # bound memory for very long runs; recomputing is cheap
@@ -262,23 +293,107 @@ def rouge_prf(
     types: Sequence[str] = ROUGE_TYPES,
     *,
     stem: bool = True,
+    tokenizer: str = "rouge_score",
 ) -> dict[str, np.ndarray]:
     """Per-example (precision, recall, F1) as an (N, 3) array per ROUGE type, as `score_multi` picks them."""
     for t in types:
         if t not in ROUGE_TYPES:
             raise ValueError(f"unknown ROUGE type {t!r}; choose from {', '.join(ROUGE_TYPES)}")
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"unknown ROUGE tokenizer {tokenizer!r}; choose from {', '.join(TOKENIZERS)}")
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
     out = {t: np.zeros((len(predictions), 3)) for t in types}
     for k, (prediction, refs) in enumerate(zip(predictions, references, strict=True)):
         if not refs:
             raise ValueError(f"example {k} has no reference")
-        pred = _text(prediction, stem)
+        pred = _text(prediction, stem, tokenizer)
         best: dict[str, tuple[float, float, float]] = {}
         for ref_text in refs:
-            for t, prf in _pair_scores(_text(ref_text, stem), pred, types).items():
+            for t, prf in _pair_scores(_text(ref_text, stem, tokenizer), pred, types).items():
                 if t not in best or prf[2] > best[t][2]:
                     best[t] = prf
         for t in types:
             out[t][k] = best[t]
     return out
+
+
+class _Rouge(Metric):
+    """One ROUGE type: statistics are per-example (precision, recall, F1); the score is mean F1 (0-1)."""
+
+    def __init__(self, settings: MetricSettings | None = None) -> None:
+        super().__init__(settings)
+        self.tokenizer = self.settings.rouge_tokenizer()
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"unknown ROUGE tokenizer {self.tokenizer!r}; choose from {', '.join(TOKENIZERS)}")
+
+    def stats(self, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
+        return self.stats_together([self], predictions, references)[0]
+
+    @classmethod
+    def stats_together(
+        cls, metrics: Sequence[Metric], predictions: Sequence[str], references: Sequence[Sequence[str]]
+    ) -> list[np.ndarray]:
+        by_setup: dict[tuple[bool, str], list[Metric]] = {}
+        for m in metrics:
+            by_setup.setdefault((m.settings.stem, m.tokenizer), []).append(m)  # type: ignore[attr-defined]
+        out: dict[str, np.ndarray] = {}
+        for (stem, tokenizer), group in by_setup.items():
+            prf = rouge_prf(predictions, references, [m.name for m in group], stem=stem, tokenizer=tokenizer)
+            out.update(prf)
+        return [out[m.name] for m in metrics]
+
+    def score(self, sums: np.ndarray, n: int) -> np.ndarray:
+        return np.atleast_2d(sums)[:, 2] / n
+
+    def per_example(self, stats: np.ndarray) -> np.ndarray:
+        return stats[:, 2]
+
+    def signature_fields(self, references: Sequence[Sequence[str]]) -> dict[str, str | bool | int]:
+        tok = "rouge_score-default" if self.tokenizer == "rouge_score" else self.tokenizer
+        return {"tok": tok, "stem": self.settings.stem, "lsum_split": "newline", "refs": refs_field(references),
+                "agg": "best-f"}
+
+    @classmethod
+    def settings_from_signature(cls, fields: dict[str, str]) -> dict[str, Any]:
+        tok = fields.get("tok", "rouge_score-default")
+        return {"stem": fields.get("stem") != "no",
+                "rouge_tokenize": "rouge_score" if tok == "rouge_score-default" else tok}
+
+    def details(self, stats: np.ndarray) -> dict[str, Any]:
+        p, r, f = (float(x) for x in stats.mean(0))
+        return {"precision": p, "recall": r, "f1": f}
+
+    def warnings(self, references: Sequence[Sequence[str]]) -> list[str]:
+        texts = [r for refs in references for r in refs]
+        dropped = sum(kept_share(t, self.tokenizer) < 0.5 for t in texts)
+        if texts and dropped > len(texts) / 2:
+            return [
+                f"{self.name}: the {self.tokenizer} tokenizer drops most letters of {dropped} of {len(texts)} "
+                "references (a script other than a-z?), so the score is near 0; set the ROUGE tokenizer to "
+                "'unicode' or give the target language"
+            ]
+        return []
+
+
+@register_metric
+class Rouge1(_Rouge):
+    name = "rouge1"
+
+
+@register_metric
+class Rouge2(_Rouge):
+    name = "rouge2"
+
+
+@register_metric
+class RougeL(_Rouge):
+    name = "rougeL"
+
+
+@register_metric
+class RougeLsum(_Rouge):
+    name = "rougeLsum"
+
+
+register_group("rouge", ROUGE_TYPES)
