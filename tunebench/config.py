@@ -239,7 +239,7 @@ class EvalConfig(Section):
     split: Literal["train", "validation", "test"] = Field("test", description="Split evaluated.")
     limit: int | None = Field(None, gt=0, description="Evaluate the first N examples of the split.")
     metrics: list[str] = Field(
-        default_factory=lambda: ["rouge", "bleu"], description="Metrics: rouge (= rouge1, rouge2, rougeL, rougeLsum), bleu, chrf, exact_match, accuracy, macro_f1."
+        default_factory=lambda: ["rouge", "bleu"], description="Registry metric names: rouge (= rouge1, rouge2, rougeL, rougeLsum), bleu, chrf, exact_match, ... (an unknown name lists them all)."
     )
     stem: bool = Field(True, description="Porter stemming for ROUGE.")
     language: str | None = Field(
