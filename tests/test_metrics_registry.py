@@ -237,3 +237,19 @@ def test_a_task_spec_takes_the_tokenizers(tmp_path: Path):
         "target: '{{ a }}'\noutput_type: generate\nmetrics: [bleu, rouge1]\nlanguage: zh\n", encoding="utf-8")
     settings = load_spec(path).metric_settings()
     assert settings == MetricSettings(language="zh") and settings.rouge_tokenizer() == "unicode"
+
+
+def test_chrf_plus_plus_equals_sacrebleu(data_dir):
+    rows = [json.loads(line) for line in (data_dir / "dialogsum" / "dialogsum.test.jsonl").open(encoding="utf-8")][:40]
+    preds = [" ".join(r["dialogue"].split("\n")[:2]) for r in rows]
+    refs = [[r["summary1"], r["summary2"], r["summary3"]] for r in rows]
+    out = score_corpus(preds, refs, ["chrf++"], bootstrap=0)["chrf++"]
+    chrf_pp = sacrebleu.metrics.CHRF(word_order=2)
+    assert out["score"] == pytest.approx(chrf_pp.corpus_score(preds, [list(s) for s in zip(*refs, strict=True)]).score,
+                                         abs=1e-9)
+    assert out["signature"] == chrf_pp.get_signature().format() and "|nw:2|" in out["signature"]
+    assert [row["chrf++"] for row in per_example_scores(preds[:5], refs[:5], ["chrf++"])] == pytest.approx(
+        [sacrebleu.sentence_chrf(p, r, word_order=2).score for p, r in zip(preds[:5], refs[:5], strict=True)],
+        abs=1e-9,
+    )
+    assert metric_class("chrf++").scale == 100.0
