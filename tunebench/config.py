@@ -57,10 +57,6 @@ class TemplateConfig(Section):
             raise ValueError("a custom template needs both 'prompt' and 'completion'")
         if self.prompt is None and self.name is None:
             raise ValueError("give a built-in template 'name' or a custom 'prompt' and 'completion'")
-        if self.prompt is None:
-            from tunebench.data.templates import BUILTIN_TEMPLATES
-
-            _check_name("name", self.name, list(BUILTIN_TEMPLATES), "template")
         return self
 
 
@@ -324,6 +320,16 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
 
+    @model_validator(mode="after")
+    def _known_template(self) -> RunConfig:
+        # checked here, not in TemplateConfig, so a TemplateConfig built in code still reaches load_template's error
+        template = self.data.template
+        if template.prompt is None:
+            from tunebench.data.templates import BUILTIN_TEMPLATES
+
+            _check_name("data.template.name", template.name, list(BUILTIN_TEMPLATES), "template")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
@@ -373,7 +379,7 @@ def _format_validation_error(err: ValidationError, source: str, overridden: Iter
         key, sep, rest = msg.partition(": ")
         if sep and re.fullmatch(r"[a-z_][a-z_.]*", key):  # a check naming its key below `loc`: one key path
             path, msg = (f"{path}.{key}" if e["loc"] else key), rest
-        parts = [str(p) for p in e["loc"]]
+        parts = path.split(".")  # the key path named, also when a whole-config check names it
         from_set = any(".".join(parts[:i]) in overridden for i in range(1, len(parts) + 1))
         lines.append(f"{'--set' if from_set else source}: {path}: {msg}")
     return "\n".join(lines)
