@@ -137,7 +137,7 @@ def prompt_format(scores: dict[str, Any]) -> dict[str, Any]:
 def _metrics_and_settings(
     systems: list[System], metrics: Sequence[str] | None
 ) -> tuple[list[str], MetricSettings]:
-    """Metrics to compare (default: those every score.json holds) and the settings their signatures name
+    """Metrics to compare (default: those every scores.json holds) and the settings their signatures name
     (each metric class reads its own fields back: ROUGE stemming and tokenizer, BLEU tokenizer)."""
     if metrics is None:
         stored = [set(s.scores.get("metrics", {})) for s in systems]
