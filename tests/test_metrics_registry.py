@@ -253,3 +253,32 @@ def test_chrf_plus_plus_equals_sacrebleu(data_dir):
         abs=1e-9,
     )
     assert metric_class("chrf++").scale == 100.0
+
+
+def test_compare_uses_the_statistics_an_evaluation_hands_on(tmp_path: Path, monkeypatch):
+    from tunebench.evaluate import compare
+    from tunebench.evaluate.score import hash_test_set
+
+    refs = [[r, r[::-1]] for r in ("the cat sat", "a dog ran off", "rain all day", "sun at noon", "we met")]
+    ids = [f"x{k}" for k in range(len(refs))]
+    computed = {}
+    for name, preds, order in (("base", ["cat", "dog", "rain", "sun", "met"], [0, 1, 2, 3, 4]),
+                               ("tuned", ["the cat", "a dog ran", "rain all", "noon", "we met"], [4, 2, 0, 1, 3])):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"id": ids[k], "prediction": preds[k], "references": refs[k]} for k in order]  # own file order
+        (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        stats = compute_metric_stats([r["prediction"] for r in rows], [r["references"] for r in rows],
+                                     ["rouge1", "bleu", "macro_f1"])
+        scores = {"metrics": {m: ms.summary(bootstrap=10, seed=0) for m, ms in stats.items()},
+                  "test_set": {"hash": hash_test_set(ids, refs)}}
+        (d / "scores.json").write_text(json.dumps(scores), encoding="utf-8")
+        computed[d] = stats
+    paths = [tmp_path / "base", tmp_path / "tuned"]
+    recomputed = compare.compare_systems(paths, tmp_path / "a", n_resamples=100)
+
+    def no_recomputation(*args, **kwargs):
+        raise AssertionError("compare recomputed statistics it was handed")
+
+    monkeypatch.setattr(compare, "compute_metric_stats", no_recomputation)
+    assert compare.compare_systems(paths, tmp_path / "b", n_resamples=100, computed=computed) == recomputed

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,6 +254,24 @@ def _pair(
     }
 
 
+def _system_stats(
+    system: System,
+    aligned: ScoringInputs,
+    names: list[str],
+    settings: MetricSettings,
+    known: Mapping[str, MetricStats] | None,
+) -> dict[str, MetricStats]:
+    """A system's statistics in the baseline's example order: the evaluation's own (rows reordered) when they
+    match what would be computed here, else computed from its predictions."""
+    stored = system.scores.get("metrics", {})
+    if known and all(m in known and known[m].signature == stored.get(m, {}).get("signature") for m in names):
+        position = {i: k for k, i in enumerate(system.inputs.ids)}
+        take = [position[i] for i in aligned.ids]
+        if all(len(known[m].stats) == len(position) for m in names):
+            return {m: MetricStats(known[m].metric, known[m].stats[take], known[m].signature) for m in names}
+    return compute_metric_stats(aligned.predictions, aligned.references, names, settings=settings, warn=False)
+
+
 def compare_systems(
     paths: list[Path],
     out_dir: Path,
@@ -262,9 +280,13 @@ def compare_systems(
     metrics: list[str] | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
+    computed: Mapping[Path, Mapping[str, MetricStats]] | None = None,
 ) -> dict[str, Any]:
     """Compare every system against the baseline (default: the first; base-0shot in a run dir).
 
+    `computed`: statistics the evaluations already computed (tunebench.evaluate.metrics.compute_metric_stats
+    over the rows of predictions.jsonl, in file order), keyed by eval dir; a system's are used instead of being
+    recomputed when they cover the compared metrics with the signatures compare would give them.
     Writes out_dir/comparison.json (schema tunebench.compare/1, docs/formats.md) and returns its content.
     """
     systems = load_systems(paths)
@@ -285,12 +307,8 @@ def compare_systems(
     names, settings = _metrics_and_settings(systems, metrics)
     order = base.inputs.ids
     inputs = {s.name: _aligned(s, order) for s in systems}
-    stats = {
-        s.name: compute_metric_stats(
-            inputs[s.name].predictions, inputs[s.name].references, names, settings=settings, warn=False
-        )
-        for s in systems
-    }
+    stats = {s.name: _system_stats(s, inputs[s.name], names, settings, (computed or {}).get(Path(s.path)))
+             for s in systems}
     result = {
         "schema": SCHEMA,
         "test_set": test_set,
