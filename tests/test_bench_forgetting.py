@@ -13,19 +13,21 @@ from tunebench.io import atomic_write_json, atomic_write_jsonl
 
 
 def write_run(
-    folder: Path, tasks: dict[str, list[float]], *, version: int = 1, shots: int = 0, ids: list[str] | None = None
+    folder: Path, tasks: dict[str, list[float]], *, version: int = 1, shots: int = 0, ids: list[str] | None = None,
+    choices: int = 2, protocol: dict | None = None,
 ) -> Path:
     results = {"schema": "tunebench.bench/1", "model": {"ref": folder.name}, "tasks": {}}
     for task, correct in tasks.items():
         names = ids or [f"q{i}" for i in range(len(correct))]
-        rows = [{"id": name, "correct": bool(c), "scores": {"acc": c, "acc_norm": c}} for name, c in zip(names, correct, strict=True)]
+        rows = [{"id": name, "correct": bool(c), "choices": [str(k) for k in range(choices)],
+                 "scores": {"acc": c, "acc_norm": c}} for name, c in zip(names, correct, strict=True)]
         rows.reverse()  # the tuned run may log in another order: matching is by id
         atomic_write_jsonl(folder / f"samples_{task}.jsonl", rows)
         mean = sum(correct) / len(correct)
         results["tasks"][task] = {
             "version": version, "n": len(correct), "shots": shots, "output_type": "multiple_choice",
             "metrics": {"acc": {"value": mean, "stderr": 0.0}, "acc_norm": {"value": mean, "stderr": 0.0}},
-            "samples": f"samples_{task}.jsonl",
+            "samples": f"samples_{task}.jsonl", **({"protocol": protocol} if protocol else {}),
         }
     atomic_write_json(folder / "results.json", results)
     return folder
@@ -48,7 +50,11 @@ def test_clear_drop_flagged_tie_not(tmp_path: Path) -> None:
     assert drop["delta"] == pytest.approx(drop["tuned"] - drop["base"])
     tie_row = by_key[("cb", "acc")]
     assert tie_row["delta"] == pytest.approx(0.0) and not tie_row["significant_drop"] and tie_row["p_value"] > 0.5
-    assert set(drop) == {"task", "metric", "n", "base", "tuned", "delta", "ci95", "p_value", "significant_drop"}
+    assert set(drop) == {"task", "metric", "n", "base", "tuned", "delta", "ci95", "p_value", "significant_drop",
+                         "higher_is_better", "chance", "above_chance_p", "above_chance", "discordance", "mde",
+                         "mde_basis", "measurable", "status"}
+    assert drop["status"] == "significant drop" and tie_row["status"] in ("no significant drop",
+                                                                         "not measurable at this size")
 
 
 def test_an_improvement_is_not_a_drop(tmp_path: Path) -> None:
@@ -71,3 +77,63 @@ def test_mismatched_samples_are_refused(tmp_path: Path) -> None:
         forgetting_table(base, five_shot)
     with pytest.raises(DataError, match="results.json: cannot read benchmark results"):
         forgetting_table(base, tmp_path / "nowhere")
+
+
+def test_sensitivity_matches_hand_computation(tmp_path: Path) -> None:
+    """Chance 1/2, the exact one-sided binomial p-value, and Connor's (1987) MDE solved by hand at the observed
+    discordance: n = 400, base 260/400 right, 40 discordant pairs (30 losses, 10 gains)."""
+    import math
+    from statistics import NormalDist
+
+    base = [1.0] * 260 + [0.0] * 140
+    tuned = list(base)
+    for i in range(30):  # 30 losses among the right ones
+        tuned[i] = 0.0
+    for i in range(260, 270):  # 10 gains among the wrong ones
+        tuned[i] = 1.0
+    (row, _) = forgetting_table(write_run(tmp_path / "b", {"piqa": base}), write_run(tmp_path / "t", {"piqa": tuned}),
+                                n_resamples=200)
+    assert row["chance"] == pytest.approx(0.5)
+    p_hand = sum(math.comb(400, k) for k in range(260, 401)) / 2**400
+    assert row["above_chance_p"] == pytest.approx(p_hand, rel=1e-9) and row["above_chance"] is True
+    assert row["discordance"] == pytest.approx(40 / 400)
+    za, zb, psi = NormalDist().inv_cdf(0.975), NormalDist().inv_cdf(0.8), 0.1
+    # Connor's n(delta) at the reported MDE gives back n = 400
+    d = row["mde"]
+    n_back = (za * math.sqrt(psi) + zb * math.sqrt(psi - d * d)) ** 2 / d**2
+    assert n_back == pytest.approx(400, rel=1e-6)
+    assert 0.04 < d < 0.05 and row["measurable"] and row["status"] == "significant drop"
+
+
+def test_mde_before_a_tuned_run_uses_independent_errors() -> None:
+    import math
+    from statistics import NormalDist
+
+    from tunebench.bench.sensitivity import accuracy_sensitivity
+
+    base = [1.0] * 64 + [0.0] * 36
+    sens = accuracy_sensitivity(base * 3, None, 0.5)
+    za, zb, p, d = NormalDist().inv_cdf(0.975), NormalDist().inv_cdf(0.8), 0.64, sens["mde"]
+    psi = p * (1 - p + d) + (p - d) * (1 - p)
+    assert (za * math.sqrt(psi) + zb * math.sqrt(psi - d * d)) ** 2 / d**2 == pytest.approx(300, rel=1e-6)
+    assert sens["discordance"] is None and sens["measurable"]
+
+
+def test_row_at_chance_is_not_measurable(tmp_path: Path) -> None:
+    rng = random.Random(1)
+    base = [1.0 if rng.random() < 0.25 else 0.0 for _ in range(100)]  # MMLU-like: four choices, at chance
+    tuned = [1.0 if rng.random() < 0.25 else 0.0 for _ in range(100)]
+    rows = forgetting_table(write_run(tmp_path / "b", {"mmlu": base}, choices=4),
+                            write_run(tmp_path / "t", {"mmlu": tuned}, choices=4), n_resamples=200)
+    row = rows[0]
+    assert row["chance"] == pytest.approx(0.25) and row["above_chance"] is False
+    assert not row["measurable"] and row["status"] == "not measurable at this size"
+
+
+def test_different_protocols_are_refused(tmp_path: Path) -> None:
+    proto = {"chat_template": False, "fewshot_sampler": "first", "shots": 0, "limit": None}
+    base = write_run(tmp_path / "b", {"rte": [1.0, 0.0]}, protocol=proto)
+    tuned = write_run(tmp_path / "t", {"rte": [1.0, 0.0]}, protocol={**proto, "chat_template": True})
+    with pytest.raises(DataError, match=r"task 'rte': base and tuned ran different protocols \(chat_template: "
+                                        r"base False, tuned True\)"):
+        forgetting_table(base, tuned)

@@ -292,3 +292,31 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, set | tuple):
         return list(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def attach_aligned_labels(
+    rows: list[dict[str, Any]], data_path: str | Path, labels_path: str | Path, field: str = "label"
+) -> list[dict[str, Any]]:
+    """Copies of `rows` with `field` set from a labels file holding one label per line, line i for row i.
+
+    The "aligned labels" source format (PIQA's `valid.jsonl` + `valid-labels.lst`). Trailing blank lines are
+    ignored; any other difference in count raises DataError naming both files and both counts.
+    """
+    path = Path(labels_path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the labels file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not valid UTF-8; re-save the labels file as UTF-8") from None
+    labels = text.rstrip("\r\n").split("\n") if text.strip() else []
+    labels = [label.rstrip("\r").strip() for label in labels]
+    if len(labels) != len(rows):
+        raise DataError(
+            f"{path} has {len(labels)} labels but {data_path} has {len(rows)} records; the files must be "
+            "line-aligned (one label per record)"
+        )
+    for lineno, label in enumerate(labels, start=1):
+        if not label:
+            raise DataError(f"{path}:{lineno}: empty label; every record needs one")
+    return [{**row, field: label} for row, label in zip(rows, labels, strict=True)]

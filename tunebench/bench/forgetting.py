@@ -1,7 +1,10 @@
 """What fine-tuning cost on general benchmarks: base vs tuned, per task and metric, with paired statistics.
 
-Both runs must have scored the same examples (matched on sample ids) with the same task version and number of
-demonstrations; anything else is refused rather than compared, since a delta between different example sets measures the sets, not the tuning.
+Both runs must have scored the same examples (matched on sample ids) with the same task version, number of
+demonstrations and protocol (chat template, demonstration sampler, limit); anything else is refused rather than
+compared, since a delta between different example sets or prompts measures those, not the tuning. Every row says
+whether it can measure a drop at all (`sensitivity.py`): a row at chance is "not measurable at this size", never
+"no forgetting".
 """
 
 from __future__ import annotations
@@ -9,7 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from tunebench.bench.sensitivity import ALPHA, accuracy_sensitivity, chance_level, ratio_sensitivity
 from tunebench.errors import DataError
+from tunebench.evaluate.stats import paired_bootstrap
 from tunebench.io import read_json, read_jsonl
 from tunebench.rundir import BenchDir
 
@@ -39,34 +46,59 @@ def _values(rows: list[dict[str, Any]], metric: str, path_hint: str) -> list[flo
         raise DataError(f"{path_hint}: a sample lacks scores.{metric}; rerun the benchmark") from None
 
 
+def _protocol(entry: dict[str, Any]) -> dict[str, Any] | None:
+    return entry.get("protocol") if isinstance(entry.get("protocol"), dict) else None
+
+
+def _check_same(task: str, b_entry: dict[str, Any], t_entry: dict[str, Any]) -> None:
+    if b_entry.get("version") != t_entry.get("version"):
+        raise DataError(
+            f"task '{task}': base ran version {b_entry.get('version')} and tuned version "
+            f"{t_entry.get('version')}; rerun both with the same spec"
+        )
+    if b_entry.get("shots") != t_entry.get("shots"):
+        raise DataError(
+            f"task '{task}': base ran {b_entry.get('shots')}-shot and tuned {t_entry.get('shots')}-shot; "
+            "rerun both with the same --shots"
+        )
+    b_proto, t_proto = _protocol(b_entry), _protocol(t_entry)
+    if b_proto is not None and t_proto is not None and b_proto != t_proto:
+        differ = sorted(k for k in set(b_proto) | set(t_proto) if b_proto.get(k) != t_proto.get(k))
+        what = "; ".join(f"{k}: base {b_proto.get(k)!r}, tuned {t_proto.get(k)!r}" for k in differ)
+        raise DataError(f"task '{task}': base and tuned ran different protocols ({what}); rerun both the same way")
+
+
+def _status(row: dict[str, Any]) -> str:
+    if row["significant_drop"]:
+        return "significant drop"
+    if row["metric"] == "kl":
+        return "drift" if row["p_value"] < ALPHA else "no significant drift"
+    return "no significant drop" if row["measurable"] else "not measurable at this size"
+
+
 def forgetting_table(
     base_bench_dir: str | Path,
     tuned_bench_dir: str | Path,
     *,
     n_resamples: int = 1000,
     seed: int = 0,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
 ) -> list[dict[str, Any]]:
-    """One row per task and metric both runs have: base, tuned, delta (tuned - base), paired 95% interval,
-    p-value, and whether it is a significant drop (delta < 0 and p < alpha)."""
-    from tunebench.evaluate.stats import paired_bootstrap
+    """One row per task and metric both runs have: base, tuned, delta (tuned - base), paired 95% interval, p-value,
+    whether it is a significant drop (worse in the metric's direction and p < alpha), and whether the row can
+    measure a drop at all (chance level, above-chance test, minimum detectable drop: `bench/sensitivity.py`).
 
+    Perplexity tasks give ratio metrics (NLL per token, perplexities; lower is better) paired over documents, with
+    the relative change, and the mean KL(base ‖ tuned) per token when the tuned run measured it (base: 0).
+    Raises DataError when the runs scored different examples, versions, shots or protocols.
+    """
     base, tuned = _results(Path(base_bench_dir)), _results(Path(tuned_bench_dir))
     rows: list[dict[str, Any]] = []
     for task, b_entry in base["tasks"].items():
         t_entry = tuned["tasks"].get(task)
         if t_entry is None:
             continue
-        if b_entry.get("version") != t_entry.get("version"):
-            raise DataError(
-                f"task '{task}': base ran version {b_entry.get('version')} and tuned version "
-                f"{t_entry.get('version')}; rerun both with the same spec"
-            )
-        if b_entry.get("shots") != t_entry.get("shots"):
-            raise DataError(
-                f"task '{task}': base ran {b_entry.get('shots')}-shot and tuned {t_entry.get('shots')}-shot; "
-                "rerun both with the same --shots"
-            )
+        _check_same(task, b_entry, t_entry)
         b_samples = _samples(Path(base_bench_dir), task, b_entry)
         t_samples = _samples(Path(tuned_bench_dir), task, t_entry)
         if set(b_samples) != set(t_samples):
@@ -78,21 +110,61 @@ def forgetting_table(
                 "rerun both with the same --limit, --shots and seed"
             )
         ids = list(b_samples)
+        b_rows, t_rows = [b_samples[i] for i in ids], [t_samples[i] for i in ids]
+        if b_entry.get("output_type") == "perplexity":
+            rows.extend(_perplexity_rows(task, b_entry, t_entry, b_rows, t_rows, n_resamples, seed, alpha))
+            continue
+        chance = chance_level(b_rows)
         for metric in b_entry.get("metrics", {}):
             if metric not in t_entry.get("metrics", {}):
                 continue
-            a = _values([b_samples[i] for i in ids], metric, f"{base_bench_dir}/{b_entry['samples']}")
-            b = _values([t_samples[i] for i in ids], metric, f"{tuned_bench_dir}/{t_entry['samples']}")
+            a = _values(b_rows, metric, f"{base_bench_dir}/{b_entry['samples']}")
+            b = _values(t_rows, metric, f"{tuned_bench_dir}/{t_entry['samples']}")
             test = paired_bootstrap(a, b, n_resamples=n_resamples, seed=seed)
-            rows.append({
-                "task": task,
-                "metric": metric,
-                "n": len(ids),
-                "base": sum(a) / len(a),
-                "tuned": sum(b) / len(b),
-                "delta": test["delta"],
-                "ci95": test["ci95"],
-                "p_value": test["p_value"],
-                "significant_drop": bool(test["delta"] < 0 and test["p_value"] < alpha),
-            })
+            binary = all(v in (0.0, 1.0) for v in a + b)
+            sens = accuracy_sensitivity(a, b, chance if metric in ("acc", "acc_norm") else None, alpha=alpha) \
+                if binary else {"chance": None, "measurable": True}
+            row = {
+                "task": task, "metric": metric, "n": len(ids), "base": sum(a) / len(a), "tuned": sum(b) / len(b),
+                "delta": test["delta"], "ci95": test["ci95"], "p_value": test["p_value"], "higher_is_better": True,
+                "significant_drop": bool(test["delta"] < 0 and test["p_value"] < alpha), **sens,
+            }
+            row["status"] = _status(row)
+            rows.append(row)
     return rows
+
+
+def _perplexity_rows(task: str, b_entry: dict[str, Any], t_entry: dict[str, Any], b_rows: list[dict[str, Any]],
+                     t_rows: list[dict[str, Any]], n_resamples: int, seed: int, alpha: float) -> list[dict[str, Any]]:
+    from tunebench.bench.perplexity import PERPLEXITY_METRICS
+    from tunebench.evaluate.stats import paired_bootstrap_stats
+
+    out = []
+    names = [m for m in PERPLEXITY_METRICS if m in t_entry.get("metrics", {})]
+    for name in names:
+        metric = PERPLEXITY_METRICS[name]
+        if name == "kl":  # the tuned run measured KL(base ‖ tuned); the base against itself is 0
+            if any("kl" not in r for r in t_rows):
+                continue
+            a = np.column_stack([np.zeros(len(t_rows)), metric.stats(t_rows)[:, 1]])
+        elif name in b_entry.get("metrics", {}):
+            a = metric.stats(b_rows)
+        else:
+            continue
+        b = metric.stats(t_rows)
+        test = paired_bootstrap_stats(a, b, metric.score_sums, n_resamples=n_resamples, seed=seed)
+        base_value = float(metric.score_sums(a.sum(0, keepdims=True))[0])
+        worse = test["delta"] > 0 if not metric.higher_is_better else test["delta"] < 0
+        row = {
+            "task": task, "metric": name, "n": len(b_rows), "base": base_value,
+            "tuned": float(metric.score_sums(b.sum(0, keepdims=True))[0]), "delta": test["delta"],
+            "relative_delta": test["delta"] / base_value if base_value else None,
+            "ci95": test["ci95"], "p_value": test["p_value"], "higher_is_better": metric.higher_is_better,
+            "significant_drop": bool(name != "kl" and worse and test["p_value"] < alpha),
+            **ratio_sensitivity(base_value, test["ci95"], len(b_rows)),
+        }
+        if name == "kl":
+            row["mde"] = row["mde_relative"] = None
+        row["status"] = _status(row)
+        out.append(row)
+    return out

@@ -17,6 +17,7 @@ from tunebench.bench.sources import read_records, resolve_source_path
 from tunebench.bench.spec import TaskSpec
 from tunebench.bench.templates import SpecError, render
 from tunebench.errors import DataError
+from tunebench.io import attach_aligned_labels
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def prepare_task(
     spec: TaskSpec, *, data_dir: Path | None, shots: int | None = None, limit: int | None = None, seed: int = 0
 ) -> PreparedTask:
     """Read the data, draw demonstrations, take the seeded subset and render every instance."""
-    n_shots = spec.fewshot.n if shots is None else shots
+    n_shots = 0 if spec.output_type == "perplexity" else spec.fewshot.n if shots is None else shots
     values: list[str | None] = list(spec.subtasks.values) if spec.subtasks else [None]
     subtasks = [_load_subtask(spec, value, data_dir, n_shots, seed) for value in values]
     output_type, target_set = _resolve_output_type(spec, subtasks)
@@ -96,22 +97,31 @@ def _split_path(spec: TaskSpec, split: str, variables: dict[str, str], data_dir:
     return resolve_source_path(raw, data_dir=data_dir, spec_origin=spec.origin, where=where)
 
 
-def _read(spec: TaskSpec, path: Path) -> list[dict[str, Any]]:
-    records = read_records(spec.source.format, path, records_key=spec.source.records_key)
+def _read(spec: TaskSpec, path: Path, split: str, variables: dict[str, str], data_dir: Path | None,
+          ) -> list[dict[str, Any]]:
+    records = read_records(spec.source.format, path, records_key=spec.source.records_key,
+                           documents=spec.source.documents)
+    if spec.source.labels and split in spec.source.labels:
+        raw = spec.source.labels[split]
+        for key, value in variables.items():
+            raw = raw.replace("{" + key + "}", value)
+        labels = resolve_source_path(raw, data_dir=data_dir, spec_origin=spec.origin,
+                                     where=f"{spec.origin}: source.labels.{split}")
+        records = attach_aligned_labels(records, path, labels, spec.source.label_field)
     return [_map_fields(spec, r, path, i) for i, r in enumerate(records)]
 
 
 def _load_subtask(spec: TaskSpec, value: str | None, data_dir: Path | None, n_shots: int, seed: int) -> _Subtask:
     variables = {spec.subtasks.param: value} if spec.subtasks and value is not None else {}
     path = _split_path(spec, spec.eval_split, variables, data_dir)
-    records = _read(spec, path)
+    records = _read(spec, path, spec.eval_split, variables, data_dir)
     if not records:
         raise DataError(f"{path}: no records to score ({spec.origin}: source.splits.{spec.eval_split})")
     eval_rows = list(range(len(records)))
     fewshot_split = spec.fewshot.split or spec.eval_split
     same_split = fewshot_split == spec.eval_split
     pool_path = path if same_split else _split_path(spec, fewshot_split, variables, data_dir)
-    pool = records if same_split else _read(spec, pool_path)
+    pool = records if same_split else _read(spec, pool_path, fewshot_split, variables, data_dir)
     if n_shots > len(pool) - (1 if same_split else 0):
         raise SpecError(
             f"{spec.origin}: fewshot.n: {n_shots} demonstrations asked but {pool_path} has {len(pool)} records; "
@@ -193,6 +203,11 @@ def _render_subtask(spec: TaskSpec, sub: _Subtask, output_type: str, target_set:
         raw_id = str(record[spec.id_field]) if spec.id_field and spec.id_field in record else str(row)
         inst_id = f"{sub.value}/{raw_id}" if sub.value is not None else raw_id
         query = render(spec.template, fields, origin, "template", where)
+        if output_type == "perplexity":
+            if not query.strip():
+                raise DataError(f"{where}: the rendered text is empty ({origin}: template); nothing to score")
+            instances.append(Instance(id=inst_id, prefix="", query=query, subtask=sub.value, fields=fields))
+            continue
         common = dict(id=inst_id, prefix=prefix, query=query, target_delimiter=spec.target_delimiter,
                       subtask=sub.value, fields=fields)
         if output_type == "multiple_choice":

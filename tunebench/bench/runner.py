@@ -60,10 +60,13 @@ def run_benchmarks(
     on_task: Callable[[BenchResults, str], None] | None = None,
     rank: int = 0,
     world_size: int = 1,
+    reference: Any | None = None,
 ) -> BenchResults:
     """Run `tasks` (names, `name:subtask`, `bbh:<task>`, or .yaml/.json paths); returns results and sample logs.
 
-    limit: a seeded subset per task (stratified across subtasks); shots: overrides every task's few-shot count.
+    limit: a seeded subset per task (stratified across subtasks; documents for perplexity tasks); shots: overrides
+    every task's few-shot count. reference: a LoadedModel that perplexity tasks measure KL(reference ‖ model)
+    against (None: the model's own adapter disabled, when it is a PEFT model).
     finished: an earlier, unfinished call's results (results.partial.json); its tasks are reused when the
     model, the settings, the task version and the example count agree. on_task(results so far, task name) runs
     after each scored task. `rank` of `world_size`: every process scores every task (no sharding yet); only
@@ -88,7 +91,7 @@ def run_benchmarks(
             continue
         if progress:
             print(f"bench: {name} ({len(task.instances)} examples, {task.shots}-shot)", file=sys.stderr)
-        scores = score_task(loaded, task, batch_size=batch_size, progress=progress, seed=seed)
+        scores = score_task(loaded, task, batch_size=batch_size, progress=progress, seed=seed, reference=reference)
         filename = samples_filename(name)
         out.samples[filename] = scores.samples
         entry: dict[str, Any] = {

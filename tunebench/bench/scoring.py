@@ -147,16 +147,20 @@ def value_stderr(ms: MetricStats, *, seed: int = 0) -> dict[str, float]:
 
 def score_task(
     loaded: Any, task: PreparedTask, instances: Sequence[Instance] | None = None, *, batch_size: int = 16,
-    progress: bool = False, seed: int = 0,
+    progress: bool = False, seed: int = 0, reference: Any | None = None,
 ) -> TaskScores:
     """Score `instances` (default: the task's own) with the task's output type and metrics.
 
     `loaded` needs .model, .tokenizer, .family and .format_prompt(prompt) (tunebench.models.load.LoadedModel).
+    reference: perplexity tasks only, a LoadedModel whose next-token distribution KL(p_reference ‖ p_model) is
+    measured against (None: the loaded model's own adapter disabled, when it has one).
     """
     items = list(task.instances if instances is None else instances)
     if not items:
         raise ValueError(f"task {task.spec.name}: no instances to score")
     start = time.perf_counter()
+    if task.output_type == "perplexity":
+        return _score_perplexity(loaded, task, items, progress=progress, seed=seed, reference=reference)
     if task.output_type == "multiple_choice":
         samples = score_multiple_choice(loaded, items, batch_size=batch_size, progress=progress)
         stats = _choice_stats(samples, list(dict.fromkeys([*MC_DEFAULT_METRICS, *task.metrics])))
@@ -173,6 +177,22 @@ def score_task(
     return TaskScores(samples, metrics, elapsed)
 
 
+def _score_perplexity(loaded: Any, task: PreparedTask, items: Sequence[Instance], *, progress: bool, seed: int,
+                      reference: Any | None) -> TaskScores:
+    from tunebench.bench.perplexity import corpus_metrics, score_documents
+
+    if loaded.family != "causal":
+        raise ValueError(f"task {task.spec.name}: perplexity needs a decoder-only (causal) model")
+    start = time.perf_counter()
+    settings = task.spec.perplexity
+    counted = [str(inst.fields[settings.count_field]) if settings.count_field else inst.prompt for inst in items]
+    docs = [(inst.id, inst.subtask, inst.prompt, c) for inst, c in zip(items, counted, strict=True)]
+    samples = score_documents(loaded, docs,
+                              max_length=settings.max_length, context_len=settings.context_len,
+                              reference=reference, progress=progress)
+    return TaskScores(samples, corpus_metrics(samples, task.metrics, seed=seed), time.perf_counter() - start)
+
+
 def subtask_breakdown(samples: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per-subtask n and metric means (MMLU subjects), for reports; the task's own metrics stay micro-averaged."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -180,6 +200,7 @@ def subtask_breakdown(samples: Sequence[dict[str, Any]], metrics: Sequence[str])
         if s.get("subtask") is not None:
             groups.setdefault(s["subtask"], []).append(s)
     return {
-        name: {"n": len(rows), **{m: sum(r["scores"][m] for r in rows) / len(rows) for m in metrics}}
+        name: {"n": len(rows), **{m: sum(r["scores"][m] for r in rows) / len(rows) for m in metrics
+                                  if all(m in r["scores"] for r in rows)}}
         for name, rows in sorted(groups.items())
     }

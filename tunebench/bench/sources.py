@@ -8,6 +8,7 @@ file and line.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,12 @@ def resolve_source_path(raw: str, *, data_dir: Path | None, spec_origin: str, wh
     raise DataError(f"{where}: benchmark data file not found at {looked}; put the file there or fix the path{hint}")
 
 
-def read_records(fmt: str, path: Path, *, records_key: str | None = None) -> list[dict[str, Any]]:
-    """All records of one file as dicts (column -> value); the readers are tunebench.io's, shared with data/."""
+def read_records(
+    fmt: str, path: Path, *, records_key: str | None = None, documents: str = "file"
+) -> list[dict[str, Any]]:
+    """All records of one file as dicts (column -> value); `text` files as documents {"text", "title"}."""
+    if fmt == "text":
+        return read_documents(path, documents)
     if fmt == "jsonl":
         return read_jsonl(path)
     if fmt == "json":
@@ -53,6 +58,40 @@ def read_records(fmt: str, path: Path, *, records_key: str | None = None) -> lis
     if fmt == "label_text":
         return _read_label_text(path)
     raise ValueError(f"unknown source format {fmt!r}")
+
+
+_WIKITEXT_ARTICLE = re.compile(r"^ = [^=].* = $")
+
+
+def read_documents(path: Path, documents: str = "file") -> list[dict[str, Any]]:
+    """A plain UTF-8 text file cut into documents: the whole file, each non-blank line, each blank-line-separated
+    paragraph, or each WikiText article (lines from one ' = Title = ' line to the next, kept verbatim with their
+    newlines, as lm-eval's `wikitext_document_level` pages). Raises DataError for an empty or non-UTF-8 file."""
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: empty text file; nothing to score")
+    if documents == "file":
+        return [{"text": text, "title": path.stem}]
+    if documents == "lines":
+        return [{"text": line, "title": f"line {i}"} for i, line in enumerate(text.split("\n"), 1) if line.strip()]
+    if documents == "paragraphs":
+        parts = [p.strip("\n") for p in re.split(r"\n\s*\n", text)]
+        return [{"text": p, "title": f"paragraph {i}"} for i, p in enumerate((p for p in parts if p.strip()), 1)]
+    pages: list[list[str]] = []
+    for line in text.splitlines(keepends=True):
+        if _WIKITEXT_ARTICLE.match(line.rstrip("\n")) or not pages:
+            pages.append([])
+        pages[-1].append(line)
+    out = []
+    for lines in pages:
+        page = "".join(lines)
+        if not page.strip():
+            continue
+        first = lines[0].rstrip("\n")
+        title = first.strip(" =") if _WIKITEXT_ARTICLE.match(first) else "(before the first title)"
+        out.append({"text": page, "title": title})
+    return out
+
 
 
 def _read_label_text(path: Path) -> list[dict[str, Any]]:

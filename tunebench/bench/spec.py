@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from tunebench.bench.perplexity import PERPLEXITY_METRICS
 from tunebench.bench.templates import SpecError, check_syntax
 from tunebench.errors import ConfigError, DataError
 from tunebench.evaluate.metrics import METRICS, MetricSettings, unknown_name_message
@@ -32,6 +33,7 @@ __all__ = ["SpecError", "TaskSpec", "load_spec", "resolve_tasks"]
 
 MC_DEFAULT_METRICS = ("acc", "acc_norm")
 GEN_DEFAULT_METRICS = ("exact_match",)
+PPL_METRICS = tuple(PERPLEXITY_METRICS)  # "kl" appears only where a base distribution was there to compare
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 
 
@@ -40,14 +42,24 @@ class _Strict(BaseModel):
 
 
 class SourceSpec(_Strict):
-    format: Literal["jsonl", "json", "csv", "tsv", "label_text"] = Field(
-        description="jsonl/json/csv/tsv records, or label_text lines '<label> <text>' (SST-2)."
+    format: Literal["jsonl", "json", "csv", "tsv", "label_text", "text"] = Field(
+        description="jsonl/json/csv/tsv records, label_text lines '<label> <text>' (SST-2), or text: a plain "
+        "text file cut into documents (field 'text') as `documents` says."
     )
     splits: dict[str, str] = Field(
         description="Split name -> file path, relative to the data dir (or the spec's folder); "
         "'{param}' is replaced by the subtask value."
     )
     records_key: str | None = Field(None, description="json: the key holding the list of records, e.g. examples.")
+    labels: dict[str, str] | None = Field(
+        None, description="Split name -> a file of one label per line, aligned with the split's records (PIQA's "
+        "valid-labels.lst); each record gets it as `label_field`."
+    )
+    label_field: str = Field("label", description="labels: the field the aligned label is stored in.")
+    documents: Literal["file", "lines", "paragraphs", "wikitext_articles"] = Field(
+        "file", description="text: one document per file, per non-blank line, per blank-line-separated paragraph, "
+        "or per WikiText article (a new one at each ' = Heading = ' line, as lm-eval's wikitext)."
+    )
 
     @field_validator("splits")
     @classmethod
@@ -55,6 +67,13 @@ class SourceSpec(_Strict):
         if not value:
             raise ValueError("name at least one split, e.g. {test: mydata/test.jsonl}")
         return value
+
+    @model_validator(mode="after")
+    def _labels_fit(self) -> SourceSpec:
+        for split in self.labels or {}:
+            if split not in self.splits:
+                raise ValueError(f"labels: '{split}' is not one of splits {sorted(self.splits)}")
+        return self
 
 
 class SubtaskSpec(_Strict):
@@ -88,6 +107,19 @@ class RegexFilter(_Strict):
 Filter = Literal["strip", "first_line", "lower"] | RegexFilter
 
 
+class PerplexitySpec(_Strict):
+    max_length: int | None = Field(
+        None, gt=1, description="Window size in tokens (None: the model's context, as lm-eval's max_length)."
+    )
+    context_len: int = Field(
+        1, ge=1, description="Tokens of context each later window keeps before its scored tokens (lm-eval: 1)."
+    )
+    count_field: str | None = Field(
+        None, description="Field whose text words and bytes are counted in (None: the rendered text); lm-eval "
+        "counts WikiText's words in the page before detokenizing."
+    )
+
+
 class GenerateSpec(_Strict):
     max_new_tokens: int = Field(32, gt=0, description="Cap on generated tokens.")
     stop: list[str] = Field(default_factory=lambda: ["\n\n"], description="Stop strings, cut from the output.")
@@ -106,14 +138,17 @@ class TaskSpec(_Strict):
     field_map: dict[str, str] = Field(default_factory=dict, description="Template field -> source column.")
     id_field: str | None = Field(None, description="Column holding a stable example id (None: row index).")
     template: str = Field(description="Jinja2 prompt of one example (sandboxed; fields are the record's columns).")
-    output_type: Literal["multiple_choice", "generate", "auto"] = Field(
+    output_type: Literal["multiple_choice", "generate", "auto", "perplexity"] = Field(
         description="multiple_choice: log-likelihood of each choice; generate: decode and compare; auto: "
-        "multiple_choice when the targets form a closed set (needs choices: targets), else generate."
+        "multiple_choice when the targets form a closed set (needs choices: targets), else generate; perplexity: "
+        "rolling log-likelihood of the rendered text (lm-eval's loglikelihood_rolling)."
     )
     choices: list[str] | Literal["targets"] | None = Field(
         None, description="Jinja2 text of each choice, or 'targets': the distinct targets of the eval split."
     )
-    target: str = Field(description="Jinja2 gold answer: a choice text or index (target_type), or the output.")
+    target: str | None = Field(
+        None, description="Jinja2 gold answer: a choice text or index (target_type), or the output (not perplexity)."
+    )
     target_type: Literal["text", "index"] = Field("text", description="Does target render a choice text or index?")
     references: list[str] | None = Field(None, description="generate: Jinja2 gold outputs (None: [target]).")
     target_delimiter: str = Field(" ", description="Between the prompt and the answer (choice or demonstration).")
@@ -130,6 +165,7 @@ class TaskSpec(_Strict):
     )
     filters: list[Filter] = Field(default_factory=list, description="Answer extraction applied to generations.")
     generation: GenerateSpec = Field(default_factory=GenerateSpec)
+    perplexity: PerplexitySpec = Field(default_factory=PerplexitySpec)
     closed_set_max: int = Field(10, gt=1, description="auto: at most this many distinct targets for MC.")
 
     _origin: str = PrivateAttr("<spec>")
@@ -148,10 +184,20 @@ class TaskSpec(_Strict):
             raise ValueError("choices: output_type generate takes no choices; remove the key")
         if self.output_type == "multiple_choice" and self.filters:
             raise ValueError("filters: apply to generated answers; multiple_choice takes none")
+        if self.output_type == "perplexity":
+            if self.choices is not None or self.target is not None or self.filters:
+                raise ValueError("output_type perplexity scores the rendered template only; remove choices, "
+                                 "target and filters")
+            if self.fewshot.n:
+                raise ValueError("fewshot.n: perplexity tasks take no demonstrations")
+        elif self.target is None:
+            raise ValueError(f"target: output_type {self.output_type} needs a target")
+        if self.source.format == "text" and self.output_type != "perplexity":
+            raise ValueError("source.format: text documents are scored by output_type perplexity only")
         mc, gen = metrics_for("multiple_choice"), metrics_for("generate")
-        allowed = {"multiple_choice": mc, "generate": gen, "auto": mc + gen}
+        allowed = {"multiple_choice": mc, "generate": gen, "auto": mc + gen, "perplexity": list(PPL_METRICS)}
         for metric in self.metrics or []:
-            if metric not in allowed["auto"]:
+            if metric not in allowed["auto"] + allowed["perplexity"]:
                 raise ValueError(unknown_name_message("metrics", metric, allowed[self.output_type]))
             if metric not in allowed[self.output_type]:
                 raise ValueError(f"metrics: '{metric}' is not one of {allowed[self.output_type]}")
@@ -180,13 +226,16 @@ class TaskSpec(_Strict):
 
     def default_metrics(self, output_type: str) -> list[str]:
         """The metrics reported for the resolved output type ('auto' may list metrics of both kinds)."""
-        allowed = metrics_for(output_type)
+        allowed = list(PPL_METRICS) if output_type == "perplexity" else metrics_for(output_type)
         chosen = [m for m in self.metrics or [] if m in allowed]
-        return chosen or list(MC_DEFAULT_METRICS if output_type == "multiple_choice" else GEN_DEFAULT_METRICS)
+        default = {"multiple_choice": MC_DEFAULT_METRICS, "perplexity": PPL_METRICS}.get(output_type, GEN_DEFAULT_METRICS)
+        return chosen or list(default)
 
     def templates(self) -> dict[str, str]:
         """Every Jinja2 template of the spec, keyed by its key path (for error messages)."""
-        out = {"description": self.description, "template": self.template, "target": self.target}
+        out = {"description": self.description, "template": self.template}
+        if self.target is not None:
+            out["target"] = self.target
         if isinstance(self.choices, list):
             out.update({f"choices.{i}": c for i, c in enumerate(self.choices)})
         out.update({f"references.{i}": r for i, r in enumerate(self.references or [])})

@@ -15,9 +15,12 @@ class SpecError(ConfigError):
 
 @lru_cache(maxsize=1)
 def _env() -> Any:
+    from tunebench.bench.perplexity import wikitext_detokenize
     from tunebench.data.templates import sandboxed_environment
 
-    return sandboxed_environment(keep_trailing_newline=True)
+    env = sandboxed_environment(keep_trailing_newline=True)
+    env.filters["wikitext_detokenize"] = wikitext_detokenize  # lm-eval's wikitext preprocessing, for text tasks
+    return env
 
 
 def check_syntax(text: str, origin: str, key: str) -> None:

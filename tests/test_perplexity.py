@@ -1,0 +1,133 @@
+"""Rolling-window perplexity and KL on tiny models, against hand computations from full logits."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+
+from tunebench.bench.perplexity import (
+    PERPLEXITY_METRICS,
+    Reference,
+    document_loglikelihood,
+    reference_for,
+    rolling_windows,
+    score_documents,
+)
+from tunebench.errors import ConfigError
+
+TEXT = ("The quick brown fox jumps over the lazy dog. A second sentence follows, with some punctuation; "
+        "and a third one ends here.")
+
+
+def test_rolling_windows_match_lm_eval_gold() -> None:
+    # lm-evaluation-harness tests/test_utils.py::test_get_rolling_token_windows_v1, then make_disjoint_window
+    gold = [
+        ([-100, 0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        ([9, 10, 11, 12, 13, 14, 15, 16, 17, 18], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]),
+        ([19, 20, 21, 22, 23, 24, 25, 26, 27, 28], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29]),
+        ([23, 24, 25, 26, 27, 28, 29, 30, 31, 32], [30, 31, 32, 33]),
+    ]
+    disjoint = [(a[: len(a) - (len(b) - 1)], b) for a, b in gold]
+    assert rolling_windows(list(range(34)), prefix_token=-100, max_length=10) == disjoint
+    # context_len 2, worked by hand: windows of 4, three new tokens each after two of context
+    assert rolling_windows(list(range(10)), prefix_token=-1, max_length=4, context_len=2) == [
+        ([-1], [0, 1, 2, 3]), ([2, 3], [4, 5, 6]), ([5, 6], [7, 8, 9])]
+    assert rolling_windows([], prefix_token=0, max_length=4) == []
+
+
+def _hand_nll(model, tokens: list[int], prefix: int, max_length: int, context_len: int) -> tuple[float, list]:
+    """Token by token: each scored group gets one full forward (plain logits, log_softmax) over its own input."""
+    import torch
+
+    groups = [(0, min(max_length, len(tokens)))]
+    step = max_length - context_len + 1
+    while groups[-1][1] < len(tokens):
+        lo = groups[-1][1]
+        groups.append((lo, min(len(tokens), lo + step)))
+    nll, dists = 0.0, []
+    with torch.no_grad():
+        for lo, hi in groups:
+            full = [prefix, *tokens]  # full[j] precedes tokens[j]
+            start = max(0, hi - max_length)  # the input ends just before tokens[hi - 1], at most max_length long
+            inp = full[start:hi]
+            logp = torch.log_softmax(model(input_ids=torch.tensor([inp])).logits[0].float(), -1)
+            for j in range(lo, hi):
+                pos = j - start  # inp[pos] = full[j] = the token before tokens[j]
+                nll -= float(logp[pos, tokens[j]])
+                dists.append(logp[pos])
+    return nll, dists
+
+
+@pytest.mark.parametrize(("max_length", "context_len"), [(8, 1), (8, 3), (2048, 1)])
+def test_perplexity_equals_hand_computation(tiny_causal_loaded, max_length: int, context_len: int) -> None:
+    loaded = tiny_causal_loaded(False)
+    tok = loaded.tokenizer
+    tokens = tok(TEXT, add_special_tokens=False)["input_ids"]
+    assert len(tokens) > 2 * max_length or max_length > len(tokens)
+    want, _ = _hand_nll(loaded.model, tokens, tok.bos_token_id, max_length, context_len)
+    got = document_loglikelihood(loaded.model, tok, TEXT, max_length=max_length, context_len=context_len)
+    assert got["tokens"] == len(tokens) and got["nll"] == pytest.approx(want, rel=1e-5)
+    (row,) = score_documents(loaded, [("d0", None, TEXT, TEXT)], max_length=max_length, context_len=context_len)
+    words, nbytes = len(TEXT.split()), len(TEXT.encode())
+    for name, value in [("nll", want / len(tokens)), ("token_perplexity", math.exp(want / len(tokens))),
+                        ("word_perplexity", math.exp(want / words)), ("byte_perplexity", math.exp(want / nbytes)),
+                        ("bits_per_byte", want / nbytes / math.log(2))]:
+        assert PERPLEXITY_METRICS[name].score([row]) == pytest.approx(value, rel=1e-5), name
+
+
+def _second_model(tiny_causal_dir: Path, seed: int):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_causal_dir)).eval()
+
+
+def _direct_kl(p_model, q_model, tokens, prefix, max_length, context_len) -> float:
+    _, p = _hand_nll(p_model, tokens, prefix, max_length, context_len)
+    _, q = _hand_nll(q_model, tokens, prefix, max_length, context_len)
+    return sum(float((a.exp() * (a - b)).sum()) for a, b in zip(p, q, strict=True))
+
+
+def test_kl_with_itself_is_zero_and_of_two_models_is_direct(tiny_causal_loaded, tiny_causal_dir) -> None:
+    loaded = tiny_causal_loaded(False)
+    tok = loaded.tokenizer
+    same = document_loglikelihood(loaded.model, tok, TEXT, max_length=8, reference=Reference(loaded.model))
+    assert same["kl"] == pytest.approx(0.0, abs=1e-6)
+    other = _second_model(tiny_causal_dir, seed=7)
+    tokens = tok(TEXT, add_special_tokens=False)["input_ids"]
+    got = document_loglikelihood(loaded.model, tok, TEXT, max_length=8, context_len=2, reference=Reference(other))
+    want = _direct_kl(other, loaded.model, tokens, tok.bos_token_id, 8, 2)  # KL(p_reference ‖ p_model)
+    assert want > 0.01 and got["kl"] == pytest.approx(want, rel=1e-5)
+
+
+def test_kl_of_an_adapter_against_its_disabled_self(tiny_causal_loaded) -> None:
+    """The base distribution comes from the same model with the adapter disabled: no second copy."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    loaded = tiny_causal_loaded(False)
+    base_copy = copy.deepcopy(loaded.model).eval()
+    torch.manual_seed(3)
+    peft_model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules="all-linear",
+                                                         init_lora_weights=False)).eval()
+    loaded.model = peft_model
+    ref = reference_for(loaded, None)
+    assert ref is not None and ref.model is peft_model
+    (row,) = score_documents(loaded, [("d0", None, TEXT, TEXT)], max_length=16)
+    tokens = loaded.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    want = _direct_kl(base_copy, peft_model, tokens, loaded.tokenizer.bos_token_id, 16, 1)
+    assert want > 1e-4 and row["kl"] == pytest.approx(want, rel=1e-5)
+    assert row["scores"]["kl"] == pytest.approx(want / len(tokens), rel=1e-5)
+
+
+def test_kl_refuses_different_tokenizers(tiny_causal_loaded) -> None:
+    loaded, other = tiny_causal_loaded(False), tiny_causal_loaded(False)
+    other.tokenizer = copy.deepcopy(other.tokenizer)
+    other.tokenizer.add_tokens(["<brand-new-token>"])
+    other.ref = "other-model"
+    with pytest.raises(ConfigError, match="KL divergence needs one tokenizer, but 'other-model' and 'tiny'"):
+        reference_for(loaded, other)
