@@ -132,8 +132,9 @@ def test_full_run_writes_every_artifact(tmp_path: Path) -> None:
     assert "| rougeL | 0.2440 | 0.3310 | +0.0870 | [0.0750, 0.0990] | 0.0031 | paired-bootstrap | gain |" in md
     assert "| bleu | 8.13 | 11.03 | +2.90 | [2.89, 2.91] | 0.0400 | paired-bootstrap | gain |" in md
     assert "| rougeL | 0.2700 | 0.3310 | +0.0610 | [0.0490, 0.0730] | 0.2000 | paired-bootstrap | n.s. |" in md
-    assert "| mmlu | acc | 0.3100 | 0.2600 | -0.0500 | [-0.0800, -0.0200] | 0.0020 | YES ⚠ |" in md
-    assert "| sst2 | acc | 0.8000 | 0.8000 | 0.0000 | [-0.0300, 0.0300] | 1.0000 | no |" in md
+    assert "| mmlu | acc | 0.3100 | 0.2600 | -0.0500 | [-0.0800, -0.0200] | 0.0020 | — | — | YES ⚠ significant drop |" in md
+    assert ("| sst2 | acc | 0.8000 | 0.8000 | 0.0000 | [-0.0300, 0.0300] | 1.0000 | — | — | "
+            "no significant drop (sensitivity unknown) |") in md
     assert "| rougeL | 27 | 4 | 9 |" in md
     assert "| ECE-10 ↓ | 0.123 | 0.087 |" in md
     assert "| tokens/s ↑ | 812.5 | 812.5 |" in md
@@ -316,3 +317,29 @@ def test_rendering_writes_nothing_and_the_writer_writes_what_was_rendered(tmp_pa
         report.results["created"], written["created"])
     assert {k: v for k, v in written.items() if k != "created"} == {
         k: v for k, v in json.loads(json.dumps(report.results)).items() if k != "created"}
+
+
+def test_forgetting_headline_speaks_only_from_measurable_rows(tmp_path: Path) -> None:
+    from tunebench.report.tables import forgetting_headline, forgetting_rows
+
+    at_chance = {"task": "mmlu", "metric": "acc", "base": 0.25, "tuned": 0.25, "delta": 0.0, "ci95": [-0.05, 0.05],
+                 "p_value": 1.0, "significant_drop": False, "chance": 0.25, "above_chance_p": 0.5,
+                 "above_chance": False, "mde": 0.12, "measurable": False, "status": "not measurable at this size"}
+    piqa = {"task": "piqa", "metric": "acc", "base": 0.64, "tuned": 0.63, "delta": -0.01, "ci95": [-0.03, 0.01],
+            "p_value": 0.3, "significant_drop": False, "chance": 0.5, "above_chance_p": 1e-9, "above_chance": True,
+            "mde": 0.025, "discordance": 0.1, "measurable": True, "status": "no significant drop"}
+    ppl = {"task": "wikitext2", "metric": "word_perplexity", "base": 40.0, "tuned": 41.0, "delta": 1.0,
+           "relative_delta": 0.025, "ci95": [0.5, 1.5], "p_value": 0.001, "significant_drop": True, "chance": None,
+           "mde": 0.6, "mde_relative": 0.015, "measurable": True, "status": "significant drop"}
+    only_chance = forgetting_headline({"forgetting": [at_chance]})
+    assert only_chance is not None and "no row of the suite can measure a drop" in only_chance
+    assert "mmlu acc" in only_chance and "no significant" not in only_chance
+    quiet = forgetting_headline({"forgetting": [at_chance, piqa]})
+    assert quiet == ("Forgetting: no significant drop on the 1 measurable rows (smallest detectable drops: piqa acc "
+                     "≥ 2.5 pts); not measurable at this size: mmlu acc.")
+    loud = forgetting_headline({"forgetting": [at_chance, piqa, ppl]})
+    assert loud is not None and loud.startswith("Forgetting: significant drop on wikitext2 word_perplexity (+1.00")
+    rows = {r["task"]: r for r in forgetting_rows({"forgetting": [at_chance, piqa, ppl]})}
+    assert rows["mmlu"]["status"] == "not measurable at this size" and rows["mmlu"]["chance"].startswith("0.25")
+    assert rows["piqa"]["mde"] == "2.5 pts" and rows["wikitext2"]["mde"] == "1.5%"
+    assert rows["wikitext2"]["delta"] == "+1.00 (+2.5%)"

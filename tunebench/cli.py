@@ -122,10 +122,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.model:
         cfg.model.ref = args.model
     results = bench_reference(cfg, tasks=args.tasks, data_dir=args.data_dir, adapter=args.adapter,
-                              limit=args.limit, shots=args.shots, out_dir=Path(args.out), helm=args.helm)
-    for task, res in results["tasks"].items():
-        metrics = ", ".join(f"{k} {v['value']:.4f} ± {v['stderr']:.4f}" for k, v in res["metrics"].items())
-        print(f"{task:32s} n={res['n']:<6d} {metrics}")
+                              limit=args.limit, shots=args.shots, out_dir=Path(args.out), helm=args.helm,
+                              reference=args.reference)
+    from tunebench.report.tables import bench_summary_lines
+
+    for line in bench_summary_lines(results):
+        print(line)
     return 0
 
 
@@ -242,9 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None)
     p.add_argument("--adapter", default=None)
     p.add_argument("--tasks", type=_csv, required=True, help="e.g. mmlu,cb,rte,sst2,bbh:date_understanding")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="examples per task, a seeded subset (default: all)")
     p.add_argument("--shots", type=int, default=None)
     p.add_argument("--helm", action="store_true", help="add the HELM-style metrics")
+    p.add_argument("--reference", default=None, metavar="MODEL",
+                   help="perplexity tasks: also measure KL(p_MODEL ‖ p_model) (same tokenizer needed); an "
+                        "--adapter is compared with its own base without this")
     p.add_argument("--out", required=True)
 
     p = add("export", cmd_export, "write a merged full model from a LoRA run")

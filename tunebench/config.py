@@ -104,6 +104,11 @@ class DataConfig(Section):
     references_field: str | None = Field(
         None, description="Column holding a list of reference outputs (None: the rendered completion)."
     )
+    labels: dict[str, str] | None = Field(
+        None, description="Split name -> a file of one label per line, aligned with that split's rows (e.g. "
+        "PIQA's valid-labels.lst); each row gets its label as `label_field`."
+    )
+    label_field: str = Field("label", description="labels: the column the aligned label is stored in.")
     splits: SplitNames = Field(default_factory=SplitNames)
     fractions: SplitFractions = Field(default_factory=SplitFractions)
     limits: SplitLimits = Field(default_factory=SplitLimits)
@@ -308,8 +313,15 @@ class BenchConfig(Section):
     tasks: list[str] = Field(
         default_factory=lambda: ["mmlu", "sst2", "rte"], description="Forgetting suite run on base and tuned."
     )
-    limit: int | None = Field(100, gt=0, description="Examples per task (seeded subset).")
+    limit: int | None = Field(
+        100, gt=0, description="Forgetting suite size in `tunebench run`: examples (documents) per task, a seeded "
+        "subset. `tunebench bench` scores whole tasks unless --limit is given."
+    )
     shots: int | None = Field(None, ge=0, description="Override every task's few-shot count.")
+    chat_template: bool = Field(
+        False, description="Wrap benchmark prompts in the chat template (as lm-eval's --apply_chat_template); off: "
+        "the standard plain-prompt protocol published numbers use."
+    )
     enabled: bool = Field(True, description="Run the forgetting suite in `tunebench run`.")
     helm: bool = Field(False, description="Add the HELM-style view (calibration, robustness, fairness, ...).")
 

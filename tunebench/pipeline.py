@@ -177,15 +177,17 @@ class _OneModel:
     """Keeps one loaded model at a time: the base for base systems, base + adapter for tuned ones."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        self.cfg, self.adapter, self.loaded = cfg, None, None
+        self.cfg, self.adapter, self.loaded, self.merge = cfg, None, None, True
 
-    def get(self, adapter: str | None):
+    def get(self, adapter: str | None, merge: bool = True):
         from tunebench.models.load import load_model
 
-        if self.loaded is None or adapter != self.adapter:
+        if self.loaded is None or adapter != self.adapter or merge != self.merge:
             self.release()
-            # LoRA merged into the base for evaluation: same outputs, faster generation and scoring.
-            self.adapter, self.loaded = adapter, load_model(self.cfg.model, adapter=adapter, merge=adapter is not None)
+            # LoRA merged into the base for evaluation: same outputs, faster generation and scoring. Unmerged
+            # when perplexity tasks measure KL against the adapter's own base (adapter disabled).
+            self.adapter, self.merge = adapter, merge
+            self.loaded = load_model(self.cfg.model, adapter=adapter, merge=adapter is not None and merge)
         return self.loaded
 
     def release(self) -> None:
@@ -199,7 +201,7 @@ def _read_summary(path: Path) -> dict[str, Any]:
 
 def bench_into(out: BenchDir, loaded, tasks: list[str], *, data_dir: Path | None, limit: int | None,
                shots: int | None, seed: int = 0, progress: bool = True, rank: int = 0,
-               world_size: int = 1) -> dict[str, Any]:
+               world_size: int = 1, reference: Any | None = None) -> dict[str, Any]:
     """Score benchmark tasks and write `out` (main process only): each task's log as it finishes, results.json
     at the end; tasks an interrupted run with the same model and settings finished are reused. Returns
     results.json's content."""
@@ -212,7 +214,8 @@ def bench_into(out: BenchDir, loaded, tasks: list[str], *, data_dir: Path | None
             write_bench_task(out, bench, task)
 
     bench = run_benchmarks(loaded, tasks, data_dir=data_dir, limit=limit, shots=shots, seed=seed, progress=progress,
-                           finished=read_finished_tasks(out), on_task=task_done, rank=rank, world_size=world_size)
+                           finished=read_finished_tasks(out), on_task=task_done, rank=rank, world_size=world_size,
+                           reference=reference)
     if main:
         write_benchmarks(out, bench, samples=False)
     return bench.results
@@ -221,14 +224,21 @@ def bench_into(out: BenchDir, loaded, tasks: list[str], *, data_dir: Path | None
 def bench_loaded(cfg: RunConfig, loaded, out_dir: Path, data_dir: Path | None,
                  train_summary: dict[str, Any] | None = None, *, tasks: list[str] | None = None,
                  limit: int | None = None, shots: int | None = None, helm: bool | None = None, rank: int = 0,
-                 world_size: int = 1) -> dict[str, Any]:
-    """Benchmarks (and the HELM-style view when asked) for an already loaded model, written to `out_dir`."""
+                 world_size: int = 1, reference: Any | None = None) -> dict[str, Any]:
+    """Benchmarks (and the HELM-style view when asked) for an already loaded model, written to `out_dir`.
+
+    limit: examples per task (None: whole tasks). Prompts are plain unless bench.chat_template asks for the chat
+    template (and the model has one). reference: the model perplexity tasks measure KL against.
+    """
+    import dataclasses
+
     out = BenchDir(out_dir)
     tasks = tasks or cfg.bench.tasks
-    limit = limit if limit is not None else cfg.bench.limit
     shots = shots if shots is not None else cfg.bench.shots
+    if dataclasses.is_dataclass(loaded):
+        loaded = dataclasses.replace(loaded, use_chat=bool(cfg.bench.chat_template and loaded.use_chat))
     results = bench_into(out, loaded, tasks, data_dir=data_dir, limit=limit, shots=shots, seed=cfg.seed,
-                         rank=rank, world_size=world_size)
+                         rank=rank, world_size=world_size, reference=reference)
     if cfg.bench.helm if helm is None else helm:
         from tunebench.bench.helm.runner import helm_evaluate
 
@@ -241,16 +251,22 @@ def bench_loaded(cfg: RunConfig, loaded, out_dir: Path, data_dir: Path | None,
 
 def bench_reference(cfg: RunConfig, *, tasks: list[str], data_dir: str | Path | None, adapter: str | None,
                     limit: int | None, shots: int | None, out_dir: Path, helm: bool = False, rank: int = 0,
-                    world_size: int = 1) -> dict[str, Any]:
-    """`tunebench bench`: benchmark suites (and optionally the HELM-style view) for one model."""
+                    world_size: int = 1, reference: str | None = None) -> dict[str, Any]:
+    """`tunebench bench`: benchmark suites (and optionally the HELM-style view) for one model, whole tasks unless
+    `limit`. reference: a model whose KL to this one perplexity tasks measure (an adapter's own base without)."""
+    from tunebench.bench.spec import resolve_tasks
     from tunebench.models.load import load_model
 
+    resolved = resolve_data_dir(data_dir, cfg)
     summary_path = RunDir(adapter).train_summary if adapter else None
     summary = _read_summary(summary_path) if summary_path and summary_path.is_file() else None
     _trained_settings(cfg, adapter)
-    loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
-    return bench_loaded(cfg, loaded, out_dir, resolve_data_dir(data_dir, cfg),
-                        summary, tasks=tasks, limit=limit, shots=shots, helm=helm, rank=rank, world_size=world_size)
+    # Perplexity tasks measure KL against the adapter's own base: keep the adapter unmerged for them.
+    drift = any(s.output_type == "perplexity" for s in resolve_tasks(tasks or cfg.bench.tasks, resolved))
+    loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None and not drift)
+    ref = load_model(cfg.model.model_copy(update={"ref": reference})) if reference else None
+    return bench_loaded(cfg, loaded, out_dir, resolved, summary, tasks=tasks, limit=limit, shots=shots, helm=helm,
+                        rank=rank, world_size=world_size, reference=ref)
 
 
 def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, Path]:
@@ -286,6 +302,9 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
         evaluate_into(out, cfg, models.get(adapter), examples, splits, system, shots)
 
     if cfg.bench.enabled and cfg.bench.tasks:
+        from tunebench.bench.spec import resolve_tasks
+
+        drift = any(s.output_type == "perplexity" for s in resolve_tasks(cfg.bench.tasks, resolved))
         for name, adapter in (("tuned", str(run_dir)), ("base", None)):
             bench_dir = run.bench_dir(name)
             if bench_dir.results.is_file():
@@ -293,7 +312,14 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
                 continue
             _log(f"forgetting suite {','.join(cfg.bench.tasks)} on {name}")
             summary = _read_summary(summary_path) if adapter else None
-            bench_loaded(cfg, models.get(adapter), bench_dir.path, resolved, summary)
+            loaded = models.get(adapter, merge=not drift)
+            reference = None
+            if drift and adapter is not None and not getattr(loaded.model, "peft_config", None):
+                from tunebench.models.load import load_model
+
+                reference = load_model(cfg.model)  # a full fine-tune: KL needs the base as a second copy
+            bench_loaded(cfg, loaded, bench_dir.path, resolved, summary, limit=cfg.bench.limit, reference=reference)
+            reference = None
     models.release()
 
     _log("comparing systems")

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunebench.bench.instances import prepare_task
+from tunebench.bench.instances import PreparedTask, prepare_task
 from tunebench.bench.scoring import score_task, subtask_breakdown
+from tunebench.bench.sensitivity import accuracy_sensitivity, chance_level
 from tunebench.bench.spec import resolve_tasks
 from tunebench.processes import check_rank, is_main
 from tunebench.rundir import BENCH_SCHEMA as SCHEMA
@@ -79,7 +80,8 @@ def run_benchmarks(
     out = BenchResults({
         "schema": SCHEMA,
         "model": model_info(loaded),
-        "settings": {"tasks": list(tasks), "limit": limit, "shots": shots, "seed": seed},
+        "settings": {"tasks": list(tasks), "limit": limit, "shots": shots, "seed": seed,
+                     "chat_template": bool(getattr(loaded, "use_chat", False))},
         "tasks": {},
     })
     reusable = _reusable_tasks(finished, out.results)
@@ -102,13 +104,31 @@ def run_benchmarks(
             "metrics": scores.metrics,
             "samples": filename,
             "time_s": round(scores.time_s, 3),
+            "protocol": protocol(loaded, task, limit),
         }
+        if task.output_type == "multiple_choice":
+            entry["sensitivity"] = base_sensitivity(scores.samples, task.metrics)
         if task.spec.subtasks is not None and len(task.spec.subtasks.values) > 1:
             entry["subtasks"] = subtask_breakdown(scores.samples, task.metrics)
         out.results["tasks"][name] = entry
         if on_task is not None:
             on_task(out, name)
     return out
+
+
+def protocol(loaded: Any, task: PreparedTask, limit: int | None) -> dict[str, Any]:
+    """How a task was run, beyond its spec version: two runs compare only when these agree."""
+    return {"chat_template": bool(getattr(loaded, "use_chat", False)), "fewshot_sampler": task.spec.fewshot.sampler,
+            "shots": task.shots, "limit": limit}
+
+
+def base_sensitivity(samples: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any]:
+    """Per accuracy metric: chance level, above-chance test and the minimum detectable drop for a later paired
+    comparison of this size (from this model's accuracy; see bench/sensitivity.py)."""
+    chance = chance_level(samples)
+    return {m: accuracy_sensitivity([float(s["scores"][m]) for s in samples], None, chance)
+            for m in metrics if m in ("acc", "acc_norm")}
+
 
 
 def _reusable_tasks(finished: Mapping[str, Any] | None, results: dict[str, Any]) -> dict[str, Any]:

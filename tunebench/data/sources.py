@@ -17,7 +17,14 @@ from typing import Any
 
 from tunebench.config import DataConfig
 from tunebench.errors import DataError
-from tunebench.io import json_item_line, read_delimited, read_json_records, read_jsonl, read_text
+from tunebench.io import (
+    attach_aligned_labels,
+    json_item_line,
+    read_delimited,
+    read_json_records,
+    read_jsonl,
+    read_text,
+)
 
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
 DIALOGSUM_HUB_ID = "knkarthick/dialogsum"
@@ -345,11 +352,24 @@ def load_split(cfg: DataConfig, split: str, data_dir: Path | None) -> list[Recor
         if cfg.format == "hf" or _is_saved_dataset(path):
             return to_records(_load_disk(path, split), cfg, split, f"{path}:{split}")
         split_file = _split_file(path, split, cfg.format)
-        return to_records(read_file(split_file, file_format(split_file, cfg.format)), cfg, split, str(split_file))
-    if split == cfg.splits.train:
-        return to_records(read_file(path, file_format(path, cfg.format)), cfg, split, str(path))
-    sibling = _split_file(path.parent, split, cfg.format)
-    return to_records(read_file(sibling, file_format(sibling, cfg.format)), cfg, split, str(sibling))
+    elif split == cfg.splits.train:
+        split_file = path
+    else:
+        split_file = _split_file(path.parent, split, cfg.format)
+    rows = read_file(split_file, file_format(split_file, cfg.format))
+    return to_records(_with_labels(rows, cfg, split, split_file, data_dir), cfg, split, str(split_file))
+
+
+def _with_labels(rows: list[dict[str, Any]], cfg: DataConfig, split: str, path: Path,
+                 data_dir: Path | None) -> list[dict[str, Any]]:
+    """The split's rows with their labels from the aligned labels file data.labels names, if any."""
+    raw = (cfg.labels or {}).get(split)
+    if raw is None:
+        return rows
+    labels = resolve_path(raw, data_dir)
+    if labels is None or not labels.is_file():
+        raise DataError(f"data.labels.{split}: labels file {raw} not found (tried {', '.join(_tried(raw, data_dir))})")
+    return attach_aligned_labels(rows, path, labels, cfg.label_field)
 
 
 def _tried(source: str, data_dir: Path | None) -> list[str]:

@@ -76,9 +76,13 @@ def _benchmarks(results: dict[str, Any]) -> list[str]:
                          for r in bench["rows"]])
     if results["forgetting"]:
         lines += ["## Forgetting (tuned vs base)", ""]
-        lines += _table(["task", "metric", "base", "tuned", "Δ", "95% CI", "p-value", "significant drop"],
-                        [[r["task"], r["metric"], r["base"], r["tuned"], r["delta"], r["ci"], r["p"],
-                          "YES ⚠" if r["drop"] else "no"] for r in t.forgetting_rows(results)])
+        lines += _table(["task", "metric", "base", "tuned", "Δ", "95% CI", "p-value", "chance",
+                         "min. detectable drop", "verdict"],
+                        [[r["task"], r["metric"], r["base"], r["tuned"], r["delta"], r["ci"], r["p"], r["chance"],
+                          r["mde"], ("YES ⚠ " if r["drop"] else "") + r["status"]] for r in t.forgetting_rows(results)])
+        lines += ["", "Minimum detectable drop: 80% power, two-sided 5% paired test at this size (Connor 1987 for "
+                  "accuracy; relative for perplexity). A row is measurable when its base is significantly above "
+                  "chance and such a drop fits above chance; other rows say nothing about forgetting.", ""]
     if results["helm"]:
         helm = t.helm_table(results)
         lines += ["## HELM-style summary", ""]

@@ -143,7 +143,7 @@ def comparison_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def headline(results: dict[str, Any]) -> list[str]:
-    """One sentence per comparison and metric: the number a reader came for."""
+    """One sentence per comparison and metric: the number a reader came for; then one on forgetting."""
     lines = []
     for comp in results["comparisons"]:
         for metric, m in comp["metrics"].items():
@@ -152,6 +152,9 @@ def headline(results: dict[str, Any]) -> list[str]:
             lines.append(f"{comp['candidate']} vs {comp['baseline']}, {metric}: {fmt_num(m['baseline'], d)} → "
                          f"{fmt_num(m['candidate'], d)} (Δ {fmt_signed(m['delta'], d)}, 95% CI "
                          f"{fmt_ci(m['ci95'], d)}, p = {fmt_p(m['p_value'])}): {word}")
+    forgetting = forgetting_headline(results)
+    if forgetting is not None:
+        lines.append(forgetting)
     return lines
 
 
@@ -177,14 +180,84 @@ def bench_table(results: dict[str, Any]) -> dict[str, Any]:
     return {"systems": systems, "rows": list(rows.values())}
 
 
+def _status(r: dict[str, Any]) -> str:
+    """A forgetting row's verdict; rows written before sensitivity existed say only what their test says."""
+    if r.get("status"):
+        return str(r["status"])
+    return "significant drop" if r.get("significant_drop") else "no significant drop (sensitivity unknown)"
+
+
+def fmt_mde(r: dict[str, Any]) -> str:
+    """The minimum detectable drop: accuracy points, or relative for perplexity-type rows."""
+    if r.get("mde_relative") is not None:
+        return f"{100 * r['mde_relative']:.1f}%"
+    if r.get("mde") is None:
+        return DASH
+    return f"{100 * r['mde']:.1f} pts" if r.get("chance") is not None or r.get("discordance") is not None \
+        else fmt_num(r["mde"])
+
+
+def fmt_chance(r: dict[str, Any]) -> str:
+    if r.get("chance") is None:
+        return DASH
+    above = r.get("above_chance_p")
+    return f"{fmt_num(r['chance'], 2)} (base above: p {fmt_p(above)})" if above is not None else fmt_num(r["chance"], 2)
+
+
 def forgetting_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for r in results["forgetting"]:
         d = digits_for(r["base"], r["tuned"])
+        rel = r.get("relative_delta")
+        delta = fmt_signed(r["delta"], d) + (f" ({100 * rel:+.1f}%)" if rel is not None else "")
         rows.append({"task": str(r["task"]), "metric": str(r["metric"]), "base": fmt_num(r["base"], d),
-                     "tuned": fmt_num(r["tuned"], d), "delta": fmt_signed(r["delta"], d), "ci": fmt_ci(r["ci95"], d),
-                     "p": fmt_p(r["p_value"]), "drop": bool(r["significant_drop"])})
+                     "tuned": fmt_num(r["tuned"], d), "delta": delta, "ci": fmt_ci(r["ci95"], d),
+                     "p": fmt_p(r["p_value"]), "drop": bool(r["significant_drop"]), "chance": fmt_chance(r),
+                     "mde": fmt_mde(r), "status": _status(r),
+                     "measurable": bool(r.get("measurable", True))})
     return rows
+
+
+def forgetting_headline(results: dict[str, Any]) -> str | None:
+    """One sentence on forgetting that speaks only from rows able to measure a drop, and says so when none is."""
+    rows = results.get("forgetting") or []
+    if not rows:
+        return None
+    rated = [r for r in rows if r.get("metric") != "kl"]
+    measurable = [r for r in rated if r.get("measurable", True)]
+    unmeasurable = sorted({f"{r['task']} {r['metric']}" for r in rated if not r.get("measurable", True)})
+    skipped = f"; not measurable at this size: {', '.join(unmeasurable)}" if unmeasurable else ""
+    drops = [r for r in rated if r.get("significant_drop")]
+    if drops:
+        named = ", ".join(f"{r['task']} {r['metric']} ({fmt_signed(r['delta'], digits_for(r['base']))}, "
+                          f"p = {fmt_p(r['p_value'])})" for r in drops)
+        return f"Forgetting: significant drop on {named}{skipped}."
+    if not measurable:
+        return ("Forgetting: no row of the suite can measure a drop at this size (bases at chance or too few "
+                f"examples), so nothing can be said about forgetting{skipped.replace('; n', ': n', 1)}.")
+    sizes = ", ".join(f"{r['task']} {r['metric']} ≥ {fmt_mde(r)}" for r in measurable if r.get("mde") is not None)
+    return (f"Forgetting: no significant drop on the {len(measurable)} measurable rows"
+            + (f" (smallest detectable drops: {sizes})" if sizes else "") + f"{skipped}.")
+
+
+def bench_summary_lines(results: dict[str, Any]) -> list[str]:
+    """`tunebench bench` output: each task's metrics, and for accuracy its chance level, above-chance test and
+    the minimum drop a paired comparison of this size would detect (so a suite can be sized before training)."""
+    lines = []
+    for task, res in results["tasks"].items():
+        parts = []
+        for name, m in res["metrics"].items():
+            value = m.get("value")
+            if m.get("stderr") is not None:
+                parts.append(f"{name} {value:.4f} ± {m['stderr']:.4f}")
+            else:
+                parts.append(f"{name} {fmt_num(value)} {fmt_ci(m.get('ci95'))}".rstrip(f" {DASH}"))
+        lines.append(f"{task:32s} n={res['n']:<6d} {', '.join(parts)}")
+        for name, sens in (res.get("sensitivity") or {}).items():
+            verdict_ = "measurable" if sens.get("measurable") else "not measurable at this size"
+            lines.append(f"{'':32s}   {name}: chance {fmt_chance(sens)}, minimum detectable drop "
+                         f"{fmt_mde(sens)} at 80% power ({verdict_})")
+    return lines
 
 
 def helm_table(results: dict[str, Any]) -> dict[str, Any]:

@@ -209,7 +209,8 @@ def helm_evaluate(
     for name in [*robustness, *fairness]:
         if name not in PERTURBATIONS:
             raise ValueError(f"unknown perturbation {name!r}; choose from {', '.join(PERTURBATIONS)}")
-    specs = list({spec.name: spec for spec in resolve_tasks(tasks, data_dir)}.values())
+    specs = [s for s in {spec.name: spec for spec in resolve_tasks(tasks, data_dir)}.values()
+             if s.output_type != "perplexity"]  # language-model drift has no HELM view
     prepared = [prepare_task(spec, data_dir=data_dir, shots=shots, limit=limit, seed=seed) for spec in specs]
     per_task: dict[str, dict[str, Any]] = {}
     costs: list[Measurement] = []
