@@ -23,7 +23,8 @@ def tiny_run(tmp_path_factory, tiny_causal_dir, data_dir):
                   "eval_every": 2, "save_every": 2},
         "eval": {"limit": 6, "shots": [0, 1], "bootstrap": 200,
                  "generation": {"max_new_tokens": 8, "batch_size": 4}},
-        "bench": {"tasks": ["sst2", "mmlu:abstract_algebra"], "limit": 6, "shots": 1},
+        "bench": {"tasks": ["sst2", "mmlu:abstract_algebra", "wikitext2"], "limit": 6, "shots": 1,
+                  "limits": {"wikitext2": 1}},
     }
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -46,6 +47,10 @@ def test_run_writes_every_artifact(tiny_run):
     forgetting = json.loads((run_dir / "compare/forgetting.json").read_text())
     rows = forgetting["rows"] if isinstance(forgetting, dict) else forgetting
     assert {r["task"] for r in rows} >= {"sst2"}
+    drift = {r["metric"]: r for r in rows if r["task"] == "wikitext2"}
+    assert {"nll", "word_perplexity", "kl"} <= set(drift)  # KL against the adapter's own base, no second copy
+    assert drift["kl"]["base"] == 0.0 and drift["kl"]["tuned"] > 0 and drift["nll"]["n"] == 1
+    assert all("status" in r and "measurable" in r for r in rows)
     html = (run_dir / "report.html").read_text()
     assert "orgetting" in html and "rouge1" in html.lower()
 

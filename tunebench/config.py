@@ -311,11 +311,18 @@ class EvalConfig(Section):
 
 class BenchConfig(Section):
     tasks: list[str] = Field(
-        default_factory=lambda: ["mmlu", "sst2", "rte"], description="Forgetting suite run on base and tuned."
+        default_factory=lambda: ["wikitext2", "piqa"],
+        description="Forgetting suite run on base and tuned (default: WikiText-2 drift, perplexity and KL, and PIQA, "
+        "where the default model is well above chance).",
     )
     limit: int | None = Field(
         100, gt=0, description="Forgetting suite size in `tunebench run`: examples (documents) per task, a seeded "
         "subset. `tunebench bench` scores whole tasks unless --limit is given."
+    )
+    limits: dict[str, int] = Field(
+        default_factory=lambda: {"wikitext2": 6, "piqa": 1000},
+        description="Per-task overrides of limit, e.g. {wikitext2: 6} (documents). Default: 6 WikiText-2 articles "
+        "and 1,000 PIQA questions, enough for a 2% perplexity rise and a ~3-point accuracy drop.",
     )
     shots: int | None = Field(None, ge=0, description="Override every task's few-shot count.")
     chat_template: bool = Field(

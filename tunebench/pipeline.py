@@ -201,7 +201,8 @@ def _read_summary(path: Path) -> dict[str, Any]:
 
 def bench_into(out: BenchDir, loaded, tasks: list[str], *, data_dir: Path | None, limit: int | None,
                shots: int | None, seed: int = 0, progress: bool = True, rank: int = 0,
-               world_size: int = 1, reference: Any | None = None) -> dict[str, Any]:
+               world_size: int = 1, reference: Any | None = None,
+               limits: dict[str, int] | None = None) -> dict[str, Any]:
     """Score benchmark tasks and write `out` (main process only): each task's log as it finishes, results.json
     at the end; tasks an interrupted run with the same model and settings finished are reused. Returns
     results.json's content."""
@@ -215,7 +216,7 @@ def bench_into(out: BenchDir, loaded, tasks: list[str], *, data_dir: Path | None
 
     bench = run_benchmarks(loaded, tasks, data_dir=data_dir, limit=limit, shots=shots, seed=seed, progress=progress,
                            finished=read_finished_tasks(out), on_task=task_done, rank=rank, world_size=world_size,
-                           reference=reference)
+                           reference=reference, limits=limits)
     if main:
         write_benchmarks(out, bench, samples=False)
     return bench.results
@@ -224,7 +225,8 @@ def bench_into(out: BenchDir, loaded, tasks: list[str], *, data_dir: Path | None
 def bench_loaded(cfg: RunConfig, loaded, out_dir: Path, data_dir: Path | None,
                  train_summary: dict[str, Any] | None = None, *, tasks: list[str] | None = None,
                  limit: int | None = None, shots: int | None = None, helm: bool | None = None, rank: int = 0,
-                 world_size: int = 1, reference: Any | None = None) -> dict[str, Any]:
+                 world_size: int = 1, reference: Any | None = None,
+                 limits: dict[str, int] | None = None) -> dict[str, Any]:
     """Benchmarks (and the HELM-style view when asked) for an already loaded model, written to `out_dir`.
 
     limit: examples per task (None: whole tasks). Prompts are plain unless bench.chat_template asks for the chat
@@ -238,7 +240,7 @@ def bench_loaded(cfg: RunConfig, loaded, out_dir: Path, data_dir: Path | None,
     if dataclasses.is_dataclass(loaded):
         loaded = dataclasses.replace(loaded, use_chat=bool(cfg.bench.chat_template and loaded.use_chat))
     results = bench_into(out, loaded, tasks, data_dir=data_dir, limit=limit, shots=shots, seed=cfg.seed,
-                         rank=rank, world_size=world_size, reference=reference)
+                         rank=rank, world_size=world_size, reference=reference, limits=limits)
     if cfg.bench.helm if helm is None else helm:
         from tunebench.bench.helm.runner import helm_evaluate
 
@@ -318,7 +320,8 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
                 from tunebench.models.load import load_model
 
                 reference = load_model(cfg.model)  # a full fine-tune: KL needs the base as a second copy
-            bench_loaded(cfg, loaded, bench_dir.path, resolved, summary, limit=cfg.bench.limit, reference=reference)
+            bench_loaded(cfg, loaded, bench_dir.path, resolved, summary, limit=cfg.bench.limit, limits=cfg.bench.limits,
+                         reference=reference)
             reference = None
     models.release()
 

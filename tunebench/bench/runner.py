@@ -62,12 +62,14 @@ def run_benchmarks(
     rank: int = 0,
     world_size: int = 1,
     reference: Any | None = None,
+    limits: dict[str, int] | None = None,
 ) -> BenchResults:
     """Run `tasks` (names, `name:subtask`, `bbh:<task>`, or .yaml/.json paths); returns results and sample logs.
 
     limit: a seeded subset per task (stratified across subtasks; documents for perplexity tasks); shots: overrides
     every task's few-shot count. reference: a LoadedModel that perplexity tasks measure KL(reference ‖ model)
-    against (None: the model's own adapter disabled, when it is a PEFT model).
+    against (None: the model's own adapter disabled, when it is a PEFT model). limits: per-task overrides of
+    limit, keyed by task name.
     finished: an earlier, unfinished call's results (results.partial.json); its tasks are reused when the
     model, the settings, the task version and the example count agree. on_task(results so far, task name) runs
     after each scored task. `rank` of `world_size`: every process scores every task (no sharding yet); only
@@ -76,11 +78,14 @@ def run_benchmarks(
     check_rank(rank, world_size)
     progress = progress and is_main(rank)
     specs = list({spec.name: spec for spec in resolve_tasks(tasks, data_dir)}.values())
-    prepared = [prepare_task(spec, data_dir=data_dir, shots=shots, limit=limit, seed=seed) for spec in specs]
+    limits = dict(limits or {})
+    task_limit = {spec.name: limits.get(spec.name, limit) for spec in specs}
+    prepared = [prepare_task(spec, data_dir=data_dir, shots=shots, limit=task_limit[spec.name], seed=seed)
+                for spec in specs]
     out = BenchResults({
         "schema": SCHEMA,
         "model": model_info(loaded),
-        "settings": {"tasks": list(tasks), "limit": limit, "shots": shots, "seed": seed,
+        "settings": {"tasks": list(tasks), "limit": limit, "limits": limits, "shots": shots, "seed": seed,
                      "chat_template": bool(getattr(loaded, "use_chat", False))},
         "tasks": {},
     })
@@ -104,7 +109,7 @@ def run_benchmarks(
             "metrics": scores.metrics,
             "samples": filename,
             "time_s": round(scores.time_s, 3),
-            "protocol": protocol(loaded, task, limit),
+            "protocol": protocol(loaded, task, task_limit[name]),
         }
         if task.output_type == "multiple_choice":
             entry["sensitivity"] = base_sensitivity(scores.samples, task.metrics)
