@@ -62,6 +62,7 @@ class _Subtask:
     records: list[dict[str, Any]]
     demos: list[tuple[str, dict[str, Any]]]  # (where it came from, record)
     eval_rows: list[int]
+    row_demos: dict[int, list[tuple[str, dict[str, Any]]]] | None = None  # lm-eval sampler: per example
 
 
 def prepare_task(
@@ -127,6 +128,9 @@ def _load_subtask(spec: TaskSpec, value: str | None, data_dir: Path | None, n_sh
             f"{spec.origin}: fewshot.n: {n_shots} demonstrations asked but {pool_path} has {len(pool)} records; "
             "lower --shots or fewshot.n"
         )
+    if spec.fewshot.sampler == "lm-eval":
+        return _Subtask(value, variables, path, records, [], eval_rows,
+                        _lm_eval_demos(eval_rows, pool, pool_path, n_shots, same_split))
     if spec.fewshot.sampler == "first":
         picked = list(range(n_shots))
     else:
@@ -137,6 +141,26 @@ def _load_subtask(spec: TaskSpec, value: str | None, data_dir: Path | None, n_sh
         eval_rows = [i for i in eval_rows if i not in taken]
     demos = [(f"{pool_path} record {i} (a demonstration)", pool[i]) for i in picked]
     return _Subtask(value, variables, path, records, demos, eval_rows)
+
+
+LM_EVAL_FEWSHOT_SEED = 1234  # lm_eval.api.task: fewshot_seed default
+
+
+def _lm_eval_demos(eval_rows: list[int], pool: list[dict[str, Any]], pool_path: Path, n_shots: int,
+                   same_split: bool) -> dict[int, list[tuple[str, dict[str, Any]]]]:
+    """lm-evaluation-harness's default ContextSampler: one random.Random(1234) per task draws `n` demonstrations
+    for each example in order (n + 1 from the eval split itself, the example then removed), so every example has
+    its own demonstrations in lm-eval's order (lm_eval/api/samplers.py `get_context`, `sample`)."""
+    rnd = random.Random(LM_EVAL_FEWSHOT_SEED)
+    out = {}
+    for row in eval_rows:
+        if n_shots == 0:
+            out[row] = []
+            continue
+        drawn = rnd.sample(range(len(pool)), n_shots + 1 if same_split else n_shots)
+        kept = [i for i in drawn if not (same_split and pool[i] == pool[row])][:n_shots]
+        out[row] = [(f"{pool_path} record {i} (a demonstration)", pool[i]) for i in kept]
+    return out
 
 
 def _resolve_output_type(spec: TaskSpec, subtasks: list[_Subtask]) -> tuple[str, list[str] | None]:
@@ -178,8 +202,8 @@ def _apply_limit(spec: TaskSpec, subtasks: list[_Subtask], limit: int | None, se
 def _render_subtask(spec: TaskSpec, sub: _Subtask, output_type: str, target_set: list[str] | None) -> list[Instance]:
     origin = spec.origin
     description = render(spec.description, dict(sub.variables), origin, "description", f"subtask {sub.value}")
-    blocks = []
-    for where, demo in sub.demos:
+
+    def block(where: str, demo: dict[str, Any]) -> str:
         fields = {**demo, **sub.variables}
         query = render(spec.template, fields, origin, "template", where)
         if output_type == "multiple_choice":
@@ -187,8 +211,9 @@ def _render_subtask(spec: TaskSpec, sub: _Subtask, output_type: str, target_set:
             answer = choices[_target_index(spec, fields, choices, where)]
         else:
             answer = render(spec.target, fields, origin, "target", where)
-        blocks.append(query + spec.target_delimiter + answer + spec.fewshot_delimiter)
-    prefix = description + "".join(blocks)
+        return query + spec.target_delimiter + answer + spec.fewshot_delimiter
+
+    prefix = description + "".join(block(where, demo) for where, demo in sub.demos)
     if spec.id_field:
         from tunebench.data.sources import check_unique_ids
 
@@ -197,6 +222,8 @@ def _render_subtask(spec: TaskSpec, sub: _Subtask, output_type: str, target_set:
             check_unique_ids([str(r[spec.id_field]) for r in sub.records], sub.path, f"id_field '{spec.id_field}'")
     instances = []
     for row in sub.eval_rows:
+        if sub.row_demos is not None:
+            prefix = description + "".join(block(where, demo) for where, demo in sub.row_demos[row])
         record = sub.records[row]
         fields = {**record, **sub.variables}
         where = f"{sub.path} record {row}"
@@ -225,6 +252,18 @@ def _render_subtask(spec: TaskSpec, sub: _Subtask, output_type: str, target_set:
 def _choices(spec: TaskSpec, fields: dict[str, Any], target_set: list[str] | None, where: str) -> list[str]:
     if target_set is not None:
         return target_set
+    if spec.choices_from is not None:
+        import ast
+
+        text = render(spec.choices_from, fields, spec.origin, "choices_from", where)
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            value = None
+        if not isinstance(value, list | tuple) or len(value) < 2:
+            raise SpecError(f"{spec.origin}: choices_from: renders {text[:80]!r} for {where}, not a list of at "
+                            "least two choices")
+        return [str(v) for v in value]
     assert isinstance(spec.choices, list)
     return [render(c, fields, spec.origin, f"choices.{i}", where) for i, c in enumerate(spec.choices)]
 
@@ -232,14 +271,17 @@ def _choices(spec: TaskSpec, fields: dict[str, Any], target_set: list[str] | Non
 def _target_index(spec: TaskSpec, fields: dict[str, Any], choices: list[str], where: str) -> int:
     """The gold choice: a rendered index, or a rendered text that must be one of the choices."""
     value = render(spec.target, fields, spec.origin, "target", where).strip()
-    if spec.target_type == "index":
+    stripped = [c.strip() for c in choices]
+    kind = spec.target_type
+    if kind == "auto":  # lm-eval's doc_to_target: a choice text, else an index into the choices
+        kind = "text" if value in stripped or not value.lstrip("-").isdigit() else "index"
+    if kind == "index":
         if not value.lstrip("-").isdigit() or not 0 <= int(value) < len(choices):
             raise SpecError(
                 f"{spec.origin}: target: '{value}' in {where} is not a choice index 0..{len(choices) - 1}; "
                 "fix target or target_type"
             )
         return int(value)
-    stripped = [c.strip() for c in choices]
     if value not in stripped:
         raise SpecError(
             f"{spec.origin}: target: '{value}' in {where} is not one of the choices {choices}; "

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from tunebench.bench.lmeval_yaml import is_lmeval_task, translate
 from tunebench.bench.perplexity import PERPLEXITY_METRICS
 from tunebench.bench.templates import SpecError, check_syntax
 from tunebench.errors import ConfigError, DataError
@@ -86,7 +87,11 @@ class FewshotSpec(_Strict):
     split: str | None = Field(
         None, description="Split the demonstrations come from (None: the eval split, minus the demonstrations)."
     )
-    sampler: Literal["first", "random"] = Field("first", description="First n records, or a seeded sample.")
+    sampler: Literal["first", "random", "lm-eval"] = Field(
+        "first", description="first: the first n records; random: one seeded sample per subtask; lm-eval: "
+        "lm-evaluation-harness's default sampler (random.Random(1234) drawing n per example in order, the example "
+        "itself excluded), so prompts equal lm-eval's."
+    )
 
 
 class RegexFilter(_Strict):
@@ -146,10 +151,16 @@ class TaskSpec(_Strict):
     choices: list[str] | Literal["targets"] | None = Field(
         None, description="Jinja2 text of each choice, or 'targets': the distinct targets of the eval split."
     )
+    choices_from: str | None = Field(
+        None, description="Jinja2 rendering a list literal of the choices per record (lm-eval's doc_to_choice), "
+        "e.g. '{{ [sol1, sol2] }}' or '{{ options }}'."
+    )
     target: str | None = Field(
         None, description="Jinja2 gold answer: a choice text or index (target_type), or the output (not perplexity)."
     )
-    target_type: Literal["text", "index"] = Field("text", description="Does target render a choice text or index?")
+    target_type: Literal["text", "index", "auto"] = Field(
+        "text", description="Does target render a choice text or index? auto: a choice text, else an index."
+    )
     references: list[str] | None = Field(None, description="generate: Jinja2 gold outputs (None: [target]).")
     target_delimiter: str = Field(" ", description="Between the prompt and the answer (choice or demonstration).")
     fewshot_delimiter: str = Field("\n\n", description="Between demonstrations, and before the example.")
@@ -176,8 +187,10 @@ class TaskSpec(_Strict):
             raise ValueError(f"eval_split: '{self.eval_split}' is not one of source.splits {sorted(self.source.splits)}")
         if self.fewshot.split is not None and self.fewshot.split not in self.source.splits:
             raise ValueError(f"fewshot.split: '{self.fewshot.split}' is not one of source.splits")
-        if self.output_type == "multiple_choice" and not self.choices:
-            raise ValueError("choices: output_type multiple_choice needs a list of choices")
+        if self.output_type == "multiple_choice" and not self.choices and not self.choices_from:
+            raise ValueError("choices: output_type multiple_choice needs a list of choices (or choices_from)")
+        if self.choices is not None and self.choices_from is not None:
+            raise ValueError("choices_from: give choices or choices_from, not both")
         if self.output_type == "auto" and self.choices != "targets":
             raise ValueError("choices: output_type auto needs 'choices: targets'")
         if self.output_type == "generate" and self.choices is not None:
@@ -238,6 +251,8 @@ class TaskSpec(_Strict):
             out["target"] = self.target
         if isinstance(self.choices, list):
             out.update({f"choices.{i}": c for i, c in enumerate(self.choices)})
+        if self.choices_from is not None:
+            out["choices_from"] = self.choices_from
         out.update({f"references.{i}": r for i, r in enumerate(self.references or [])})
         return out
 
@@ -269,8 +284,12 @@ def spec_from_dict(data: dict[str, Any], origin: str) -> TaskSpec:
 
 
 def load_spec(path: str | Path) -> TaskSpec:
-    """Read and validate a task spec YAML file."""
-    return spec_from_dict(read_yaml_mapping(path, SpecError, "the task spec"), str(path))
+    """Read and validate a task spec YAML file: tunebench's format, or an lm-evaluation-harness task file over
+    local data (translated by `lmeval_yaml`; unsupported keys raise SpecError)."""
+    data = read_yaml_mapping(path, SpecError, "the task spec")
+    if is_lmeval_task(data):
+        data = translate(data, str(path))
+    return spec_from_dict(data, str(path))
 
 
 def builtin_tasks() -> dict[str, Path]:
