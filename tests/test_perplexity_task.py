@@ -48,7 +48,7 @@ def test_text_file_task_runs_on_a_tiny_model(tmp_path: Path, tiny_causal_loaded)
 def test_empty_and_non_utf8_text_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"corpus\.txt: empty text file"):
         prepare_task(load_spec(_spec(tmp_path, "  \n\n")), data_dir=None)
-    with pytest.raises(DataError, match=r"corpus\.txt: not valid UTF-8"):
+    with pytest.raises(DataError, match=r"corpus\.txt:1: not valid UTF-8"):
         prepare_task(load_spec(_spec(tmp_path, b"caf\xe9 au lait\n")), data_dir=None)
 
 
@@ -58,7 +58,7 @@ def test_cli_bad_text_file_exits_1_without_traceback(tmp_path: Path, tiny_causal
     spec = _spec(tmp_path, b"\xff\xfe broken")
     code = main(["bench", "--model", str(tiny_causal_dir), "--tasks", str(spec), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 1 and "corpus.txt: not valid UTF-8" in err and "Traceback" not in err
+    assert code == 1 and "corpus.txt:1: not valid UTF-8" in err and "Traceback" not in err
 
 
 def test_wikitext2_articles_as_lm_eval(data_dir: Path) -> None:
