@@ -55,7 +55,7 @@ def test_lmeval_yaml_over_local_jsonl_runs_on_a_tiny_model(tmp_path: Path, tiny_
     assert task.instances[1].target == 1
     assert inst.query == "Question: goal 0\nAnswer:" and inst.prefix == "Question: goal 0\nAnswer: first answer 0\n\n"
     results = run_benchmarks(tiny_causal_loaded(False), [str(spec_path)], data_dir=None, limit=None, shots=None,
-                             out_dir=tmp_path / "out", progress=False)
+                             progress=False).results
     entry = results["tasks"]["my_piqa"]
     assert entry["n"] == 6 and set(entry["metrics"]) == {"acc", "acc_norm"}
 

@@ -31,8 +31,7 @@ def _spec(tmp_path: Path, text: bytes | str) -> Path:
 def test_text_file_task_runs_on_a_tiny_model(tmp_path: Path, tiny_causal_loaded) -> None:
     loaded = tiny_causal_loaded(False)
     spec = _spec(tmp_path, "\n\n".join(PARAGRAPHS) + "\n")
-    results = run_benchmarks(loaded, [str(spec)], data_dir=None, limit=None, shots=None, out_dir=tmp_path / "out",
-                             progress=False)
+    results = run_benchmarks(loaded, [str(spec)], data_dir=None, limit=None, shots=None, progress=False).results
     entry = results["tasks"]["drift"]
     assert entry["n"] == 3 and entry["output_type"] == "perplexity" and "kl" not in entry["metrics"]
     sums = [document_loglikelihood(loaded.model, loaded.tokenizer, p, max_length=8) for p in PARAGRAPHS]

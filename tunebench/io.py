@@ -303,12 +303,7 @@ def attach_aligned_labels(
     ignored; any other difference in count raises DataError naming both files and both counts.
     """
     path = Path(labels_path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the labels file ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not valid UTF-8; re-save the labels file as UTF-8") from None
+    text = read_text(path, what="the labels file")
     labels = text.rstrip("\r\n").split("\n") if text.strip() else []
     labels = [label.rstrip("\r").strip() for label in labels]
     if len(labels) != len(rows):
