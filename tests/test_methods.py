@@ -30,7 +30,7 @@ def _load(path: Path, **kw):
 def _logits(model) -> torch.Tensor:
     model.eval()
     ids = torch.randint(5, 1000, (2, 9), generator=torch.Generator().manual_seed(1))
-    return model(input_ids=ids).logits.float()
+    return model(input_ids=ids).logits.float()[:, -ids.shape[1] :]  # a soft prompt's positions come first
 
 
 def _train_a_little(model) -> None:

@@ -140,6 +140,46 @@ class LoraConfig(Section):
     target_modules: str | list[str] = Field(
         "all-linear", description="Module names to adapt, or 'all-linear' (every linear but the output head)."
     )
+    use_dora: bool = Field(False, description="DoRA: train magnitude and direction apart (Liu et al. 2024).")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r) (Kalajdzievski 2023).")
+    init_lora_weights: str = Field(
+        "default",
+        pattern=r"^(default|gaussian|olora|orthogonal|pissa|pissa_niter_[1-9][0-9]*)$",
+        description="PEFT initialisation: default (B = 0), gaussian, orthogonal, or pissa / pissa_niter_N / olora "
+        "(start from the weights' principal directions; the saved adapter is converted to apply to the original base).",
+    )
+
+
+class IA3Config(Section):
+    target_modules: list[str] | None = Field(
+        None, description="Modules whose activations IA3 rescales (None: PEFT's default for the architecture)."
+    )
+    feedforward_modules: list[str] | None = Field(
+        None, description="Which of target_modules are feed-forward (input rescaled); None: PEFT's default."
+    )
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> IA3Config:
+        if (self.target_modules is None) != (self.feedforward_modules is None):
+            raise ValueError("set both target_modules and feedforward_modules, or neither")
+        if self.target_modules is not None and not set(self.feedforward_modules or []) <= set(self.target_modules):
+            raise ValueError("feedforward_modules must be a subset of target_modules")
+        return self
+
+
+class PromptTuningConfig(Section):
+    num_virtual_tokens: int = Field(20, gt=0, description="Trainable soft-prompt vectors put before the input.")
+    init: Literal["sample_vocab", "random"] = Field(
+        "sample_vocab", description="Soft-prompt start: embeddings of random vocabulary tokens, or random vectors."
+    )
+
+
+class PrefixTuningConfig(Section):
+    num_virtual_tokens: int = Field(20, gt=0, description="Trainable key/value prefix length in every layer.")
+    prefix_projection: bool = Field(
+        False, description="Reparametrise the prefix through a two-layer MLP (Li and Liang 2021)."
+    )
+    encoder_hidden_size: int = Field(512, gt=0, description="Hidden size of that MLP (with prefix_projection).")
 
 
 class FreezeConfig(Section):
@@ -190,11 +230,17 @@ class TrainConfig(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    ia3: IA3Config = Field(default_factory=IA3Config)
+    prompt_tuning: PromptTuningConfig = Field(default_factory=PromptTuningConfig)
+    prefix_tuning: PrefixTuningConfig = Field(default_factory=PrefixTuningConfig)
     epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
     batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
+    lr: float | None = Field(
+        None, gt=0, description="Peak learning rate (AdamW); unset: the method's default (full and freeze 2e-5, "
+        "lora 2e-4, adapter 1e-4, ia3 3e-3, prompt_tuning 3e-2, prefix_tuning 1e-2)."
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up linearly.")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup.")
@@ -213,6 +259,18 @@ class TrainConfig(Section):
     gen_eval: GenEvalConfig = Field(default_factory=GenEvalConfig)
     compile: bool = Field(False, description="torch.compile the model.")
     log_every: int = Field(5, gt=0, description="Log training loss every N optimizer steps.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_default_lr(cls, data: Any) -> Any:
+        """An unset `lr` takes the method's `default_lr` from the methods table, so the resolved config shows it."""
+        if isinstance(data, dict) and data.get("lr") is None:
+            from tunebench.models.methods import METHODS  # torch-free
+
+            method = METHODS.get(data.get("method", "lora"))
+            if method is not None:
+                data = {**data, "lr": method.default_lr}
+        return data
 
     @field_validator("method")
     @classmethod

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunebench.models.chat import encode_prompt, pad_token_id
+from tunebench.models.methods import prepended_positions, uses_prompt_learning
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class _Forward:
         self.model = model
         self.subset = "logits_to_keep" in params
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.virtual = prepended_positions(model)  # a soft prompt's positions come first in the output
 
     def prefix(self, ids: list[int]) -> Any:
         """Run shared leading tokens once; only their KV cache is kept (no vocabulary projection)."""
@@ -189,7 +191,7 @@ class _Forward:
         keep = torch.tensor(
             [[p - n_prefix for p in r.positions] + [r.positions[-1] - n_prefix] * (k - len(r.positions)) for r in batch],
             device=self.model.device,
-        )
+        ) + self.virtual
         kwargs: dict[str, Any] = {"input_ids": ids.to(self.model.device), "use_cache": prefix_cache is not None}
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)  # the forward pass appends to it; the prefix serves the next batch
@@ -224,6 +226,7 @@ def loglikelihoods(
     limit = _limit_with_notice(model, tokenizer, requests)
     rows = _rows(tokenizer, requests, limit)
     out: list[list[float]] = [[0.0] * len(req.continuations) for req in requests]
+    reuse_prefix = reuse_prefix and not uses_prompt_learning(model)  # its forward brings its own cache / inputs
     groups: dict[str, list[_Row]] = {}
     for row in rows:
         groups.setdefault(requests[row.request].group, []).append(row)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunebench.config import GenerationConfig
+from tunebench.models.methods import uses_prompt_learning
 
 MAX_CACHE_BYTES = 2 * 2**30  # cap on the decode slots' preallocated KV cache
 
@@ -66,8 +67,8 @@ def supports_fast_greedy(model: Any, family: str, gen: GenerationConfig) -> bool
     """Whether `greedy_decode` gives what `generate` would: greedy, decoder-only, plain cache, no logits processors."""
     from tunebench.models.load import forward_params
 
-    if family != "causal" or gen.do_sample or gen.num_beams != 1:
-        return False
+    if family != "causal" or gen.do_sample or gen.num_beams != 1 or uses_prompt_learning(model):
+        return False  # (prompt / prefix tuning: PEFT's forward supplies its own inputs or cache; `generate` runs it)
     gen_cfg = getattr(model, "generation_config", None)
     for name, inactive in _PROCESSOR_FIELDS.items():
         if getattr(gen_cfg, name, None) not in inactive:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from tunebench.config import GenerationConfig
 from tunebench.evaluate.decode import greedy_decode, supports_fast_greedy
 from tunebench.models.chat import encode_prompt, pad_token_id
+from tunebench.models.methods import uses_prompt_learning
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,12 @@ def generate_texts(
         kwargs.update(stop_strings=list(gen.stop), tokenizer=tokenizer)
     device = model.device
     bar = _progress_bar(len(prompts), progress)
+    if uses_prompt_learning(model):
+        with _eval_mode(model), torch.inference_mode():
+            results = _uncached_greedy(model, tokenizer, encoded, family, gen, eos_ids, bar, bf16)
+        if bar is not None:
+            bar.close()
+        return _with_cuts(results, cut, encoded, tokenizer)
     if supports_fast_greedy(model, family, gen):
         with _eval_mode(model), torch.inference_mode():
             results = _fast_greedy(model, tokenizer, encoded, gen, eos_ids, bar, bf16)
@@ -287,6 +294,53 @@ def _fast_greedy(model: Any, tokenizer: Any, encoded: list[list[int]], gen: Gene
         )
         for row, ids in zip(rows, encoded, strict=True)
     ]
+
+
+def _uncached_greedy(model: Any, tokenizer: Any, encoded: list[list[int]], family: Literal["causal", "seq2seq"],
+                     gen: GenerationConfig, eos_ids: list[int], bar: Any, bf16: bool) -> list[GenerationResult]:
+    """Greedy decoding of a prompt- or prefix-tuned PEFT model: one prompt at a time, a full forward per token.
+
+    Why not `generate`: under transformers 5 the model takes its KV cache as `cache`, while PEFT 0.21's
+    `prepare_inputs_for_generation` still injects the soft prompt / prefix through `past_key_values`, so the
+    cached decode steps run without it. A full forward per token goes through PEFT's own `forward`, exactly as
+    in training: correct, and slower (quadratic in the output length).
+    """
+    import torch
+
+    from tunebench.errors import ConfigError
+
+    if gen.do_sample or gen.num_beams != 1:
+        raise ConfigError("eval.generation: prompt_tuning and prefix_tuning models decode greedily in tunebench; "
+                          "set num_beams 1 and do_sample false")
+    device = model.device
+    start_id = getattr(getattr(model, "config", None), "decoder_start_token_id", None) or 0
+    results = []
+    for ids in encoded:
+        start = time.perf_counter()
+        prompt = torch.tensor([ids], device=device)
+        new: list[int] = []
+        for _ in range(gen.max_new_tokens):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                if family == "seq2seq":
+                    decoder = torch.tensor([[start_id, *new]], device=device)
+                    logits = model(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                   decoder_input_ids=decoder, use_cache=False).logits
+                else:
+                    logits = model(input_ids=torch.cat([prompt, torch.tensor([new], dtype=torch.long,
+                                                                             device=device)], dim=1),
+                                   use_cache=False).logits
+            token = int(logits[0, -1].argmax())
+            if token in eos_ids:
+                break
+            new.append(token)
+            if gen.stop and any(stop in tokenizer.decode(new, skip_special_tokens=True) for stop in gen.stop):
+                break
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        results.append(GenerationResult(text=cut_at_stop(text, gen.stop), n_prompt_tokens=len(ids),
+                                        n_new_tokens=len(new), time_s=time.perf_counter() - start))
+        if bar is not None:
+            bar.update(1)
+    return results
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

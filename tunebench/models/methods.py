@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from tunebench.errors import ModelError
+from tunebench.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +52,7 @@ class Method:
       row's output, e.g. freeze saves a full model).
     peft_input_casting: the method's layers are PEFT tuner layers whose float32 input cast the trainer may switch
       off during CPU bf16 training (`train/fast_paths.py: keep_lora_input_dtype`).
+    default_lr: the AdamW peak learning rate `train.lr` takes when the config leaves it unset (README: "Methods").
     """
 
     name: str
@@ -65,6 +66,7 @@ class Method:
     recognises: Callable[[Path], bool] | None = None
     merge: Callable[[Any], Any] | None = None
     peft_input_casting: bool = False
+    default_lr: float = 2e-4
 
     def __post_init__(self) -> None:
         if self.mergeable != (self.merge is not None):
@@ -280,6 +282,8 @@ def peft_method(
     settings_key: str | None = None,
     peft_input_casting: bool = False,
     saved_as: Callable[[dict[str, Any]], bool] | None = None,
+    default_lr: float = 2e-4,
+    save: Callable[[Any, Path], None] | None = None,
 ) -> Method:
     """A row for a PEFT method: `build_config(train_cfg, task_type)` returns its PEFT config (e.g. IA3Config).
 
@@ -287,7 +291,9 @@ def peft_method(
     recognised by adapter_config.json's `peft_type` (LORA when the file omits it) and, for a variant that shares
     its type (DoRA: LORA with `use_dora`), by `saved_as(adapter_config)`; reloaded with
     `PeftModel.from_pretrained` and, when `mergeable`, merged with `merge_and_unload`. `settings_key` names the
-    train config section whose target modules a ValueError from PEFT is reported against.
+    train config section whose target modules a ValueError from PEFT is reported against; `save` replaces
+    PEFT's plain `save_pretrained`. A method PEFT refuses for the architecture (its NotImplementedError /
+    TypeError, or `build_config`'s ConfigError) is a ConfigError (exit 2) naming `train.method`.
     """
     key = settings_key or name
 
@@ -300,40 +306,191 @@ def peft_method(
     def apply(model: Any, train_cfg: TrainConfig) -> Any:
         from peft import get_peft_model
 
+        peft_cfg = build_config(train_cfg, _task_type(model))
         try:
-            return get_peft_model(model, build_config(train_cfg, _task_type(model)))
+            return get_peft_model(model, peft_cfg)
+        except (NotImplementedError, TypeError, AttributeError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"train.method '{name}': PEFT cannot apply it to {type(model).__name__} ({reason}); "
+                              "choose another method") from None
         except ValueError as exc:
             reason = (str(exc).strip().splitlines() or ["no match"])[0]
             section = getattr(train_cfg, key, None)
             targets = getattr(section, "target_modules", None)
+            if targets is None:  # nothing the user named: PEFT refuses the method for this architecture
+                raise ConfigError(f"train.method '{name}': PEFT cannot apply it to {type(model).__name__} "
+                                  f"({reason}); choose another method") from None
             raise ModelError(f"train.{key}.target_modules {targets!r} does not fit this model ({reason})") from None
 
     return Method(
         name=name, description=description, apply=apply, output="adapter", mergeable=mergeable, freezes_base=True,
-        save=_save_peft, reload=_reload_peft, recognises=recognises,
-        merge=_merge_peft if mergeable else None, peft_input_casting=peft_input_casting,
+        save=save or _save_peft, reload=_reload_peft, recognises=recognises,
+        merge=_merge_peft if mergeable else None, peft_input_casting=peft_input_casting, default_lr=default_lr,
     )
+
+
+PRINCIPAL_INITS = ("pissa", "olora")  # LoRA initialisations that move the base weights (residual = W - BA)
 
 
 def _lora_config(train_cfg: TrainConfig, task_type: Any) -> Any:
     from peft import LoraConfig
 
     lora = train_cfg.lora
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora.target_modules, task_type=task_type)
+    init = True if lora.init_lora_weights == "default" else lora.init_lora_weights
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      use_dora=lora.use_dora, use_rslora=lora.use_rslora, init_lora_weights=init, task_type=task_type)
+
+
+def _apply_lora(model: Any, train_cfg: TrainConfig) -> Any:
+    """LoRA through PEFT; with PiSSA / OLoRA, also keep the initial adapter so the saved one fits the original base.
+
+    PiSSA (Meng et al. 2024) and OLoRA start A and B from the weights' principal directions and leave W - BA in
+    the base. PEFT's documented recipe (`save_pretrained(path_initial_model_for_weight_conversion=...)`) turns the
+    trained adapter into a rank-2r LoRA that applies to the untouched base; it needs the initial A and B, written
+    here right after initialisation (the same seed gives the same start again on resume).
+    """
+    import shutil
+    import tempfile
+    import weakref
+
+    model = _LORA_ROW.apply(model, train_cfg)
+    if str(train_cfg.lora.init_lora_weights).startswith(PRINCIPAL_INITS):
+        initial = Path(tempfile.mkdtemp(prefix="tunebench-lora-init-"))
+        peft_cfg = model.peft_config["default"]
+        chosen, peft_cfg.init_lora_weights = peft_cfg.init_lora_weights, True
+        try:
+            model.save_pretrained(initial, save_embedding_layers=False)
+        finally:
+            peft_cfg.init_lora_weights = chosen
+        model._tunebench_initial_adapter = initial
+        weakref.finalize(model, shutil.rmtree, str(initial), True)
+    return model
+
+
+def _save_lora(model: Any, out_dir: Path) -> None:
+    initial = getattr(model, "_tunebench_initial_adapter", None)
+    if initial is None:
+        return _save_peft(model, out_dir)
+    model.save_pretrained(out_dir, save_embedding_layers=_embeddings_adapted(model),
+                          path_initial_model_for_weight_conversion=str(initial))
+
+
+def _ia3_config(train_cfg: TrainConfig, task_type: Any) -> Any:
+    """IA3 (Liu et al. 2022, arXiv:2205.05638); PEFT knows default target modules for common architectures only."""
+    from peft import IA3Config
+
+    ia3 = train_cfg.ia3
+    return IA3Config(target_modules=ia3.target_modules, feedforward_modules=ia3.feedforward_modules,
+                     task_type=task_type)
+
+
+def _check_ia3_targets(model: Any, train_cfg: TrainConfig) -> Any:
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as DEFAULTS
+
+    model_type = getattr(model.config, "model_type", None)
+    if train_cfg.ia3.target_modules is None and model_type not in DEFAULTS:
+        raise ConfigError(f"train.ia3.target_modules: PEFT has no default IA3 modules for model type '{model_type}'; "
+                          "set train.ia3.target_modules and train.ia3.feedforward_modules")
+    return _IA3_ROW.apply(model, train_cfg)
+
+
+def _prompt_tuning_config(train_cfg: TrainConfig, task_type: Any) -> Any:
+    """Prompt tuning (Lester et al. 2021, arXiv:2104.08691): trainable soft-prompt vectors before the input."""
+    from peft import PromptTuningConfig, PromptTuningInit
+
+    pt = train_cfg.prompt_tuning
+    init = PromptTuningInit.SAMPLE_VOCAB if pt.init == "sample_vocab" else PromptTuningInit.RANDOM
+    return PromptTuningConfig(num_virtual_tokens=pt.num_virtual_tokens, prompt_tuning_init=init, task_type=task_type)
+
+
+def _prefix_tuning_config(train_cfg: TrainConfig, task_type: Any) -> Any:
+    """Prefix tuning (Li and Liang 2021, arXiv:2101.00190): trainable keys and values before every layer's own."""
+    from peft import PrefixTuningConfig
+
+    pt = train_cfg.prefix_tuning
+    return PrefixTuningConfig(num_virtual_tokens=pt.num_virtual_tokens, prefix_projection=pt.prefix_projection,
+                              encoder_hidden_size=pt.encoder_hidden_size, task_type=task_type)
+
+
+def prepended_positions(model: Any) -> int:
+    """Positions a soft prompt adds in front of a causal model's input (its logits come first); 0 otherwise.
+
+    Prompt tuning on a decoder-only model prepends `num_virtual_tokens` embeddings, so the output has that many
+    more positions; prefix tuning adds keys and values only, and seq2seq prompt tuning lengthens only the encoder.
+    """
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not config.is_prompt_learning or getattr(model.config, "is_encoder_decoder", False):
+        return 0
+    return 0 if str(config.peft_type).endswith("PREFIX_TUNING") else int(config.num_virtual_tokens)
+
+
+def uses_prompt_learning(model: Any) -> bool:
+    """Whether `model` is a PEFT prompt-learning model (prompt or prefix tuning), whose forward supplies its own
+    KV cache or input embeddings: incremental decoding and prefix-cached scoring cannot run it."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(config is not None and config.is_prompt_learning)
+
+
+# ---------------------------------------------------------------- bottleneck adapters (our own module)
+
+
+def _apply_bottleneck(model: Any, train_cfg: TrainConfig) -> Any:
+    from tunebench.models.bottleneck import add_bottleneck_adapters
+
+    add_bottleneck_adapters(model, train_cfg.adapter)
+    return model
+
+
+def _save_bottleneck(model: Any, out_dir: Path) -> None:
+    from tunebench.models.bottleneck import save_bottleneck
+
+    save_bottleneck(model, out_dir)
+
+
+def _reload_bottleneck(base: Any, out_dir: Path) -> Any:
+    from tunebench.models.bottleneck import load_bottleneck
+
+    return load_bottleneck(base, out_dir).eval()
+
+
+def _is_bottleneck_dir(out_dir: Path) -> bool:
+    return (out_dir / "bottleneck_config.json").is_file()  # tunebench.models.bottleneck.CONFIG_FILE
 
 
 # ---------------------------------------------------------------- the table
+# default_lr: full-weight methods move every weight of a pre-trained model and need a far smaller rate (2e-5,
+# the Alpaca / FLAN recipes) than methods that train a few new parameters from a neutral start.
 
 register(Method(
     name="full", description="every weight trains", apply=_full, output="model", mergeable=False,
-    freezes_base=False, save=_save_model, recognises=_is_model_dir,
+    freezes_base=False, save=_save_model, recognises=_is_model_dir, default_lr=2e-5,
 ))
-register(peft_method(
-    "lora", "LORA", _lora_config, mergeable=True, peft_input_casting=True,
-    description="low-rank adapters on the target projections (Hu et al. 2021, arXiv:2106.09685), through PEFT",
-))
+_LORA_ROW = peft_method(
+    "lora", "LORA", _lora_config, mergeable=True, peft_input_casting=True, default_lr=2e-4, save=_save_lora,
+    description="low-rank adapters on the target projections (Hu et al. 2021, arXiv:2106.09685), through PEFT; "
+    "variants by train.lora keys: use_dora, use_rslora, init_lora_weights (pissa, olora, ...)",
+)
+register(replace(_LORA_ROW, apply=_apply_lora))
 register(Method(
     name="freeze", description="only the top transformer blocks and named modules train", apply=_freeze,
-    output="model", mergeable=False, freezes_base=True, save=_save_model,
+    output="model", mergeable=False, freezes_base=True, save=_save_model, default_lr=2e-5,
+))
+register(Method(
+    name="adapter", description="bottleneck adapter layers, Houlsby or Pfeiffer placement (models/bottleneck.py)",
+    apply=_apply_bottleneck, output="adapter", mergeable=False, freezes_base=True, save=_save_bottleneck,
+    reload=_reload_bottleneck, recognises=_is_bottleneck_dir, default_lr=1e-4,
+))
+_IA3_ROW = peft_method(
+    "ia3", "IA3", _ia3_config, mergeable=True, default_lr=3e-3,
+    description="learned rescaling of attention keys, values and feed-forward activations (Liu et al. 2022), "
+    "through PEFT",
+)
+register(replace(_IA3_ROW, apply=_check_ia3_targets))
+register(peft_method(
+    "prompt_tuning", "PROMPT_TUNING", _prompt_tuning_config, mergeable=False, default_lr=3e-2,
+    description="trainable soft-prompt vectors before the input (Lester et al. 2021), through PEFT",
+))
+register(peft_method(
+    "prefix_tuning", "PREFIX_TUNING", _prefix_tuning_config, mergeable=False, default_lr=1e-2,
+    description="trainable key/value prefixes in every attention layer (Li and Liang 2021), through PEFT",
 ))

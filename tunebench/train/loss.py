@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tunebench.data.tokenize import IGNORE_INDEX, TokenizedExample
+from tunebench.models.methods import prepended_positions
 
 
 def base_model(model: Any) -> Any:
@@ -33,6 +34,13 @@ def base_model(model: Any) -> Any:
             model = model.get_base_model()
         else:
             return model
+
+
+def _unwrapped(model: Any) -> Any:
+    """`model` without DDP / torch.compile wrappers (a PEFT model stays one)."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
 
 
 def supports_logits_to_keep(model: Any) -> bool:
@@ -73,6 +81,9 @@ def completion_loss_sum(
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     targets = labels[:, 1:][keep[:, :-1]]
+    virtual = prepended_positions(_unwrapped(model))  # a soft prompt's positions come first in the output
+    if virtual:
+        keep = torch.cat([keep.new_zeros(keep.shape[0], virtual), keep], dim=1)
     if keep_logits:
         logits = model(input_ids=batch["input_ids"], logits_to_keep=keep, use_cache=False).logits
     else:
