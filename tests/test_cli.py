@@ -54,3 +54,188 @@ def test_python_dash_m_entry():
 def test_config_schema_lists_descriptions(capsys):
     assert main(["config", "schema"]) == 0
     assert "Train only the top k transformer blocks" in capsys.readouterr().out
+
+
+def _subparsers():
+    import argparse
+
+    from tunebench.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    for name, sub in _subparsers().items():
+        text = sub.format_help()
+        for action in sub._actions:
+            if action.help == "==SUPPRESS==":
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest}: no help text"
+            if action.default not in (None, False, [], "==SUPPRESS==") and action.option_strings:
+                assert f"default: {action.default}" in " ".join(text.split()) or "default" in action.help, \
+                    f"{name} {action.option_strings}: default {action.default!r} not shown"
+
+
+def test_one_convention_for_limit_lists_and_resamples():
+    from tunebench.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["eval", "--out", "o"], ["bench", "--out", "o"], ["data", "preview", "c.yaml"]):
+        assert parser.parse_args([*argv, "-n", "5"]).limit == 5
+        assert parser.parse_args([*argv, "--limit", "0"]).limit == 0  # 0 = all, everywhere
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([*argv, "--limit", "-1"])
+        assert exit_.value.code == 2
+    assert parser.parse_args(["eval", "--out", "o", "--shots", "0,3"]).shots == [0, 3]
+    assert parser.parse_args(["bench", "--tasks", "sst2,rte"]).tasks == ["sst2", "rte"]
+    assert parser.parse_args(["score", "--pred", "p", "--metric", "rouge,bleu"]).metric == ["rouge", "bleu"]
+    assert parser.parse_args(["score", "--pred", "p", "--resamples", "7"]).resamples == 7
+    assert parser.parse_args(["score", "--pred", "p", "--bootstrap", "7"]).resamples == 7  # the old name still works
+    assert parser.parse_args(["compare", "a", "--out", "o", "--resamples", "9"]).resamples == 9
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["export", "run"])  # --merge is required, and shown as such
+    assert exit_.value.code == 2
+
+
+def test_limit_zero_means_all_in_eval_and_bench(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from tunebench import pipeline
+
+    cfg = load_config(None, ["eval.limit=2"])
+    splits = SimpleNamespace(test=list(range(5)))
+    assert pipeline._eval_examples(cfg, splits, "test", 0) == [0, 1, 2, 3, 4]
+    assert pipeline._eval_examples(cfg, splits, "test", None) == [0, 1]
+    assert pipeline._eval_examples(cfg, splits, "test", 3) == [0, 1, 2]
+    seen = {}
+    monkeypatch.setattr("tunebench.bench.runner.run_benchmarks", lambda *a, **kw: seen.update(kw) or {})
+    pipeline.bench_loaded(load_config(None, ["bench.helm=false"]), None, tmp_path, None, tasks=["sst2"], limit=0)
+    assert seen["limit"] is None
+
+
+def test_set_list_values_and_errors_exit_2_naming_set(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\n")
+    assert main(["config", "show", str(cfg), "--set", "eval.metrics=rouge,chrf"]) == 0
+    assert "  - rouge\n  - chrf\n" in capsys.readouterr().out
+    assert main(["config", "show", str(cfg), "--set", "train.batch_size=lots"]) == 2
+    assert capsys.readouterr().err.startswith("error: --set: train.batch_size:")
+
+
+def test_bench_list_names_every_task(capsys, data_dir):
+    from tunebench.bench.spec import builtin_tasks
+
+    assert main(["bench", "--list", "--data-dir", str(data_dir)]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    expected = sorted(set(builtin_tasks()) - {"bbh"}) + [f"bbh:{p.stem}" for p in sorted((data_dir / "bbh").glob("*.json"))]
+    assert names == expected
+
+
+def test_unknown_bench_task_fails_before_the_model_loads(monkeypatch, tmp_path, capsys, data_dir):
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the task names were checked")
+
+    monkeypatch.setattr("tunebench.models.load.load_model", no_load)
+    assert main(["bench", "--tasks", "sst", "--out", str(tmp_path / "b"), "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'sst'; did you mean 'sst2'?" in err and "tunebench bench --list" in err
+    assert main(["bench", "--tasks", "bbh:date", "--out", str(tmp_path / "b"), "--data-dir", str(data_dir)]) == 1
+    assert "did you mean 'bbh:date_understanding'" not in (err := capsys.readouterr().err)
+    assert "did you mean 'date_understanding'?" in err and "available: boolean_expressions" in err
+
+
+def test_templates_name_shows_every_phrasing(capsys):
+    from tunebench.data.templates import BUILTIN_TEMPLATES
+
+    assert main(["templates", "sentiment"]) == 0
+    out = capsys.readouterr().out
+    spec = BUILTIN_TEMPLATES["sentiment"]
+    assert all(p in out for p in spec.prompts) and spec.completion in out
+    assert "eval.metrics [accuracy, macro_f1]" in out
+    assert main(["templates", "sentimnt"]) == 2
+    assert "did you mean 'sentiment'?" in capsys.readouterr().err
+
+
+def test_config_schema_table_format(capsys):
+    assert main(["config", "schema", "--format", "table"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["key", "type", "default", "description"]
+    assert any(line.split()[:3] == ["train.lora.r", "int", "16"] for line in lines)
+
+
+@pytest.mark.parametrize("argv,marker", [
+    (["eval", "--out", "{d}", "--limit", "1"], "scores.json"),
+    (["compare", "x", "--out", "{d}"], "comparison.json"),
+    (["bench", "--tasks", "sst2", "--out", "{d}"], "results.json"),
+])
+def test_existing_results_are_refused_without_overwrite(tmp_path, capsys, argv, marker):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / marker).write_text("{}")
+    assert main([a.format(d=out) for a in argv]) == 1
+    assert f"{out} already holds a result ({marker}): pass --overwrite" in capsys.readouterr().err
+    assert (out / marker).read_text() == "{}"
+
+
+def test_export_refuses_a_non_empty_folder_and_train_overwrite_only_replaces_runs(tmp_path, capsys):
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["export", str(tmp_path / "run"), "--merge", str(out)]) == 1
+    assert "pass --overwrite" in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: r\noutput_dir: {tmp_path}\n")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "notes.txt").write_text("not a run")
+    assert main(["train", str(cfg), "--overwrite"]) == 1
+    assert "is not a tunebench run" in capsys.readouterr().err
+    assert (tmp_path / "r" / "notes.txt").read_text() == "not a run"
+    assert main(["train", str(cfg), "--overwrite", "--resume"]) == 2
+
+
+def test_ctrl_c_says_what_happened(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tunebench.cli.cmd_bench", interrupted)
+    assert main(["bench", "--list"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (Ctrl-C) during `tunebench bench`: finished tasks are kept" in err
+
+
+def test_train_prints_its_table_or_how_to_resume(monkeypatch, tmp_path, capsys):
+    from tunebench.train.loop import TrainResult
+
+    summary = {"steps": 6, "total_steps": 6, "examples": 26, "initial_val_loss": 4.33, "final_val_loss": 1.12,
+               "val_loss_drop": (1.12 - 4.33) / 4.33, "select_best_by": "val_loss", "best_step": 6,
+               "tokens_per_s": 300.0, "train_time_s": 12.5, "output_weights": "last (step 6)"}
+    result = TrainResult(tmp_path, tmp_path / "adapter", 6, 6, summary=summary)
+    monkeypatch.setattr("tunebench.train.loop.train", lambda *a, **kw: result)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\n")
+    assert main(["train", str(cfg)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "validation loss │ 4.3300 → 1.1200 (-74%)" in out
+    result.interrupted, result.steps, result.output_dir = True, 3, None
+    assert main(["train", str(cfg)]) == 130
+    assert f"interrupted at step 3 of 6: checkpoint saved in {tmp_path / 'checkpoints'}; continue with " \
+           f"`tunebench train {cfg} --resume`" in capsys.readouterr().err
+
+
+def test_library_noise_is_silenced_unless_verbose(tiny_causal_dir):
+    code = (
+        "import sys; from tunebench.cli import _quiet; _quiet(sys.argv[1] == 'verbose');"
+        "from transformers import AutoModelForCausalLM; from peft import LoraConfig, get_peft_model;"
+        f"m = AutoModelForCausalLM.from_pretrained({str(tiny_causal_dir)!r});"
+        "get_peft_model(m, LoraConfig(r=2, target_modules=['q_proj']))"
+    )
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    quiet = subprocess.run([sys.executable, "-c", code, "quiet"], capture_output=True, text=True, env=env, check=True)
+    verbose = subprocess.run([sys.executable, "-c", code, "verbose"], capture_output=True, text=True, env=env,
+                             check=True)
+    assert "is_gradient_checkpointing" in verbose.stderr  # the noise exists, so the quiet run can be checked
+    assert "is_gradient_checkpointing" not in quiet.stderr
+    assert "Loading weights" not in quiet.stderr

@@ -145,3 +145,52 @@ def test_set_takes_comma_lists_for_list_keys_and_errors_name_set(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path, ["train.batch_size=lots"])
     assert str(err.value).startswith("--set: train.batch_size:")
+
+
+def test_builtin_template_brings_its_metrics_and_generation_length(tmp_path):
+    from tunebench.data.templates import BUILTIN_TEMPLATES
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {template: {name: sentiment}}\n")
+    cfg = load_config(path)
+    assert cfg.eval.metrics == ["accuracy", "macro_f1"] == list(BUILTIN_TEMPLATES["sentiment"].metrics)
+    assert cfg.eval.generation.max_new_tokens == 8 == BUILTIN_TEMPLATES["sentiment"].max_new_tokens
+    path.write_text("data: {template: {name: sentiment}}\neval: {metrics: [exact_match], generation: "
+                    "{max_new_tokens: 3}}\n")
+    cfg = load_config(path)  # what the config says wins
+    assert cfg.eval.metrics == ["exact_match"] and cfg.eval.generation.max_new_tokens == 3
+    custom = "data: {template: {prompt: '{{ text }}', completion: '{{ label }}'}}\n"
+    path.write_text(custom)
+    assert load_config(path).eval.metrics == ["rouge", "bleu"]  # a custom template keeps the general defaults
+
+
+def test_relative_source_resolves_beside_the_config_file(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "mine.csv").write_text("text,label\na,b\n")
+    (folder / "c.yaml").write_text("data: {source: data/mine.csv}\n")
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    assert load_config("project/c.yaml").data.source == str((folder / "data" / "mine.csv").resolve())
+    (folder / "c.yaml").write_text("data: {source: dialogsum/dialogsum.test.jsonl}\n")
+    assert load_config("project/c.yaml").data.source == "dialogsum/dialogsum.test.jsonl"  # left to the data dir
+
+
+def test_config_schema_table_and_json_carry_every_default():
+    from tunebench.config import config_schema, schema_rows, schema_table
+
+    rows = {key: (kind, default) for key, kind, default, _ in schema_rows()}
+    assert rows["eval.metrics"] == ("list[str]", "[rouge, bleu]")
+    assert rows["train.lora.r"] == ("int", "16")
+    assert rows["train.scheduler"] == ("'linear' | 'cosine' | 'constant'", "linear")
+    # every leaf key of the config, found independently from a dump of the defaults
+    def leaves(tree, prefix=""):
+        for k, v in tree.items():
+            if isinstance(v, dict) and k != "field_map":
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+    assert list(rows) == list(leaves(RunConfig().model_dump()))
+    assert "eval.shots" in schema_table() and "Train only the top k transformer blocks" in schema_table()
+    schema = config_schema()
+    assert schema["$defs"]["EvalConfig"]["properties"]["metrics"]["default"] == ["rouge", "bleu"]
+    assert schema["$defs"]["EvalConfig"]["properties"]["shots"]["default"] == [0]

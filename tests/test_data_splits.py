@@ -105,8 +105,8 @@ def test_empty_train_and_empty_test_are_errors(tmp_path):
     (tmp_path / "test.jsonl").write_text("")
     with pytest.raises(DataError, match="test split .* is empty"):
         build_splits(_cfg(tmp_path, fractions={"validation": 0.0}), None, 0)
-    ok = build_splits(_cfg(tmp_path, splits={"test": None}, fractions={"validation": 0.0}), None, 0)
-    assert ok.test == [] and len(ok.train) == 2
+    ok = build_splits(_cfg(tmp_path, splits={"test": None}, fractions={"validation": 0.0, "test": 0.0}), None, 0)
+    assert ok.test == [] and len(ok.train) == 2  # no test split asked for (test: null, fractions.test 0)
 
 
 def test_missing_data_dir_is_one_sentence(tmp_path):
@@ -131,3 +131,29 @@ def test_dialogsum_from_shared_data(data_dir):
         res.stats["duplicates_removed"]["validation"] == 500
     assert res.stats["duplicates_removed"]["train_in_test"] + res.stats["duplicates_removed"]["validation"] > 0
     assert not _prompts(res.train) & _prompts(res.test)
+
+
+def test_a_single_file_gets_validation_and_test_carved_and_announced(tmp_path, capsys):
+    rows = [{"uid": f"r{i}", "text": f"review {i}", "gold": "pos" if i % 2 else "neg"} for i in range(40)]
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = build_splits(_cfg(path), None, 0)  # default splits: train, validation null, test "test" (no test file)
+    expected = round(40 * 0.1)  # the default 10% each, carved by one seeded shuffle
+    assert (len(res.validation), len(res.test), len(res.train)) == (expected, expected, 40 - 2 * expected)
+    assert not _prompts(res.test) & _prompts(res.train)
+    assert res.stats["notes"] == ["reviews.jsonl is a single file: carving validation 10% and test 10% from it by a "
+                                  "seeded shuffle (change the shares with data.fractions)"]
+    assert "reviews.jsonl is a single file" in capsys.readouterr().err
+    # A file named for the split beside it is still used as that split.
+    _write(tmp_path / "test.jsonl", ["held out 1", "held out 2"])
+    res = build_splits(_cfg(path), None, 0)
+    assert [e.prompt.split("\n\n")[-1] for e in res.test] == ["held out 1", "held out 2"]
+    assert res.stats["notes"] == []
+
+
+def test_test_only_reads_no_train_split(tmp_path):
+    _write(tmp_path / "test.jsonl", ["t1", "t2", "t3"])  # no train file at all: zero-shot evaluation needs none
+    res = build_splits(_cfg(tmp_path, limits={"test": 2}), None, 0, only="test")
+    assert [e.id for e in res.test] == ["test-0", "test-1"] and res.train == [] and res.validation == []
+    with pytest.raises(DataError, match="no file for split 'train'"):
+        build_splits(_cfg(tmp_path), None, 0)

@@ -72,8 +72,12 @@ class SplitNames(Section):
 
 
 class SplitFractions(Section):
-    validation: float = Field(0.1, ge=0.0, lt=1.0, description="Share of train carved out when no validation split.")
-    test: float = Field(0.0, ge=0.0, lt=1.0, description="Share of train carved out when no test split.")
+    validation: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of train carved out when no validation split (or a single file)."
+    )
+    test: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of train carved out when no test split (or a single-file source)."
+    )
 
 
 class SplitLimits(Section):
@@ -88,7 +92,10 @@ class ParallelConfig(Section):
 
 
 class DataConfig(Section):
-    source: str = Field("dialogsum", description="Built-in source name, a local file/dir, or a Hub dataset id.")
+    source: str = Field(
+        "dialogsum", description="Built-in source name, a local file/dir (relative: to the config file's folder, "
+        "then the data directory, then the working directory), or a Hub dataset id."
+    )
     format: Literal["auto", "jsonl", "json", "csv", "tsv", "hf", "parallel"] = Field(
         "auto", description="File format; auto = from the extension; parallel = line-aligned text files in a folder."
     )
@@ -423,6 +430,23 @@ class RunConfig(Section):
             _check_name("data.template.name", template.name, list(BUILTIN_TEMPLATES), "template")
         return self
 
+    @model_validator(mode="after")
+    def _template_eval_defaults(self) -> RunConfig:
+        """A built-in template brings its metrics and generation length unless the config sets them."""
+        tpl = self.data.template
+        if tpl.prompt is not None or tpl.name is None:
+            return self
+        from tunebench.data.templates import BUILTIN_TEMPLATES
+
+        builtin = BUILTIN_TEMPLATES.get(tpl.name)
+        if builtin is None:
+            return self
+        if builtin.metrics and "metrics" not in self.eval.model_fields_set:
+            self.eval.metrics = list(builtin.metrics)
+        if builtin.max_new_tokens is not None and "max_new_tokens" not in self.eval.generation.model_fields_set:
+            self.eval.generation.max_new_tokens = builtin.max_new_tokens
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
@@ -434,6 +458,76 @@ def _check_name(key: str | None, value: Any, known: list[str], what: str) -> Non
         from tunebench.evaluate.metrics.base import unknown_name_message
 
         raise ValueError(unknown_name_message(key, value, known, what))
+
+
+def _type_name(annotation: Any) -> str:
+    """A field's type as a reader writes it: `int | None`, `list[str]`, `'linear' | 'cosine'`."""
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, __import__("types").UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def schema_rows() -> list[tuple[str, str, str, str]]:
+    """(key path, type, default, description) of every config key, in file order; defaults as YAML text."""
+    defaults = RunConfig().model_dump(mode="json")
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str, values: dict[str, Any]) -> None:
+        for name, field in model.model_fields.items():
+            path = f"{prefix}{name}"
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{path}.", values[name])
+                continue
+            default = yaml.safe_dump(values[name], default_flow_style=True, width=10**6).strip()
+            default = default.removesuffix("\n...").removesuffix("...").strip()
+            rows.append((path, _type_name(ann), default, field.description or ""))
+
+    walk(RunConfig, "", defaults)
+    return rows
+
+
+def schema_table() -> str:
+    """`tunebench config schema --format table`: key, type, default and description, one key per line.
+
+    Plain aligned text rather than a boxed table, so it stays readable in a narrow terminal and greppable.
+    """
+    rows = [("key", "type", "default", "description"), *schema_rows()]
+    widths = [min(max(len(r[i]) for r in rows), cap) for i, cap in enumerate((34, 28, 24))]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) if len(cell) <= width else cell + "\n" + " " * (sum(widths[: i + 1]) + 2 * i)
+                 for i, (cell, width) in enumerate(zip(row[:3], widths, strict=True))]
+        lines.append(("  ".join(cells) + "  " + row[3]).rstrip())
+    return "\n".join(lines)
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of a run config, with every default filled in (lists and sections included)."""
+    schema = RunConfig.model_json_schema()
+    defs = schema.get("$defs", {})
+
+    def fill(node: dict[str, Any], values: dict[str, Any]) -> None:
+        for name, prop in node.get("properties", {}).items():
+            if name not in values:
+                continue
+            ref = prop.get("$ref")
+            if ref is not None:
+                fill(defs[ref.rsplit("/", 1)[-1]], values[name])
+            prop.setdefault("default", values[name])
+
+    fill(schema, RunConfig().model_dump(mode="json"))
+    return schema
 
 
 def _field_at(loc: tuple[Any, ...] | list[str]) -> Any:
@@ -491,13 +585,16 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _is_list_field(dotted: str) -> bool:
     field = _field_at(dotted.split("."))
-    return field is not None and "list[" in str(field.annotation)
+    import typing
+
+    return field is not None and typing.get_origin(field.annotation) is list
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b=value` overrides; values are parsed as YAML (so 3 is an int, [a, b] a list).
 
-    A list-valued key also takes `a,b` (as every list option of the CLI does): each item is parsed as YAML.
+    A list-valued key also takes `a,b` or a single `a` (as every list option of the CLI does): each item is
+    parsed as YAML.
     """
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -507,7 +604,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
-        if isinstance(value, str) and "," in value and _is_list_field(key.strip()):
+        if isinstance(value, str) and _is_list_field(key.strip()):
             value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
         _set_path(tree, key.strip(), value)
     return tree
@@ -530,7 +627,21 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         tree = read_yaml_mapping(path, ConfigError, "the config", empty_ok=True)
     apply_overrides(tree, overrides or [])
     overridden = [o.partition("=")[0].strip() for o in overrides or []]
-    return config_from_dict(tree, source, overridden)
+    cfg = config_from_dict(tree, source, overridden)
+    if path is not None:
+        _resolve_source_beside(cfg, Path(path).expanduser().resolve().parent)
+    return cfg
+
+
+def _resolve_source_beside(cfg: RunConfig, config_dir: Path) -> None:
+    """A relative `data.source` that exists beside the config file means that file (made absolute, so the
+    resolved config in the run dir still finds it); otherwise it is looked up in the data directory later."""
+    source = cfg.data.source
+    if source == "dialogsum" or not source or Path(source).expanduser().is_absolute():
+        return
+    candidate = config_dir / source
+    if candidate.exists():
+        cfg.data.source = str(candidate.resolve())
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -48,13 +48,15 @@ def file_load_errors() -> tuple[type[BaseException], ...]:
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """A suffix for an error about an unknown `name`: "; did you mean 'x'?" for close matches among `known`, else "".
 
-    Closeness is difflib's ratio (>= 0.6, the stdlib default), case-insensitive; at most three suggestions.
+    Close means: starts with `name` (`date` -> `date_understanding`), or difflib's ratio >= 0.6 (the stdlib
+    default); case-insensitive; at most three suggestions.
     """
     import difflib
 
     known = list(known)
     by_lower = {k.lower(): k for k in known}
-    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3)
+    prefixed = [k for k in by_lower if k.startswith(name.lower()) and name]
+    close = list(dict.fromkeys(prefixed + difflib.get_close_matches(name.lower(), list(by_lower), n=3)))[:3]
     if not close:
         return ""
     names = " or ".join(f"'{by_lower[c]}'" for c in close)

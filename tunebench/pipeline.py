@@ -33,18 +33,19 @@ def _log(message: str) -> None:
     Console(stderr=True).print(f"[bold cyan]tunebench[/] {message}")
 
 
-def _splits(cfg: RunConfig, data_dir: Path | None):
+def _splits(cfg: RunConfig, data_dir: Path | None, only: str | None = None):
     from tunebench.data.prepare import build_splits
 
-    return build_splits(cfg.data, data_dir, cfg.seed)
+    return build_splits(cfg.data, data_dir, cfg.seed, only=only)
 
 
 def _eval_examples(cfg: RunConfig, splits, split: str | None = None, limit: int | None = None):
+    """The examples evaluated: `limit` (0 = all; None = the config's eval.limit) first ones of the split."""
     split = split or cfg.eval.split
     examples = list(getattr(splits, split))
     if not examples:
         raise TunebenchError(f"eval.split: the '{split}' split is empty; configure data.splits or data.fractions")
-    limit = limit or cfg.eval.limit
+    limit = cfg.eval.limit if limit is None else limit
     return examples[:limit] if limit else examples
 
 
@@ -133,7 +134,9 @@ def evaluate_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: 
     from tunebench.models.load import load_model
 
     _trained_settings(cfg, adapter)
-    splits = _splits(cfg, resolve_data_dir(data_dir, cfg))
+    split = split or cfg.eval.split
+    # Zero-shot on the test split reads only the test split: no train split is loaded (or downloaded).
+    splits = _splits(cfg, resolve_data_dir(data_dir, cfg), only="test" if split == "test" and not shots else None)
     examples = _eval_examples(cfg, splits, split, limit)
     loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
     system = {"name": out_dir.name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
@@ -236,6 +239,7 @@ def bench_loaded(cfg: RunConfig, loaded, out_dir: Path, data_dir: Path | None,
 
     out = BenchDir(out_dir)
     tasks = tasks or cfg.bench.tasks
+    limit = limit or None  # --limit 0 (or none): every example
     shots = shots if shots is not None else cfg.bench.shots
     if dataclasses.is_dataclass(loaded):
         loaded = dataclasses.replace(loaded, use_chat=bool(cfg.bench.chat_template and loaded.use_chat))
@@ -278,7 +282,13 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
     resolved = resolve_data_dir(data_dir, cfg)
     run_dir = cfg.run_dir
     run = RunDir(run_dir)
+    # Every split and benchmark the run needs is checked before minutes of training, not after.
     splits = _splits(cfg, resolved)  # bad data fails here, before anything in the run dir changes
+    examples = _eval_examples(cfg, splits)
+    if cfg.bench.enabled and cfg.bench.tasks:
+        from tunebench.bench.spec import resolve_tasks
+
+        resolve_tasks(cfg.bench.tasks, resolved)
     _prepare_run_dir(cfg)
 
     summary_path = run.train_summary
@@ -290,7 +300,6 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
         if getattr(result, "interrupted", False):
             raise TunebenchError(f"training was interrupted; rerun the same command to resume from {run_dir}")
 
-    examples = _eval_examples(cfg, splits)
     systems: list[tuple[str, str | None, int]] = [(f"base-{k}shot", None, k) for k in cfg.eval.shots]
     systems.append(("tuned", str(run_dir), 0))
     models = _OneModel(cfg)

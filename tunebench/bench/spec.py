@@ -8,6 +8,7 @@ specs live in `tunebench/bench/tasks/`; `resolve_tasks` turns CLI names (`mmlu`,
 from __future__ import annotations
 
 import re
+import textwrap
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from pydantic import (
 from tunebench.bench.lmeval_yaml import is_lmeval_task, translate
 from tunebench.bench.perplexity import PERPLEXITY_METRICS
 from tunebench.bench.templates import SpecError, check_syntax
-from tunebench.errors import ConfigError, DataError
+from tunebench.errors import ConfigError, DataError, did_you_mean
 from tunebench.evaluate.metrics import METRICS, MetricSettings, unknown_name_message
 from tunebench.evaluate.metrics.base import check_tokenizers
 from tunebench.io import read_yaml_mapping
@@ -330,8 +331,10 @@ def resolve_tasks(names: list[str], data_dir: Path | None) -> list[TaskSpec]:
             spec = load_spec(builtin[base])
             specs.append(_select_subtask(spec, sub) if sub else spec)
         else:
-            known = ", ".join(sorted(set(builtin) - {"bbh"}) + ["bbh:<task>"])
-            raise ConfigError(f"--tasks: unknown task '{name}'; use one of {known}, or a path to a .yaml spec")
+            known = sorted(set(builtin) - {"bbh"})
+            raise ConfigError(f"--tasks: unknown task '{name}'{did_you_mean(base, known)}; known tasks: "
+                              f"{', '.join(known + ['bbh:<task>'])} (`tunebench bench --list`), or a path to a "
+                              ".yaml spec")
     return specs
 
 
@@ -342,7 +345,10 @@ def _bbh_tasks(sub: str, data_dir: Path | None) -> list[TaskSpec]:
     if sub:
         path = folder / f"{sub}.json"
         if not path.is_file():
-            raise DataError(f"{path}: benchmark data file not found; put the BBH task file there or fix the name")
+            known = sorted(f.stem for f in folder.glob("*.json"))
+            available = f"{did_you_mean(sub, known)}; available: {', '.join(known)}" if known else ""
+            raise DataError(f"{path}: benchmark data file not found{available} (put the BBH task file there or fix "
+                            "the name)")
         return [bbh_spec(Path("bbh") / path.name, f"bbh:{sub}")]
     files = sorted(folder.glob("*.json"))
     if not files:
@@ -354,6 +360,31 @@ def _select_subtask(spec: TaskSpec, sub: str) -> TaskSpec:
     if spec.subtasks is None:
         raise ConfigError(f"--tasks: '{spec.name}' has no subtasks, so '{spec.name}:{sub}' names nothing")
     if sub not in spec.subtasks.values:
-        raise ConfigError(f"--tasks: '{sub}' is not a {spec.name} subtask; see subtasks.values in {spec.origin}")
+        raise ConfigError(f"--tasks: '{sub}' is not a {spec.name} subtask{did_you_mean(sub, spec.subtasks.values)}; "
+                          f"see subtasks.values in {spec.origin}")
     return spec.derive(name=f"{spec.name}:{sub}", subtasks={"param": spec.subtasks.param, "values": [sub]})
+
+
+def list_tasks(data_dir: Path | None) -> list[tuple[str, str]]:
+    """(name, one-line description) of every task `--tasks` accepts: built-ins, then the BBH files found.
+
+    The description is the start of the built-in spec file's leading comment, with its output type and shots.
+    """
+    rows = []
+    for name, path in sorted(builtin_tasks().items()):
+        if name == "bbh":
+            continue
+        spec = load_spec(path)
+        lines = [line[1:].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+        about = textwrap.shorten(" ".join(lines), width=72, placeholder=" …")
+        subtasks = f", {len(spec.subtasks.values)} subtasks ({name}:<subtask>)" if spec.subtasks else ""
+        rows.append((name, f"{about} [{spec.output_type}, {spec.fewshot.n}-shot{subtasks}]"))
+    folder = data_dir / "bbh" if data_dir is not None else None
+    files = sorted(folder.glob("*.json")) if folder is not None and folder.is_dir() else []
+    for f in files:
+        rows.append((f"bbh:{f.stem}", f"BIG-Bench Hard task from {f} [generate]"))
+    if not files:
+        rows.append(("bbh:<task>", "BIG-Bench Hard tasks: <data dir>/bbh/<task>.json (set --data-dir to list them)"))
+    return rows
+
 

@@ -66,6 +66,7 @@ def format_preview(data: dict[str, Any]) -> str:
         "splits: " + ", ".join(f"{k} {stats['sizes'][k]} ({_origin(stats['splits'][k])})" for k in SPLITS),
         "duplicates removed: " + ", ".join(f"{k} {v}" for k, v in stats["duplicates_removed"].items()),
     ]
+    lines += [f"note: {note}" for note in stats.get("notes", [])]
     for name in SPLITS:
         split = data["splits"][name]
         lines += ["", f"=== {name}: {split['size']} examples ==="]

@@ -379,6 +379,23 @@ def _tried(source: str, data_dir: Path | None) -> list[str]:
     return [str(base / path) for base in ([data_dir] if data_dir else []) + [Path.cwd()]]
 
 
+def single_file_source(cfg: DataConfig, data_dir: Path | None) -> Path | None:
+    """The file `data.source` names when it is one local file (not a folder, built-in or Hub data set), else None."""
+    if cfg.source == "dialogsum":
+        return None
+    path = resolve_path(cfg.source, data_dir)
+    return path if path is not None and path.is_file() else None
+
+
+def has_split_file(folder: Path, split: str, fmt: str) -> bool:
+    """Whether `folder` holds a file for `split` (`test`, `test.jsonl`, `test.csv`, ...)."""
+    try:
+        _split_file(folder, split, fmt)
+    except DataError:
+        return False
+    return True
+
+
 def _split_file(folder: Path, split: str, fmt: str) -> Path:
     exact = folder / split
     if exact.is_file():

@@ -20,7 +20,7 @@ from tunebench.config import TemplateConfig
 from tunebench.data.example import Example
 from tunebench.data.ner import CONLL2003_TYPES, format_entity_list, ner_reference, tag_problem
 from tunebench.data.sources import Record
-from tunebench.errors import ConfigError, DataError
+from tunebench.errors import ConfigError, DataError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
             "{{ dialogue }}\n\nSummarize the dialogue above in a few sentences.",
         ),
         "{{ summary }}",
-        metrics=("rouge",),
+        metrics=("rouge", "bleu"),
         max_new_tokens=96,
     ),
     "sentiment": BuiltinTemplate(
@@ -314,7 +314,8 @@ def load_template(cfg: TemplateConfig) -> PromptTemplate:
     builtin = BUILTIN_TEMPLATES.get(cfg.name)
     if builtin is None:
         raise ConfigError(
-            f"data.template.name: unknown template '{cfg.name}'; choose one of {', '.join(BUILTIN_TEMPLATES)} "
+            f"data.template.name: unknown template '{cfg.name}'{did_you_mean(cfg.name, BUILTIN_TEMPLATES)}; "
+            f"choose one of {', '.join(BUILTIN_TEMPLATES)} "
             "or give prompt and completion"
         )
     return PromptTemplate(cfg.name, builtin.prompts, builtin.completion, cfg.variant, builtin.reference)
@@ -329,6 +330,29 @@ def describe_templates() -> list[dict[str, Any]]:
                     "variants": len(spec.prompts), "prompt": spec.prompts[0], "completion": spec.completion,
                     "metrics": list(spec.metrics), "max_new_tokens": spec.max_new_tokens})
     return out
+
+
+def show_template(name: str) -> str:
+    """`tunebench templates NAME`: every phrasing, the completion, the fields and the evaluation defaults."""
+    spec = BUILTIN_TEMPLATES.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown template '{name}'{did_you_mean(name, BUILTIN_TEMPLATES)}; built-ins: "
+                          f"{', '.join(BUILTIN_TEMPLATES)}")
+    tpl = PromptTemplate(name, spec.prompts, spec.completion, reference=spec.reference)
+    evaluation = [f"eval.metrics [{', '.join(spec.metrics)}]"] if spec.metrics else []
+    if spec.max_new_tokens is not None:
+        evaluation.append(f"eval.generation.max_new_tokens {spec.max_new_tokens}")
+    lines = [f"{name}: {spec.description}",
+             f"fields: {', '.join(tpl.fields)} (map columns to them with data.field_map)",
+             f"evaluation defaults: {', '.join(evaluation) or 'the config defaults'}", ""]
+    for k, prompt in enumerate(spec.prompts):
+        lines.append(f"--- prompt, variant {k}" + (" (default)" if k == 0 else ""))
+        lines.append(prompt)
+    lines += ["--- completion", spec.completion]
+    if spec.reference is not None:
+        lines += ["--- reference (what the output is scored against)", spec.reference]
+    lines += ["", "data.template.variant picks a phrasing (an index, or random per example)."]
+    return "\n".join(lines) + "\n"
 
 
 def list_templates() -> list[tuple[str, str]]:

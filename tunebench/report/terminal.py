@@ -1,0 +1,106 @@
+"""What each command prints when it ends: a short rich table of what it found, every interval labelled.
+
+The numbers come from the same files the report reads (train_summary.json, comparison.json, forgetting.json,
+bench results.json, helm.json) and are formatted by `tunebench.report.tables`, so the terminal, report.md and
+report.html always agree.
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+from typing import Any
+
+from tunebench.report.tables import DASH, digits_for, fmt_ci, fmt_num, fmt_p, fmt_signed, verdict
+
+Z95 = NormalDist().inv_cdf(0.975)  # two-sided 95% normal quantile (1.95996...)
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]], left: int = 1) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i < left else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def normal_ci95(value: float, stderr: float, lo: float | None = 0.0, hi: float | None = 1.0) -> list[float]:
+    """95% normal-approximation interval value ± z·stderr (z = Φ⁻¹(0.975)), clipped to the metric's range.
+
+    Benchmarks report the standard error of a mean over examples, as lm-evaluation-harness does; this turns it
+    into the 95% interval every other table shows.
+    """
+    low, high = value - Z95 * stderr, value + Z95 * stderr
+    if lo is not None:
+        low = max(lo, low)
+    if hi is not None:
+        high = min(hi, high)
+    return [low, high]
+
+
+def train_table(summary: dict[str, Any], output: str | None) -> Any:
+    """Steps, examples, validation loss before → after, best step, speed, and where the weights went."""
+    rows = [
+        ["steps", f"{summary.get('steps')} of {summary.get('total_steps')}"],
+        ["training examples", fmt_num(summary.get("examples"))],
+        ["validation loss", f"{fmt_num(summary.get('initial_val_loss'))} → {fmt_num(summary.get('final_val_loss'))}"
+         + (f" ({summary['val_loss_drop']:+.0%})" if isinstance(summary.get("val_loss_drop"), float) else "")],
+        ["best", f"{summary.get('select_best_by')} at step {fmt_num(summary.get('best_step'))}"],
+        ["tokens/s", fmt_num(summary.get("tokens_per_s"))],
+        ["training time", f"{fmt_num(summary.get('train_time_s'))} s"],
+        ["weights", str(output or summary.get("output_weights") or DASH)],
+    ]
+    if summary.get("stopped_early"):
+        rows.append(["stopped early", "yes (no improvement)"])
+    return _table("training", ["", ""], rows)
+
+
+def comparison_table(comparison: dict[str, Any]) -> list[Any]:
+    """One table per baseline/candidate pair: scores, Δ with its 95% CI, and each p-value with its test named."""
+    tables = []
+    n = (comparison.get("test_set") or {}).get("n")
+    for comp in comparison.get("comparisons", []):
+        rows = []
+        for metric, m in comp["metrics"].items():
+            d = digits_for(m["baseline"], m["candidate"])
+            rows.append([metric, fmt_num(m["baseline"], d), fmt_num(m["candidate"], d), fmt_signed(m["delta"], d),
+                         fmt_ci(m["ci95"], d), f"{fmt_p(m['p_value'])} ({m.get('method', DASH)})", verdict(m)])
+        title = f"{comp['candidate']} vs {comp['baseline']}" + (f" (n = {n})" if n else "")
+        tables.append(_table(title, ["metric", "baseline", "candidate", "Δ", "95% CI of Δ", "p (test)", "verdict"],
+                             rows))
+    return tables
+
+
+def forgetting_table(rows: list[dict[str, Any]]) -> Any:
+    """Benchmarks before and after tuning: Δ with its paired-bootstrap 95% CI and p, significant drops marked."""
+    out = []
+    for r in rows:
+        d = digits_for(r["base"], r["tuned"])
+        out.append([r["task"], r["metric"], fmt_num(r.get("n")), fmt_num(r["base"], d), fmt_num(r["tuned"], d),
+                    fmt_signed(r["delta"], d), fmt_ci(r["ci95"], d), f"{fmt_p(r['p_value'])} (paired-bootstrap)",
+                    "DROP" if r.get("significant_drop") else ""])
+    return _table("forgetting (base → tuned)", ["task", "metric", "n", "base", "tuned", "Δ", "95% CI of Δ",
+                                                "p (test)", ""], out, left=2)
+
+
+def bench_table(results: dict[str, Any]) -> Any:
+    """One row per task and metric: n, shots, value and its 95% interval (normal approximation)."""
+    rows = []
+    for task, t in results.get("tasks", {}).items():
+        for metric, m in (t.get("metrics") or {}).items():
+            value = m.get("value") if isinstance(m, dict) else m
+            stderr = m.get("stderr") if isinstance(m, dict) else None
+            d = digits_for(value)
+            ci = normal_ci95(value, stderr, hi=None if d == 2 else 1.0) if stderr is not None else None
+            rows.append([task, metric, fmt_num(t.get("n")), fmt_num(t.get("shots")), fmt_num(value, d),
+                         fmt_ci(ci, d) if ci else DASH])
+    return _table("benchmarks", ["task", "metric", "n", "shots", "score", "95% CI (normal approx.)"], rows, left=2)
+
+
+def helm_rows_table(helm: dict[str, Any]) -> Any:
+    """The HELM-style summary of one model: accuracy, calibration, robustness, fairness, bias, toxicity, cost."""
+    from tunebench.bench.helm.summary import summary_cells
+
+    return _table("HELM-style view", ["metric", "value"], [[title, value] for title, value in summary_cells(helm)])
