@@ -61,3 +61,39 @@ def test_rerun_skips_finished_stages(tiny_run, capsys):
     assert main(["run", str(path)]) == 0
     assert (run_dir / "eval/tuned/scores.json").stat().st_mtime_ns == before
     assert "already done" in capsys.readouterr().err
+
+
+def test_eval_adapter_run_uses_the_runs_own_base_and_config(tiny_run, tmp_path, capsys, tiny_causal_dir):
+    run_dir, _ = tiny_run
+    out = tmp_path / "ev"
+    # no --config, no --model: the run dir knows its base (the tiny model, not the default alias) and its data
+    assert main(["eval", "--adapter", str(run_dir), "--out", str(out), "--limit", "2"]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["system"]["model"] == str(tiny_causal_dir) and scores["test_set"]["n"] == 2
+    assert main(["eval", "--adapter", str(run_dir), "--out", str(out), "--limit", "2"]) == 1  # no silent overwrite
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_run_checks_the_splits_it_needs_before_training(tmp_path, monkeypatch, capsys):
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the test split was checked")
+
+    monkeypatch.setattr("tunebench.train.loop.train", no_training)
+    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"t{i},l{i % 2}\n" for i in range(20)))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'runs'}\ndata: {{source: d.csv, template: {{name: sentiment}}, "
+                   "splits: {test: null}, fractions: {test: 0.0}}\n")
+    assert main(["run", str(cfg)]) == 1
+    assert "the 'test' split is empty" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "run" / "train_summary.json").exists()
+
+
+def test_the_csv_example_runs_as_shipped(tmp_path, tiny_causal_dir, capsys):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "custom_template_csv.yaml"
+    assert main(["run", str(example), "--set", f"model.ref={tiny_causal_dir}", "--set", "train.max_steps=1",
+                 "--set", f"output_dir={tmp_path}", "--set", "eval.bootstrap=100"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "tuned vs base-0shot (n = 10)" in out and "(paired-bootstrap)" in out
+    assert (tmp_path / "custom-csv-freeze" / "report.html").is_file()

@@ -352,7 +352,10 @@ def _print(renderable: object) -> None:
         return
     from rich.console import Console
 
-    Console().print(renderable)
+    console = Console()
+    if not console.is_terminal:  # a pipe or a log: rich's 80-column default would wrap the tables' cells
+        console = Console(width=max(console.width, 160))
+    console.print(renderable)
 
 
 def build_parser() -> argparse.ArgumentParser:
