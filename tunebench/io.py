@@ -62,13 +62,29 @@ def _tmp_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: POSIX offers no other way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(*, directory: bool = False) -> int:
+    """The permission bits a plain open() (0o666) or mkdir (0o777) gives under the current umask.
+
+    Temporary files and folders are created private (0600 / 0700); what they become must not stay private.
+    """
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text to a temporary file beside `path`, fsync, then rename over it."""
+    """Write text to a temporary file beside `path`, fsync, then rename over it (mode as a plain open gives)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     try:
+        os.fchmod(fd, plain_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -91,7 +107,10 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `path` only when the block finishes without error."""
+    """Yield a temporary directory that replaces `path` only when the block finishes without error.
+
+    The directory gets the mode a plain mkdir gives under the umask (mkdtemp makes it 0700).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent)
@@ -100,6 +119,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         os.replace(old, path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp"))
     try:
+        tmp.chmod(plain_mode(directory=True))
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
