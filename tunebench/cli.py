@@ -214,7 +214,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     forgetting = out_dir / "forgetting.json"
     if forgetting.is_file():
         _print(forgetting_table(json.loads(forgetting.read_text(encoding="utf-8"))))
-    print(f"comparison: {out if out.is_file() else forgetting}")
+    print(f"comparison: {out}")
     return 0
 
 

@@ -17,7 +17,7 @@ from tunebench.config import RunConfig, dump_config, resolve_data_dir
 from tunebench.errors import TunebenchError
 from tunebench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
 from tunebench.processes import is_main
-from tunebench.rundir import BenchDir, CompareDir, EvalDir, RunDir
+from tunebench.rundir import BENCH_SCHEMA, BenchDir, CompareDir, EvalDir, RunDir
 
 if TYPE_CHECKING:
     from tunebench.bench.helm.runner import HelmResults
@@ -154,8 +154,24 @@ def _trained_settings(cfg: RunConfig, adapter: str | None) -> None:
 
 def compare_paths(paths: list[Path], out_dir: Path, *, baseline: str | None = None, n_resamples: int = 1000,
                   seed: int = 0) -> Path:
-    """`tunebench compare`: paired statistics over evaluations, plus the forgetting table when both ran benches."""
+    """`tunebench compare`: paired statistics over evaluations, plus the forgetting table when both ran benches.
+
+    Two benchmark folders (`tunebench bench --out` of the base model, then of the tuned one) give the forgetting
+    table alone: out_dir/forgetting.json, whose path is returned.
+    """
     from tunebench.evaluate.compare import compare_systems
+
+    if len(paths) == 2 and all(_is_bench_dir(p) for p in paths):
+        from tunebench.bench.forgetting import forgetting_table
+
+        base_dir, tuned_dir = paths
+        rows = forgetting_table(base_dir, tuned_dir, n_resamples=n_resamples, seed=seed)
+        if not rows:
+            raise TunebenchError(f"{base_dir} and {tuned_dir} share no benchmark task with the same metric; "
+                                 "run both with the same --tasks")
+        return atomic_write_json(CompareDir(out_dir).forgetting, {
+            "schema": "tunebench.forgetting/1", "base": str(base_dir.resolve()), "tuned": str(tuned_dir.resolve()),
+            "n_resamples": n_resamples, "seed": seed, "rows": rows})
 
     compare_systems(paths, out_dir, baseline=baseline, n_resamples=n_resamples, seed=seed)
     bench_dirs = _bench_dirs(paths)
@@ -166,6 +182,17 @@ def compare_paths(paths: list[Path], out_dir: Path, *, baseline: str | None = No
         atomic_write_json(CompareDir(out_dir).forgetting,
                           forgetting_table(base_dir, tuned_dir, n_resamples=n_resamples, seed=seed))
     return CompareDir(out_dir).comparison
+
+
+def _is_bench_dir(path: Path) -> bool:
+    """A `tunebench bench --out` folder: results.json of the benchmark schema."""
+    results = BenchDir(path).results
+    if not results.is_file():
+        return False
+    try:
+        return read_json(results).get("schema") == BENCH_SCHEMA
+    except (TunebenchError, AttributeError):
+        return False
 
 
 def _bench_dirs(paths: list[Path]) -> list[Path]:

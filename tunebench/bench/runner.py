@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunebench import software_versions
 from tunebench.bench.instances import PreparedTask, prepare_task
 from tunebench.bench.scoring import score_task, subtask_breakdown
 from tunebench.bench.sensitivity import accuracy_sensitivity, chance_level
@@ -34,15 +35,22 @@ class BenchResults:
 
 
 def model_info(loaded: Any) -> dict[str, Any]:
-    """What identifies the scored model in results.json."""
+    """What identifies the scored model in results.json: reference, trained output applied, precision.
+
+    `adapter` is the trained output's folder (a LoRA adapter, merged or attached, or a full model), else None;
+    `dtype` is the precision the weights were scored in.
+    """
     model = loaded.model
+    attached = bool(getattr(model, "peft_config", None))
+    adapter = getattr(loaded, "adapter", None)
     return {
         "ref": getattr(loaded, "ref", None),
         "source": getattr(loaded, "source", None),
         "family": loaded.family,
         "use_chat": getattr(loaded, "use_chat", None),
         "system_prompt": getattr(loaded, "system_prompt", None),
-        "adapter": bool(getattr(model, "peft_config", None)),
+        "adapter": adapter if adapter is not None else ("attached" if attached else None),
+        "adapter_merged": bool(getattr(loaded, "merged", False)),
         "dtype": str(getattr(model, "dtype", "")).removeprefix("torch."),
     }
 
@@ -87,6 +95,7 @@ def run_benchmarks(
         "model": model_info(loaded),
         "settings": {"tasks": list(tasks), "limit": limit, "limits": limits, "shots": shots, "seed": seed,
                      "chat_template": bool(getattr(loaded, "use_chat", False))},
+        "software": software_versions(),
         "tasks": {},
     })
     reusable = _reusable_tasks(finished, out.results)

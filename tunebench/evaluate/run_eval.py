@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tunebench import software_versions
 from tunebench.config import EvalConfig
 from tunebench.data.example import Example
 from tunebench.errors import DataError
@@ -48,19 +49,6 @@ def test_set_hash(examples: Iterable[Example | Mapping[str, Any]]) -> str:
 
 
 test_set_hash.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite its name
-
-
-def _software() -> dict[str, str]:
-    import torch
-    import transformers
-
-    import tunebench
-
-    return {
-        "tunebench": tunebench.__version__,
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-    }
 
 
 def evaluate(
@@ -143,7 +131,7 @@ def evaluate(
             "prompt_format": "chat" if loaded.use_chat else "plain",
             "system_prompt": loaded.system_prompt,
             "bf16": bf16,
-            "software": _software(),
+            "software": software_versions(),
         },
         "metrics": metrics,
         "examples_per_s": len(examples) / wall_s if wall_s > 0 else None,

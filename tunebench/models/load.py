@@ -72,6 +72,8 @@ class LoadedModel:
     source: str
     use_chat: bool
     system_prompt: str | None
+    adapter: str | None = None  # the trained output applied on top of `ref` (adapter or full-model dir), if any
+    merged: bool = False  # whether a LoRA adapter was folded into the base weights
 
     def format_prompt(self, prompt: str) -> str:
         """The exact text the model sees before its completion (chat template or plain)."""
@@ -387,6 +389,8 @@ class LoadedTokenizer:
     source: str
     use_chat: bool
     system_prompt: str | None
+    adapter: str | None = None  # the trained output applied on top of `ref` (adapter or full-model dir), if any
+    merged: bool = False  # whether a LoRA adapter was folded into the base weights
 
     def format_prompt(self, prompt: str) -> str:
         return chat.format_prompt(self.tokenizer, prompt, use_chat=self.use_chat, system_prompt=self.system_prompt)
@@ -469,4 +473,6 @@ def load_model(
     return LoadedModel(
         model=model, tokenizer=tokenizer, family=family, ref=cfg.ref, source=source,
         use_chat=_use_chat(tokenizer, cfg, family), system_prompt=cfg.system_prompt,
+        adapter=str(trained[1].resolve()) if trained is not None else None,
+        merged=bool(merge and trained is not None and trained[0] == "peft"),
     )

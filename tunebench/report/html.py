@@ -42,7 +42,7 @@ def render_html(results: dict[str, Any], plots: dict[str, bytes] | None = None) 
         "systems": tables.system_table(results),
         "comparisons": tables.comparison_tables(results),
         "training": tables.training_rows(results),
-        "bench": tables.bench_table(results),
+        "bench": tables.bench_table(results), "bench_note": tables.BENCH_NOTE,
         "forgetting": tables.forgetting_rows(results),
         "helm": tables.helm_table(results),
         "signatures": tables.signature_rows(results),

@@ -70,7 +70,7 @@ def _benchmarks(results: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if results["benchmarks"]:
         bench = t.bench_table(results)
-        lines += ["## Benchmarks", ""]
+        lines += ["## Benchmarks", "", t.BENCH_NOTE, ""]
         lines += _table(["task", "metric", "n", "shots", "version", *bench["systems"]],
                         [[r["task"], r["metric"], r["n"], r["shots"], r["version"], *r["cells"]]
                          for r in bench["rows"]])

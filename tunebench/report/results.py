@@ -23,6 +23,7 @@ from tunebench.rundir import (
     HELM_SCHEMA,
     LAYOUT,
     RESULTS_SCHEMA,
+    BenchDir,
     CompareDir,
     EvalDir,
     RunDir,
@@ -143,16 +144,19 @@ class _Reader:
 
 
 def _detect_kind(root: Path) -> str:
-    if CompareDir(root).comparison.is_file():
+    if CompareDir(root).comparison.is_file() or CompareDir(root).forgetting.is_file():
         return "compare"
     if EvalDir(root).scores.is_file():
         return "eval"
     run = RunDir(root)
+    if BenchDir(root).results.is_file() and not run.eval_root.exists():
+        return "bench"
     run_markers = (run.compare_dir.comparison, run.eval_root, run.bench_root, run.train_summary, run.train_log)
     if any(m.exists() for m in run_markers):
         return "run"
-    raise DataError(f"{root}: nothing to report (no comparison.json, scores.json, eval/, bench/ or training "
-                    "files); point `tunebench report` at a run or compare directory")
+    raise DataError(f"{root}: nothing to report (no comparison.json, forgetting.json, scores.json, results.json, "
+                    "eval/, bench/ or training files); point `tunebench report` at a run, compare, eval or bench "
+                    "directory")
 
 
 def _per_example(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -240,19 +244,33 @@ def _forgetting(reader: _Reader, compare_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _benchmarks(reader: _Reader, run: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
+def _benchmarks(reader: _Reader, bench_dirs: dict[str, BenchDir]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Benchmark results per system name: a run's `bench/<system>/`, or the bench folders themselves."""
     benchmarks: dict[str, Any] = {}
     helm: dict[str, Any] = {}
-    for bench_dir in run.benchmarks():
+    for name, bench_dir in bench_dirs.items():
         results_path = bench_dir.results
         if results_path.is_file():
             doc = reader.json(results_path, BENCH_SCHEMA)
             rules = {"top level": ("tasks",), "tasks.<task>": REQUIRED_KEYS["benchmarks.<system>.tasks.<task>"]}
             check_keys(doc, rules, str(results_path), "re-run `tunebench bench`")
-            benchmarks[bench_dir.path.name] = doc
+            benchmarks[name] = doc
         if bench_dir.helm.is_file():
-            helm[bench_dir.path.name] = reader.json(bench_dir.helm, HELM_SCHEMA)
+            helm[name] = reader.json(bench_dir.helm, HELM_SCHEMA)
     return benchmarks, helm
+
+
+def _bench_systems(reader: _Reader, root: Path, kind: str) -> dict[str, BenchDir]:
+    """The bench folders a report covers: a bench dir itself, a bench compare's two, or a run's bench/<system>/."""
+    if kind == "bench":
+        return {root.name: BenchDir(root)}
+    doc_path = CompareDir(root).forgetting
+    if kind == "compare" and doc_path.is_file():
+        doc = reader.json(doc_path)
+        if isinstance(doc, dict) and doc.get("base") and doc.get("tuned"):
+            dirs = {name: BenchDir(Path(doc[name])) for name in ("base", "tuned")}
+            return {name: d for name, d in dirs.items() if d.results.is_file()}
+    return {d.path.name: d for d in RunDir(root).benchmarks()}
 
 
 def _training(reader: _Reader, run: RunDir) -> dict[str, Any] | None:
@@ -303,7 +321,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
     compare_dir = root if kind == "compare" else run.compare_dir.path
     comparisons, compare_test_set = _comparisons(reader, compare_dir, systems)
     forgetting = _forgetting(reader, compare_dir)
-    benchmarks, helm = _benchmarks(reader, run)
+    benchmarks, helm = _benchmarks(reader, _bench_systems(reader, root, kind))
     config = reader.yaml(run.config) if run.config.is_file() else None
     data_stats = reader.json(run.data_stats) if run.data_stats.is_file() else None
     test_set = compare_test_set or next((s["test_set"] for s in systems.values() if s.get("test_set")), None)

@@ -163,6 +163,10 @@ def training_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
     return [(k, fmt_value(v)) for k, v in flatten(training.get("summary") or {})]
 
 
+BENCH_NOTE = ("Scores ± their standard error over examples (lm-evaluation-harness's convention); a 95% interval is "
+              "about ± 1.96 standard errors.")
+
+
 def bench_table(results: dict[str, Any]) -> dict[str, Any]:
     """Benchmark scores with rows (task, metric) and one column per system: value ± stderr."""
     systems = list(results["benchmarks"])

@@ -73,8 +73,12 @@ def comparison_table(comparison: dict[str, Any]) -> list[Any]:
     return tables
 
 
-def forgetting_table(rows: list[dict[str, Any]]) -> Any:
-    """Benchmarks before and after tuning: Δ with its paired-bootstrap 95% CI and p, significant drops marked."""
+def forgetting_table(rows: list[dict[str, Any]] | dict[str, Any]) -> Any:
+    """Benchmarks before and after tuning: Δ with its paired-bootstrap 95% CI and p, significant drops marked.
+
+    `rows`: forgetting.json's content (a list of rows, or {"rows": [...]} from comparing two bench folders).
+    """
+    rows = rows["rows"] if isinstance(rows, dict) else rows
     out = []
     for r in rows:
         d = digits_for(r["base"], r["tuned"])
