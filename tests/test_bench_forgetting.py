@@ -137,3 +137,29 @@ def test_different_protocols_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"task 'rte': base and tuned ran different protocols \(chat_template: "
                                         r"base False, tuned True\)"):
         forgetting_table(base, tuned)
+
+
+def test_compare_and_report_take_two_bench_folders(tmp_path: Path, capsys) -> None:
+    from tunebench.cli import main
+    from tunebench.evaluate.stats import paired_bootstrap
+
+    base_acc = [1.0] * 30 + [0.0] * 10
+    tuned_acc = [1.0] * 18 + [0.0] * 22
+    base = write_run(tmp_path / "bench_base", {"sst2": base_acc})
+    tuned = write_run(tmp_path / "bench_tuned", {"sst2": tuned_acc})
+    out = tmp_path / "cmp"
+    assert main(["compare", str(base), str(tuned), "--out", str(out), "--resamples", "500"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    doc = __import__("json").loads((out / "forgetting.json").read_text())
+    assert doc["base"] == str(base.resolve()) and doc["tuned"] == str(tuned.resolve())
+    row = next(r for r in doc["rows"] if r["metric"] == "acc")
+    expected = paired_bootstrap(base_acc, tuned_acc, n_resamples=500, seed=0)  # ids match in order q0..q39
+    assert (row["base"], row["tuned"]) == (0.75, 0.45) and row["p_value"] == expected["p_value"]
+    assert row["significant_drop"] and "DROP" in text and "(paired-bootstrap)" in text
+    assert main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "## Forgetting" in md and "| sst2 | acc | 0.7500 | 0.4500 |" in md
+    assert "| base | tuned |" in md  # both bench folders' scores, side by side
+    assert main(["report", str(base)]) == 0  # a bench folder on its own
+    assert "## Benchmarks" in (base / "report.md").read_text()
+    assert "standard error" in (base / "report.md").read_text()

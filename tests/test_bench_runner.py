@@ -122,3 +122,28 @@ def test_the_stage_returns_results_and_logs_and_writes_nothing(tiny, data_dir: P
     with pytest.raises(pytest.fail.Exception, match="scored again"):
         run_benchmarks(tiny, ["rte", "sst2"], data_dir=data_dir, limit=3, shots=0, progress=False,
                        finished=other_settings)
+
+
+def test_results_record_adapter_precision_and_versions(tiny_causal_dir, data_dir: Path, tmp_path: Path) -> None:
+    import tunebench
+    from tunebench.config import ModelConfig, TrainConfig
+    from tunebench.models.export import save_trained
+    from tunebench.models.load import load_model
+    from tunebench.models.methods import apply_method
+
+    base = load_model(ModelConfig(ref=str(tiny_causal_dir)))
+    adapter = tmp_path / "run" / "adapter"
+    save_trained(apply_method(base.model, TrainConfig.model_validate({"method": "lora", "lora": {"r": 2}})),
+                 base.tokenizer, adapter, method="lora")
+    tuned = load_model(ModelConfig(ref=str(tiny_causal_dir)), adapter=tmp_path / "run", merge=True)
+    results = bench_into(BenchDir(tmp_path / "b"), tuned, ["sst2"], data_dir=data_dir, limit=2, shots=0,
+                         progress=False)
+    model = json.loads((tmp_path / "b" / "results.json").read_text())["model"]
+    assert model == results["model"]
+    assert model["ref"] == str(tiny_causal_dir) and model["adapter"] == str(adapter.resolve())
+    assert model["adapter_merged"] is True and model["dtype"] == "float32"
+    assert results["software"]["tunebench"] == tunebench.__version__
+    assert results["settings"] == {"tasks": ["sst2"], "limit": 2, "shots": 0, "seed": 0}
+    base = load_model(ModelConfig(ref=str(tiny_causal_dir)))  # the first one was wrapped by apply_method
+    plain = bench_into(BenchDir(tmp_path / "c"), base, ["sst2"], data_dir=data_dir, limit=2, shots=0, progress=False)
+    assert plain["model"]["adapter"] is None and plain["model"]["adapter_merged"] is False
