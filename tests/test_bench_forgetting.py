@@ -160,6 +160,11 @@ def test_compare_and_report_take_two_bench_folders(tmp_path: Path, capsys) -> No
     md = (out / "report.md").read_text()
     assert "## Forgetting" in md and "| sst2 | acc | 0.7500 | 0.4500 |" in md
     assert "| base | tuned |" in md  # both bench folders' scores, side by side
-    assert main(["report", str(base)]) == 0  # a bench folder on its own
-    assert "## Benchmarks" in (base / "report.md").read_text()
-    assert "standard error" in (base / "report.md").read_text()
+    before = (base / "results.json").read_text()
+    assert main(["report", str(base)]) == 0  # a bench folder on its own: the report goes beside, not over it
+    assert (base / "results.json").read_text() == before
+    assert "## Benchmarks" in (base / "report" / "report.md").read_text()
+    assert "standard error" in (base / "report" / "report.md").read_text()
+    assert main(["report", str(tuned), "--out", str(base)]) == 1  # never over a benchmark's results.json
+    assert "is not a report's results.json" in capsys.readouterr().err
+    assert (base / "results.json").read_text() == before

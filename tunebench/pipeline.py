@@ -97,12 +97,26 @@ def write_helm(out: BenchDir, helm: HelmResults) -> None:
 
 
 def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
-    """`tunebench report`: results.json, report.md and report.html for a run, compare or eval directory (default:
-    in it). Everything is rendered before anything is written, so a failure never leaves a half-updated set."""
+    """`tunebench report`: results.json, report.md and report.html for a run, compare, eval or bench directory.
+
+    The default place is the directory itself, except for a bench folder, whose own results.json must stay: its
+    report goes to DIR/report/. Everything is rendered before anything is written, so a failure never leaves a
+    half-updated set; a results.json of another kind (a benchmark's) is never overwritten (DataError).
+    """
+    from tunebench.errors import DataError
     from tunebench.report.html import render_report
 
     report = render_report(Path(run_dir))
-    out = RunDir(Path(out_dir) if out_dir is not None else Path(run_dir))
+    default = Path(run_dir) / "report" if report.results["source"]["kind"] == "bench" else Path(run_dir)
+    out = RunDir(Path(out_dir) if out_dir is not None else default)
+    if out.results.is_file():
+        try:
+            schema = read_json(out.results).get("schema")
+        except (TunebenchError, AttributeError):
+            schema = None
+        if schema != report.results["schema"]:
+            raise DataError(f"{out.results} is not a report's results.json (schema {schema!r}); it is kept: choose "
+                            "another --out for the report")
     return {
         "results": atomic_write_json(out.results, report.results),
         "markdown": atomic_write_text(out.report_md, report.markdown),

@@ -8,6 +8,7 @@ The key check is written by hand because a JSON-Schema dependency would be heavi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,13 +144,21 @@ class _Reader:
         return doc
 
 
+def _is_bench_results(path: Path) -> bool:
+    """A benchmark folder's results.json (not the results.json `tunebench report` writes into a run dir)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("schema") == BENCH_SCHEMA
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _detect_kind(root: Path) -> str:
     if CompareDir(root).comparison.is_file() or CompareDir(root).forgetting.is_file():
         return "compare"
     if EvalDir(root).scores.is_file():
         return "eval"
     run = RunDir(root)
-    if BenchDir(root).results.is_file() and not run.eval_root.exists():
+    if _is_bench_results(BenchDir(root).results):
         return "bench"
     run_markers = (run.compare_dir.comparison, run.eval_root, run.bench_root, run.train_summary, run.train_log)
     if any(m.exists() for m in run_markers):
