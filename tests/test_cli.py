@@ -239,3 +239,26 @@ def test_library_noise_is_silenced_unless_verbose(tiny_causal_dir):
     assert "is_gradient_checkpointing" in verbose.stderr  # the noise exists, so the quiet run can be checked
     assert "is_gradient_checkpointing" not in quiet.stderr
     assert "Loading weights" not in quiet.stderr
+
+
+def test_readme_own_data_walkthrough_config_works_as_written(tmp_path):
+    """The README's "your own data" config, copied as written beside a 40-row CSV, splits and evaluates as it says."""
+    import re
+
+    from tunebench.data.prepare import build_splits
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Your own data, step by step"):]
+    yaml_text = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    project = tmp_path / "my_project"
+    project.mkdir()
+    (project / "config.yaml").write_text("\n".join(line.removeprefix("   ") for line in yaml_text.splitlines()))
+    (project / "reviews.csv").write_text("review,sentiment\n" + "".join(
+        f"review number {i},{'positive' if i % 2 else 'negative'}\n" for i in range(40)))
+    cfg = load_config(project / "config.yaml")
+    splits = build_splits(cfg.data, None, cfg.seed)
+    expected_test, expected_val = round(40 * 0.25), round(40 * 0.1)  # the fractions the walkthrough sets
+    assert (len(splits.test), len(splits.validation), len(splits.train)) == (
+        expected_test, expected_val, 40 - expected_test - expected_val)
+    assert cfg.eval.metrics == ["accuracy", "macro_f1"] and cfg.eval.generation.max_new_tokens == 8
+    assert splits.train[0].completion in ("positive", "negative")
