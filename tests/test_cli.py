@@ -110,7 +110,10 @@ def test_limit_zero_means_all_in_eval_and_bench(monkeypatch, tmp_path):
     assert pipeline._eval_examples(cfg, splits, "test", None) == [0, 1]
     assert pipeline._eval_examples(cfg, splits, "test", 3) == [0, 1, 2]
     seen = {}
-    monkeypatch.setattr("tunebench.bench.runner.run_benchmarks", lambda *a, **kw: seen.update(kw) or {})
+    from tunebench.bench.runner import BenchResults
+
+    monkeypatch.setattr("tunebench.bench.runner.run_benchmarks",
+                        lambda *a, **kw: seen.update(kw) or BenchResults(results={"tasks": {}}))
     pipeline.bench_loaded(load_config(None, ["bench.helm=false"]), None, tmp_path, None, tasks=["sst2"], limit=0)
     assert seen["limit"] is None
 

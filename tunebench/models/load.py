@@ -451,6 +451,7 @@ def load_model(
     model.name_or_path = record
     model.config.name_or_path = record
     ensure_pad_token(tokenizer, model)
+    merged = False
     if trained is not None and trained[0].reload is not None:
         from safetensors import SafetensorError
 
@@ -465,6 +466,7 @@ def load_model(
             from tunebench.models.probe import merge_checked
 
             model, problem = merge_checked(model, f"the adapter {out}")
+            merged = not problem
             if problem:
                 log.warning("%s: scoring with the adapter attached instead (slower, same outputs as trained)", problem)
     model.eval()
@@ -474,5 +476,5 @@ def load_model(
         model=model, tokenizer=tokenizer, family=family, ref=cfg.ref, source=source,
         use_chat=_use_chat(tokenizer, cfg, family), system_prompt=cfg.system_prompt,
         adapter=str(trained[1].resolve()) if trained is not None else None,
-        merged=bool(merge and trained is not None and trained[0] == "peft"),
+        merged=merged,
     )
