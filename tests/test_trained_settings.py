@@ -20,11 +20,12 @@ from tunebench.models.methods import apply_method
 from tunebench.pipeline import evaluate_reference
 
 
-def _write_run(run_dir, model_dir, **model_keys):
+def _write_run(run_dir, model_dir, template=None, **model_keys):
     """A run dir as `tunebench train` leaves it: config.yaml and an adapter (untrained LoRA: only formats matter)."""
     from tunebench.config import ModelConfig, TrainConfig
 
-    cfg = config_from_dict({"model": {"ref": str(model_dir), **model_keys}, "train": {"method": "lora"}})
+    cfg = config_from_dict({"model": {"ref": str(model_dir), **model_keys}, "train": {"method": "lora"},
+                            **({"data": {"template": template}} if template else {})})
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     loaded = load_model(ModelConfig(ref=str(model_dir)))
@@ -33,11 +34,11 @@ def _write_run(run_dir, model_dir, **model_keys):
     return run_dir
 
 
-def _eval_cfg(**model_keys):
+def _eval_cfg(template=None, **model_keys):
     return config_from_dict({
         **({"model": model_keys} if model_keys else {}),
         "data": {"source": "dialogsum", "splits": {"train": "validation", "validation": None, "test": "test"},
-                 "limits": {"train": 4, "test": 2}},
+                 "limits": {"train": 4, "test": 2}, **({"template": template} if template else {})},
         "eval": {"metrics": ["rouge"], "bootstrap": 20, "generation": {"max_new_tokens": 2}},
     })
 
@@ -79,6 +80,26 @@ def test_eval_of_a_run_uses_its_prompt_format_and_stores_the_exact_prompt(tmp_pa
     from tunebench.report.results import build_results
 
     assert any("different formats" in w for w in build_results(tmp_path / "cmp")["warnings"])
+
+
+def test_eval_of_a_run_uses_its_template_unless_the_config_sets_one(tmp_path, tiny_causal_dir, data_dir, caplog):
+    from tunebench.data.prepare import build_splits
+
+    trained_with = {"name": "dialogsum", "variant": 2}
+    run = _write_run(tmp_path / "run", tiny_causal_dir, template=trained_with, chat_template="never")
+    expected = [e.prompt for e in build_splits(_eval_cfg(template=trained_with).data, data_dir, 0).test]
+    default = [e.prompt for e in build_splits(_eval_cfg().data, data_dir, 0).test]
+    assert expected != default  # the phrasings differ, so the test can tell which one was scored
+
+    evaluate_reference(_eval_cfg(), data_dir=data_dir, adapter=str(run), split=None, limit=None, shots=0,
+                       out_dir=tmp_path / "as-trained")
+    assert [r["prompt"] for r in _rows(tmp_path / "as-trained")] == expected
+
+    with caplog.at_level("WARNING"):  # set explicitly: honoured, with a warning naming the key and both values
+        evaluate_reference(_eval_cfg(template={"name": "dialogsum", "variant": 0}), data_dir=data_dir,
+                           adapter=str(run), split=None, limit=None, shots=0, out_dir=tmp_path / "asked")
+    assert [r["prompt"] for r in _rows(tmp_path / "asked")] == default
+    assert any("data.template" in r.getMessage() and "'variant': 2" in r.getMessage() for r in caplog.records)
 
 
 CUSTOM_CODE = '''

@@ -7,11 +7,12 @@ schema` prints the JSON schema generated from these models.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,12 +21,16 @@ from tunebench.errors import ConfigError, did_you_mean
 from tunebench.io import read_yaml_mapping
 
 DATA_DIR_ENV = "TUNEBENCH_DATA_DIR"
+log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
     """Base for all config sections: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+SectionT = TypeVar("SectionT", bound=Section)
 
 
 class ModelConfig(Section):
@@ -616,6 +621,29 @@ def config_from_dict(tree: dict[str, Any], source: str = "config", overridden: I
         return RunConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source, overridden)) from None
+
+
+def adopt_trained(mine: SectionT, theirs: SectionT, keys: tuple[str, ...], section: str, run: Path) -> SectionT:
+    """`mine` with each of `keys` taken from `theirs` (the trained run's section) unless the user set it.
+
+    A key set explicitly in `mine` (config file, --set, a CLI flag) wins, with a warning naming `section.key`, the
+    run and both values, because the tuned model then sees prompts unlike its training.
+    """
+    updates: dict[str, Any] = {}
+    for key in keys:
+        value, trained = getattr(mine, key), getattr(theirs, key)
+        if value == trained:
+            continue
+        if key in mine.model_fields_set:
+            shown, shown_trained = (v.model_dump() if isinstance(v, BaseModel) else v for v in (value, trained))
+            log.warning("%s.%s is %r but %s was trained with %r: scoring with %r as asked, so the tuned model "
+                        "sees prompts unlike its training", section, key, shown, run, shown_trained, shown)
+        else:
+            updates[key] = trained
+    if updates:
+        log.info("scoring %s with its run's %s", run, ", ".join(
+            f"{section}.{k}={v.model_dump() if isinstance(v, BaseModel) else v!r}" for k, v in updates.items()))
+    return mine.model_copy(update=updates)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

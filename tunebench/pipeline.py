@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunebench.config import RunConfig, dump_config, resolve_data_dir
+from tunebench.config import RunConfig, adopt_trained, dump_config, load_config, resolve_data_dir
 from tunebench.errors import TunebenchError
 from tunebench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
 from tunebench.processes import is_main
@@ -160,10 +160,16 @@ def evaluate_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: 
 
 def _trained_settings(cfg: RunConfig, adapter: str | None) -> None:
     """Score a trained output with its run's base model and prompt format unless the config set them explicitly."""
-    if adapter is not None:
-        from tunebench.models.load import model_config_for_trained
+    if adapter is None:
+        return
+    from tunebench.models.load import TRAINED_SETTINGS, run_config_path
 
-        cfg.model = model_config_for_trained(cfg.model, adapter)
+    recorded = run_config_path(adapter)
+    if recorded is None:  # a bare adapter folder: nothing recorded to adopt
+        return
+    trained = load_config(recorded)
+    cfg.model = adopt_trained(cfg.model, trained.model, TRAINED_SETTINGS, "model", recorded.parent)
+    cfg.data = adopt_trained(cfg.data, trained.data, ("template",), "data", recorded.parent)
 
 
 def compare_paths(paths: list[Path], out_dir: Path, *, baseline: str | None = None, n_resamples: int = 1000,

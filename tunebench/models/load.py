@@ -353,32 +353,6 @@ def base_model_config(path: str | Path, *, trust_remote_code: bool = False) -> M
 TRAINED_SETTINGS = ("ref", "revision", "chat_template", "system_prompt")
 
 
-def model_config_for_trained(cfg: ModelConfig, adapter: str | Path) -> ModelConfig:
-    """`cfg` with the base model and prompt settings the trained output at `adapter` was trained with.
-
-    A key the user set explicitly (in the config file or with --set/--model) wins, with a warning when it differs
-    from the run's; a key left at its default takes the run's value. Without a run config.yaml beside the output
-    (a bare adapter dir), `cfg` is returned unchanged.
-    """
-    recorded = run_config_path(adapter)
-    if recorded is None:
-        return cfg
-    trained = load_config(recorded).model
-    updates: dict[str, Any] = {}
-    for key in TRAINED_SETTINGS:
-        mine, theirs = getattr(cfg, key), getattr(trained, key)
-        if mine == theirs:
-            continue
-        if key in cfg.model_fields_set:
-            log.warning("model.%s is %r but %s was trained with %r: scoring with %r as asked, so the tuned model "
-                        "sees prompts unlike its training", key, mine, recorded.parent, theirs, mine)
-        else:
-            updates[key] = theirs
-    if updates:
-        log.info("scoring %s with its run's %s", recorded.parent, ", ".join(f"model.{k}={v!r}" for k, v in updates.items()))
-    return cfg.model_copy(update=updates)
-
-
 @dataclass
 class LoadedTokenizer:
     """The prompt side of a model without its weights: enough to preview and count tokens."""
