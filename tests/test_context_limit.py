@@ -107,3 +107,31 @@ def test_training_caps_max_length_at_the_positions(gpt2_dir, tmp_path, data_dir,
     assert any("positions" in r.getMessage() for r in caplog.records)
     stats = json.loads((result.run_dir / "data_stats.json").read_text())["tokenized"]["train"]
     assert stats["truncated"] > 0 and stats["tokens"]["max_length"] == N_POSITIONS
+
+
+def test_seq2seq_loglikelihood_cuts_the_encoder_input_from_the_left(tmp_path, tokenizer_dir, caplog):
+    """BART has a position table (T5 has none): an over-long context is cut to its last positions, counted."""
+    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
+
+    from tunebench.bench.loglik import Request, loglikelihoods_seq2seq
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(BartConfig(
+        vocab_size=len(tok), max_position_embeddings=N_POSITIONS, d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id)).eval()
+    context, continuation = _long_prompt(tok), " w7 w8"
+    source = tok(context)["input_ids"]
+    assert len(source) > N_POSITIONS
+    head = source[:1] if tok.bos_token_id is not None and source[0] == tok.bos_token_id else []
+    kept = head + source[len(source) - (N_POSITIONS - len(head)):]  # by hand: the last positions, BOS kept
+    labels = tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([kept]), labels=torch.tensor([labels])).logits[0]
+    expected = float(torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(labels)[:, None]).sum())
+    with caplog.at_level("WARNING"):
+        got = loglikelihoods_seq2seq(model, tok, [Request(context, (continuation, " w9"))])
+    assert got[0][0] == pytest.approx(expected, abs=1e-4)
+    assert any("1 of 1 contexts cut" in r.getMessage() for r in caplog.records)

@@ -272,16 +272,31 @@ def loglikelihoods_naive(model: Any, tokenizer: Any, requests: Sequence[Request]
 def loglikelihoods_seq2seq(
     model: Any, tokenizer: Any, requests: Sequence[Request], *, batch_size: int = 16, progress: bool = False
 ) -> list[list[float]]:
-    """Encoder-decoder models: the context is the encoder input, each continuation the decoder's labels."""
+    """Encoder-decoder models: the context is the encoder input, each continuation the decoder's labels.
+
+    A context longer than the model's positions (BART's `max_position_embeddings`; T5's relative positions have
+    no limit) is cut from the left, keeping a leading BOS, as the causal path and generation cut theirs; a
+    continuation longer than the decoder's positions raises ValueError.
+    """
     import torch
 
+    from tunebench.evaluate.generate import fit_prompts
+    from tunebench.models.load import position_limit
+
+    limit = position_limit(model)
+    sources, cuts = fit_prompts([list(tokenizer(req.context)["input_ids"]) for req in requests], limit, 0,
+                                getattr(tokenizer, "bos_token_id", None), where="the encoder")
+    if any(cuts):
+        log.warning("%d of %d contexts cut from the left to fit the model's %d positions", sum(1 for c in cuts if c),
+                    len(requests), limit)
     rows = []
-    for r, req in enumerate(requests):
-        source = list(tokenizer(req.context)["input_ids"])
+    for r, (req, source) in enumerate(zip(requests, sources, strict=True)):
         for c, continuation in enumerate(req.continuations):
             labels = list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
             if not labels:
                 raise ValueError(f"continuation {continuation!r} has no tokens")
+            if limit is not None and len(labels) > limit:
+                raise ValueError(f"continuation {continuation!r} alone is longer than the model's {limit} positions")
             rows.append((r, c, source, labels))
     out: list[list[float]] = [[0.0] * len(req.continuations) for req in requests]
     pad = pad_token_id(tokenizer)
