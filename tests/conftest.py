@@ -95,3 +95,49 @@ def tiny_t5_dir(tmp_path_factory, tokenizer_dir) -> Path:
     tok.save_pretrained(out)
     (out / "chat_template.jinja").unlink(missing_ok=True)
     return out
+
+
+@pytest.fixture
+def two_processes(monkeypatch):
+    """Run fn(rank) as ranks 0 and 1 of a world of 2, in two threads whose `gather` exchanges lists as
+    `torch.distributed.all_gather_object` would between processes; returns [result of rank 0, of rank 1]."""
+    import threading
+
+    from tunebench import processes
+
+    parts: list = [None, None]
+    meeting = threading.Barrier(2, timeout=300)
+    mine = threading.local()
+
+    def gather(local, world_size):
+        assert world_size == 2
+        parts[mine.rank] = list(local)
+        meeting.wait()
+        out = [x for part in parts for x in part]
+        meeting.wait()
+        return out
+
+    monkeypatch.setattr(processes, "gather", gather)
+
+    def run(fn):
+        results: list = [None, None]
+        errors: list = []
+
+        def target(rank):
+            mine.rank = rank
+            try:
+                results[rank] = fn(rank)
+            except BaseException as exc:  # re-raised in the test's thread
+                errors.append(exc)
+                meeting.abort()
+
+        threads = [threading.Thread(target=target, args=(r,)) for r in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return results
+
+    return run

@@ -129,7 +129,7 @@ def test_empty_split_is_a_user_error(loaded, tmp_path):
         run_eval.evaluate(loaded, [], cfg=_cfg(), system={}, progress=False)
 
 
-def test_the_stage_returns_data_and_writes_nothing(loaded, tmp_path, monkeypatch):
+def test_the_stage_returns_data_and_writes_nothing(loaded, tmp_path, monkeypatch, two_processes):
     monkeypatch.chdir(tmp_path)
     cfg = _cfg(metrics=["exact_match"])
     evaluation = run_eval.evaluate(loaded, EXAMPLES[:3], cfg=cfg, system={"name": "s"}, progress=False)
@@ -141,24 +141,35 @@ def test_the_stage_returns_data_and_writes_nothing(loaded, tmp_path, monkeypatch
     assert [(r["id"], r["prediction"]) for r in evaluation.predictions] == [
         (e.id, g.text) for e, g in zip(EXAMPLES[:3], expected, strict=True)]
     assert evaluation.scores["test_set"]["n"] == 3 and evaluation.scores["metrics"]["exact_match"]["n"] == 3
-    # another process of the same world computes the same evaluation (no sharding yet)
-    other = run_eval.evaluate(loaded, EXAMPLES[:3], cfg=cfg, system={"name": "s"}, progress=True, rank=1,
-                              world_size=2)
-    assert [r["prediction"] for r in other.predictions] == [r["prediction"] for r in evaluation.predictions]
+    # two processes each generate their shard and both return the whole evaluation, in the examples' order
+    shards: list[list[str]] = []
+
+    def spy(model, tokenizer, prompts, **kwargs):
+        shards.append(list(prompts))
+        return generate_texts(model, tokenizer, prompts, **kwargs)
+
+    monkeypatch.setattr("tunebench.evaluate.generate.generate_texts", spy)
+    both = two_processes(lambda rank: run_eval.evaluate(loaded, EXAMPLES[:3], cfg=cfg, system={"name": "s"},
+                                                        progress=True, rank=rank, world_size=2))
+    assert all([r["prediction"] for r in other.predictions] == [r["prediction"] for r in evaluation.predictions]
+               for other in both)
+    assert both[0].scores["metrics"] == evaluation.scores["metrics"] == both[1].scores["metrics"]
+    assert len(shards) == 2 and all(shards) and not set(shards[0]) & set(shards[1])
+    assert sorted(shards[0] + shards[1]) == sorted(loaded.format_prompt(e.prompt) for e in EXAMPLES[:3])
     with pytest.raises(ValueError, match="rank 2 is outside a world of 2"):
         run_eval.evaluate(loaded, EXAMPLES[:3], cfg=cfg, system={}, rank=2, world_size=2)
 
 
-def test_only_the_main_process_writes(loaded, tmp_path):
+def test_only_the_main_process_writes(loaded, tmp_path, two_processes):
     from types import SimpleNamespace
 
     from tunebench.pipeline import evaluate_into
 
     cfg = SimpleNamespace(eval=_cfg(metrics=["exact_match"]), seed=0)
     args = (cfg, loaded, EXAMPLES[:2], None, {"name": "s"}, 0)
-    other = evaluate_into(EvalDir(tmp_path / "other"), *args, rank=1, world_size=2)
+    main, other = two_processes(lambda rank: evaluate_into(EvalDir(tmp_path / ("main", "other")[rank]), *args,
+                                                           rank=rank, world_size=2))
     assert not (tmp_path / "other").exists()
-    main = evaluate_into(EvalDir(tmp_path / "main"), *args, rank=0, world_size=2)
     on_disk = json.loads(EvalDir(tmp_path / "main").scores.read_text())
     assert on_disk["metrics"] == json.loads(json.dumps(main["metrics"])) and other["metrics"] == main["metrics"]
     assert len(EvalDir(tmp_path / "main").predictions.read_text().splitlines()) == 2

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tunebench import __version__
 from tunebench.errors import ConfigError, TunebenchError
+from tunebench.processes import current_process, is_main
 
 _PARTIAL = "results.partial.json"  # tunebench.bench.runner.PARTIAL, not imported: the CLI starts fast
 
@@ -162,11 +163,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _refuse_existing(out, "scores.json", args.overwrite, "--out")
     from tunebench.rundir import EvalDir
 
+    rank, world_size = current_process(cfg.model.device)
     for k, out in zip(shots, outs, strict=True):
         scores = evaluate_reference(
             cfg, data_dir=args.data_dir, adapter=args.adapter, split=args.split, limit=args.limit,
-            shots=k, out_dir=out,
+            shots=k, out_dir=out, rank=rank, world_size=world_size,
         )
+        if not is_main(rank):
+            continue
         if len(shots) > 1:
             print(f"{k}-shot:")
         _print(render_score_table(scores["metrics"]))
@@ -238,7 +242,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from tunebench.pipeline import run_all
 
-    _print_run_summary(run_all(cfg, data_dir=args.data_dir))
+    rank, world_size = current_process(cfg.model.device)
+    paths = run_all(cfg, data_dir=args.data_dir, rank=rank, world_size=world_size)
+    if is_main(rank):
+        _print_run_summary(paths)
     return 0
 
 
@@ -247,7 +254,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tunebench.pipeline import DEMO_CONFIG, run_all
 
     cfg = load_config(DEMO_CONFIG, args.overrides)
-    _print_run_summary(run_all(cfg, data_dir=args.data_dir))
+    rank, world_size = current_process(cfg.model.device)
+    paths = run_all(cfg, data_dir=args.data_dir, rank=rank, world_size=world_size)
+    if is_main(rank):
+        _print_run_summary(paths)
     return 0
 
 
@@ -272,9 +282,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = _model_config(args)
     out = Path(args.out)
     _refuse_existing(out, "results.json", args.overwrite, "--out")
+    rank, world_size = current_process(cfg.model.device)
     results = bench_reference(cfg, tasks=args.tasks, data_dir=args.data_dir, adapter=args.adapter,
                               limit=args.limit, shots=args.shots, out_dir=out, helm=args.helm,
-                              reference=args.reference)
+                              reference=args.reference, rank=rank, world_size=world_size)
+    if not is_main(rank):
+        return 0
     _print(bench_table(results))
     from tunebench.report.tables import bench_summary_lines
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tunebench.config import RunConfig, adopt_trained, dump_config, load_config, resolve_data_dir
 from tunebench.errors import TunebenchError
 from tunebench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
-from tunebench.processes import is_main
+from tunebench.processes import barrier, is_main
 from tunebench.rundir import BENCH_SCHEMA, BenchDir, CompareDir, EvalDir, RunDir
 
 if TYPE_CHECKING:
@@ -322,9 +322,18 @@ def bench_reference(cfg: RunConfig, *, tasks: list[str], data_dir: str | Path | 
                         rank=rank, world_size=world_size, reference=ref)
 
 
-def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, Path]:
-    """`tunebench run`: train, evaluate base (zero/few-shot) and tuned, compare, benchmark, report."""
+def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0,
+            world_size: int = 1) -> dict[str, Path]:
+    """`tunebench run`: train, evaluate base (zero/few-shot) and tuned, compare, benchmark, report.
+
+    `rank` of `world_size` processes (`accelerate launch`): training is data-parallel, evaluation and benchmarks
+    are sharded and gathered, and the main process alone writes the run directory and reports progress; the
+    others return an empty dict.
+    """
     from tunebench.train.loop import train
+
+    main = is_main(rank)
+    log = _log if main else (lambda message: None)
 
     resolved = resolve_data_dir(data_dir, cfg)
     run_dir = cfg.run_dir
@@ -336,13 +345,15 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
         from tunebench.bench.spec import resolve_tasks
 
         resolve_tasks(cfg.bench.tasks, resolved)
-    _prepare_run_dir(cfg)
+    if main:
+        _prepare_run_dir(cfg)
+    barrier(world_size)
 
     summary_path = run.train_summary
     if summary_path.is_file():
-        _log(f"training already done: {summary_path}")
+        log(f"training already done: {summary_path}")
     else:
-        _log(f"training ({cfg.train.method}) → {run_dir}")
+        log(f"training ({cfg.train.method}) → {run_dir}")
         result = train(cfg, data_dir=resolved, resume=run.checkpoints.is_dir())
         if getattr(result, "interrupted", False):
             raise TunebenchError(f"training was interrupted; rerun the same command to resume from {run_dir}")
@@ -353,11 +364,12 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
     for name, adapter, shots in systems:
         out = run.eval_dir(name)
         if out.scores.is_file():
-            _log(f"evaluation {name} already done")
+            log(f"evaluation {name} already done")
             continue
-        _log(f"evaluating {name} on {len(examples)} {cfg.eval.split} examples")
+        log(f"evaluating {name} on {len(examples)} {cfg.eval.split} examples")
         system = {"name": name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
-        evaluate_into(out, cfg, models.get(adapter), examples, splits, system, shots)
+        evaluate_into(out, cfg, models.get(adapter), examples, splits, system, shots, rank=rank,
+                      world_size=world_size)
 
     if cfg.bench.enabled and cfg.bench.tasks:
         from tunebench.bench.spec import resolve_tasks
@@ -366,9 +378,9 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
         for name, adapter in (("tuned", str(run_dir)), ("base", None)):
             bench_dir = run.bench_dir(name)
             if bench_dir.results.is_file():
-                _log(f"benchmarks for {name} already done")
+                log(f"benchmarks for {name} already done")
                 continue
-            _log(f"forgetting suite {','.join(cfg.bench.tasks)} on {name}")
+            log(f"forgetting suite {','.join(cfg.bench.tasks)} on {name}")
             summary = _read_summary(summary_path) if adapter else None
             loaded = models.get(adapter, merge=not drift)
             reference = None
@@ -377,15 +389,20 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None) -> dict[str, 
 
                 reference = load_model(cfg.model)  # a full fine-tune: KL needs the base as a second copy
             bench_loaded(cfg, loaded, bench_dir.path, resolved, summary, limit=cfg.bench.limit, limits=cfg.bench.limits,
-                         reference=reference)
+                         reference=reference, rank=rank, world_size=world_size)
             reference = None
     models.release()
+    if not main:
+        barrier(world_size)  # returns once the main process has written the comparison and the report
+        return {}
 
-    _log("comparing systems")
+    log("comparing systems")
     compare_paths([run_dir], run.compare_dir.path, baseline=systems[0][0], n_resamples=cfg.eval.bootstrap,
                   seed=cfg.seed)
-    _log("writing the report")
-    return write_report(run_dir)
+    log("writing the report")
+    paths = write_report(run_dir)
+    barrier(world_size)
+    return paths
 
 
 # What each later stage wrote, by the config section it depends on (compare and the report are always redone).

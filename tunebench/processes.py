@@ -1,14 +1,24 @@
-"""Which process this is: the rank and count every stage takes, and who writes the run directory.
+"""Which process this is, how work is split across processes, and who writes the run directory.
 
-Stages (evaluate, run_benchmarks, helm_evaluate) take `rank` of `world_size` processes and return data; the
-pipeline writes what the main process (rank 0) returned. Work is not yet split across processes: each one
-computes everything, so results are the same whatever the count, and sharding plus gathering can be added
-behind these two parameters without changing a stage's signature or its callers.
+Launched by `accelerate launch --num_processes N` (or `torchrun`, which it wraps), tunebench runs one process per
+device. Accelerate's `PartialState` joins the process group (gloo on CPU, NCCL on GPUs); nothing here is a scheme of
+our own beyond the split itself. Stages (evaluate, run_benchmarks) take `rank` of `world_size` processes: each
+process computes its shard of the examples (`map_sharded`), the shards are gathered with
+`torch.distributed.all_gather_object` so that every process holds every result in the original order, and the
+main process (rank 0) alone shows progress and writes files. A result is therefore the same whatever the process
+count, as long as one example's computation does not depend on which others share its batch (greedy decoding and
+log-likelihoods in fp32; seeded sampling draws per batch, so sampled outputs depend on the split).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
+
 MAIN_RANK = 0
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def check_rank(rank: int, world_size: int) -> None:
@@ -20,3 +30,88 @@ def check_rank(rank: int, world_size: int) -> None:
 def is_main(rank: int) -> bool:
     """The main process shows progress and is the only one that writes files."""
     return rank == MAIN_RANK
+
+
+def launched_world_size() -> int:
+    """Processes the launcher started (`WORLD_SIZE`, set by torchrun and `accelerate launch`); 1 when run plainly."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def current_process(device: str = "auto") -> tuple[int, int]:
+    """(rank, world_size) of this process; (0, 1) unless a launcher started several.
+
+    Under a launcher, Accelerate's `PartialState` initialises the process group once per process (the same
+    state the trainer's `Accelerator` then shares), on the CPU with gloo when `device` resolves to the CPU.
+    """
+    if launched_world_size() == 1:
+        return MAIN_RANK, 1
+    from accelerate import PartialState
+
+    from tunebench.models.device import accelerate_cpu, resolve_device
+
+    state = PartialState(cpu=accelerate_cpu(resolve_device(device)))
+    return state.process_index, state.num_processes
+
+
+def shard_order(keys: Sequence[Hashable] | int, world_size: int) -> list[list[int]]:
+    """Indices of each process's shard: contiguous, near-equal slices of the items in grouped order.
+
+    keys: one group key per item (benchmarks: the few-shot prefix, so a shared prefix is computed by one process,
+    or two where a group straddles a boundary), or the item count when items have no groups (original order).
+    Groups keep the order of their first item, and items their order within a group. Returns `world_size` lists
+    whose concatenation is a permutation of range(len(keys)).
+    """
+    if isinstance(keys, int):
+        order = list(range(keys))
+    else:
+        first: dict[Hashable, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        order = sorted(range(len(keys)), key=lambda i: (first[keys[i]], i))
+    n = len(order)
+    bounds = [n * r // world_size for r in range(world_size + 1)]
+    return [order[bounds[r]:bounds[r + 1]] for r in range(world_size)]
+
+
+def gather(local: list[T], world_size: int) -> list[T]:
+    """Every process's `local` list, concatenated in rank order, on every process (all_gather_object)."""
+    if world_size == 1:
+        return list(local)
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world_size
+    dist.all_gather_object(parts, list(local))
+    return [x for part in parts for x in part]
+
+
+def map_sharded(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T], *, rank: int = 0, world_size: int = 1,
+                keys: Sequence[Hashable] | None = None) -> list[R]:
+    """fn over this process's shard of `items`, gathered so every process returns all results in `items`' order.
+
+    fn(shard) must return one result per item of the shard, in order, computed independently of the others.
+    keys: group keys for `shard_order`. Raises ValueError for a rank outside the world or a result count that
+    does not match the shard.
+    """
+    check_rank(rank, world_size)
+    if world_size == 1:
+        return list(fn(list(items)))
+    mine = shard_order(list(keys) if keys is not None else len(items), world_size)[rank]
+    results = list(fn([items[i] for i in mine])) if mine else []
+    if len(results) != len(mine):
+        raise ValueError(f"a shard of {len(mine)} items gave {len(results)} results")
+    gathered = gather(list(zip(mine, results, strict=True)), world_size)
+    out: list[Any] = [None] * len(items)
+    for i, result in gathered:
+        out[i] = result
+    return out
+
+
+def barrier(world_size: int) -> None:
+    """Wait until every process reaches this point (after the main process wrote what the others read next)."""
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()

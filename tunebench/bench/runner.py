@@ -80,8 +80,8 @@ def run_benchmarks(
     limit, keyed by task name.
     finished: an earlier, unfinished call's results (results.partial.json); its tasks are reused when the
     model, the settings, the task version and the example count agree. on_task(results so far, task name) runs
-    after each scored task. `rank` of `world_size`: every process scores every task (no sharding yet); only
-    the main one prints progress. Raises ConfigError/DataError (bad task, missing data) before scoring anything.
+    after each scored task. `rank` of `world_size`: each process scores its shard of every task and every
+    process returns the whole results (bench.scoring.score_task); only the main one prints progress. Raises ConfigError/DataError (bad task, missing data) before scoring anything.
     """
     check_rank(rank, world_size)
     progress = progress and is_main(rank)
@@ -107,7 +107,8 @@ def run_benchmarks(
             continue
         if progress:
             print(f"bench: {name} ({len(task.instances)} examples, {task.shots}-shot)", file=sys.stderr)
-        scores = score_task(loaded, task, batch_size=batch_size, progress=progress, seed=seed, reference=reference)
+        scores = score_task(loaded, task, batch_size=batch_size, progress=progress, seed=seed, reference=reference,
+                            rank=rank, world_size=world_size)
         filename = samples_filename(name)
         out.samples[filename] = scores.samples
         entry: dict[str, Any] = {

@@ -19,6 +19,7 @@ from tunebench.bench.answers import apply_filters
 from tunebench.bench.instances import Instance, PreparedTask
 from tunebench.bench.spec import MC_DEFAULT_METRICS
 from tunebench.evaluate.metrics import MetricStats, compute_metric_stats
+from tunebench.processes import map_sharded
 
 STDERR_BOOTSTRAP = 1000
 
@@ -102,9 +103,10 @@ def _choice_stats(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dic
 
 def score_generation(
     loaded: Any, task: PreparedTask, instances: Sequence[Instance], *, batch_size: int = 16, progress: bool = False,
-    seed: int = 0,
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Per-sample rows (raw output, extracted answer, scores) and each metric's signature."""
+    seed: int = 0, rank: int = 0, world_size: int = 1,
+) -> tuple[list[dict[str, Any]], dict[str, MetricStats]]:
+    """Per-sample rows (raw output, extracted answer, scores) and each metric's statistics; outputs are generated
+    on this process's shard and gathered (processes.map_sharded)."""
     from tunebench.config import GenerationConfig
     from tunebench.evaluate.generate import generate_texts
 
@@ -113,8 +115,9 @@ def score_generation(
         max_new_tokens=spec.generation.max_new_tokens, stop=list(spec.generation.stop), batch_size=batch_size
     )
     prompts = [loaded.format_prompt(inst.prompt) for inst in instances]
-    outputs = generate_texts(loaded.model, loaded.tokenizer, prompts, family=loaded.family, gen=gen,
-                             progress=progress, seed=seed)
+    outputs = map_sharded(lambda shard: generate_texts(loaded.model, loaded.tokenizer, shard, family=loaded.family,
+                                                       gen=gen, progress=progress, seed=seed),
+                          prompts, rank=rank, world_size=world_size)
     answers = [apply_filters(out.text, spec.filters) for out in outputs]
     references = [list(inst.references) for inst in instances]
     stats = compute_metric_stats(answers, references, task.metrics, settings=spec.metric_settings())
@@ -147,27 +150,34 @@ def value_stderr(ms: MetricStats, *, seed: int = 0) -> dict[str, float]:
 
 def score_task(
     loaded: Any, task: PreparedTask, instances: Sequence[Instance] | None = None, *, batch_size: int = 16,
-    progress: bool = False, seed: int = 0, reference: Any | None = None,
+    progress: bool = False, seed: int = 0, reference: Any | None = None, rank: int = 0, world_size: int = 1,
 ) -> TaskScores:
     """Score `instances` (default: the task's own) with the task's output type and metrics.
 
     `loaded` needs .model, .tokenizer, .family and .format_prompt(prompt) (tunebench.models.load.LoadedModel).
     reference: perplexity tasks only, a LoadedModel whose next-token distribution KL(p_reference ‖ p_model) is
     measured against (None: the loaded model's own adapter disabled, when it has one).
+    `rank` of `world_size` processes: each scores its shard (multiple choice by few-shot prefix group, so a shared
+    prefix is computed once per process that holds its group), the per-sample rows are gathered, and every
+    process computes the task's metrics from all of them (processes.map_sharded).
     """
     items = list(task.instances if instances is None else instances)
     if not items:
         raise ValueError(f"task {task.spec.name}: no instances to score")
     start = time.perf_counter()
     if task.output_type == "perplexity":
-        return _score_perplexity(loaded, task, items, progress=progress, seed=seed, reference=reference)
+        return _score_perplexity(loaded, task, items, progress=progress, seed=seed, reference=reference,
+                                 rank=rank, world_size=world_size)
     if task.output_type == "multiple_choice":
-        samples = score_multiple_choice(loaded, items, batch_size=batch_size, progress=progress)
+        samples = map_sharded(lambda shard: score_multiple_choice(loaded, shard, batch_size=batch_size,
+                                                                  progress=progress),
+                              items, rank=rank, world_size=world_size, keys=[inst.prefix for inst in items])
         stats = _choice_stats(samples, list(dict.fromkeys([*MC_DEFAULT_METRICS, *task.metrics])))
         for k, row in enumerate(samples):
             row["scores"] = {name: float(ms.stats[k, 0]) for name, ms in stats.items()}
     else:
-        samples, stats = score_generation(loaded, task, items, batch_size=batch_size, progress=progress, seed=seed)
+        samples, stats = score_generation(loaded, task, items, batch_size=batch_size, progress=progress, seed=seed,
+                                          rank=rank, world_size=world_size)
     elapsed = time.perf_counter() - start
     metrics = {}
     for name in task.metrics:
@@ -178,7 +188,7 @@ def score_task(
 
 
 def _score_perplexity(loaded: Any, task: PreparedTask, items: Sequence[Instance], *, progress: bool, seed: int,
-                      reference: Any | None) -> TaskScores:
+                      reference: Any | None, rank: int = 0, world_size: int = 1) -> TaskScores:
     from tunebench.bench.perplexity import corpus_metrics, score_documents
 
     if loaded.family != "causal":
@@ -187,9 +197,10 @@ def _score_perplexity(loaded: Any, task: PreparedTask, items: Sequence[Instance]
     settings = task.spec.perplexity
     counted = [str(inst.fields[settings.count_field]) if settings.count_field else inst.prompt for inst in items]
     docs = [(inst.id, inst.subtask, inst.prompt, c) for inst, c in zip(items, counted, strict=True)]
-    samples = score_documents(loaded, docs,
-                              max_length=settings.max_length, context_len=settings.context_len,
-                              reference=reference, progress=progress)
+    samples = map_sharded(lambda shard: score_documents(loaded, shard, max_length=settings.max_length,
+                                                        context_len=settings.context_len, reference=reference,
+                                                        progress=progress),
+                          docs, rank=rank, world_size=world_size)
     return TaskScores(samples, corpus_metrics(samples, task.metrics, seed=seed), time.perf_counter() - start)
 
 

@@ -16,7 +16,7 @@ from tunebench import software_versions
 from tunebench.config import EvalConfig
 from tunebench.data.example import Example
 from tunebench.errors import DataError
-from tunebench.processes import check_rank, is_main
+from tunebench.processes import check_rank, is_main, map_sharded
 from tunebench.rundir import EVAL_SCHEMA as SCHEMA
 
 
@@ -72,8 +72,9 @@ def evaluate(
     Examples are scored as given: the caller applies eval.limit (the CLI's --limit may differ) and names the
     split when it is not `cfg.split`. shots > 0 prepends that many demonstrations drawn from `demos` (the
     TRAIN split); `context_budget` caps prompt + max_new_tokens below the model's own limit. `rank` of
-    `world_size` processes: each process evaluates every example (no sharding yet) and only the main one
-    shows progress. Raises DataError for no examples, ValueError for a rank outside the world.
+    `world_size` processes: each process generates for its shard of the examples, the outputs are gathered so
+    every process returns the whole evaluation, and only the main one shows progress (processes.map_sharded).
+    Raises DataError for no examples, ValueError for a rank outside the world.
     """
     check_rank(rank, world_size)
     from tunebench.evaluate.fewshot import build_fewshot_prompts
@@ -95,9 +96,10 @@ def evaluate(
         budget=context_budget,
     )
     start = time.perf_counter()
-    results = generate_texts(
-        loaded.model, loaded.tokenizer, fewshot.model_prompts,
-        family=loaded.family, gen=gen, progress=progress and is_main(rank), seed=seed, bf16=bf16,
+    results = map_sharded(
+        lambda prompts: generate_texts(loaded.model, loaded.tokenizer, prompts, family=loaded.family, gen=gen,
+                                       progress=progress and is_main(rank), seed=seed, bf16=bf16),
+        fewshot.model_prompts, rank=rank, world_size=world_size,
     )  # fmt: skip
     wall_s = time.perf_counter() - start
     predictions = [r.text for r in results]

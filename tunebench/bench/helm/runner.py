@@ -108,12 +108,14 @@ def _ece(task: PreparedTask, samples: Sequence[dict[str, Any]]) -> float | None:
 
 def evaluate_task(
     loaded: Any, task: PreparedTask, *, seed: int, robustness: Sequence[str], fairness: Sequence[str],
-    batch_size: int = 16,
+    batch_size: int = 16, rank: int = 0, world_size: int = 1,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], Measurement, list[str]]:
-    """One task's HELM summary, its per-instance log rows, the unperturbed pass's cost, and generated outputs."""
+    """One task's HELM summary, its per-instance log rows, the unperturbed pass's cost, and generated outputs.
+
+    `rank` of `world_size`: every scoring pass is sharded over the processes and gathered (score_task)."""
     spec, main = task.spec, task.metrics[0]
     with measure() as cost:
-        original = score_task(loaded, task, batch_size=batch_size, seed=seed)
+        original = score_task(loaded, task, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
     new_tokens = sum(int(s.get("n_new_tokens") or 0) for s in original.samples)
     cost.add(len(task.instances), _count_tokens(loaded, [loaded.format_prompt(i.prompt) for i in task.instances])
              + new_tokens)
@@ -131,7 +133,8 @@ def evaluate_task(
         changed_set = set(changed)
         scores, predictions = list(base), [s["prediction"] for s in original.samples]
         if changed:
-            redo = score_task(loaded, task, [perturbed[k] for k in changed], batch_size=batch_size, seed=seed)
+            redo = score_task(loaded, task, [perturbed[k] for k in changed], batch_size=batch_size, seed=seed,
+                              rank=rank, world_size=world_size)
             for k, sample in zip(changed, redo.samples, strict=True):
                 scores[k], predictions[k] = float(sample["scores"][main]), sample["prediction"]
         for k, row in enumerate(rows):
@@ -200,8 +203,8 @@ def helm_evaluate(
 
     limit/shots/seed select the same instances and demonstrations as run_benchmarks with equal settings, so
     accuracy here equals the benchmark's. train_summary (a run's train_summary.json) adds training cost.
-    `rank` of `world_size`: every process computes the whole view (no sharding yet); only the main one prints
-    progress. Raises ValueError for an unknown perturbation or a rank outside the world.
+    `rank` of `world_size`: each scoring pass is sharded over the processes and gathered, so every process
+    returns the whole view; only the main one prints progress. Raises ValueError for an unknown perturbation or a rank outside the world.
     """
     check_rank(rank, world_size)
     progress = progress and is_main(rank)
@@ -220,7 +223,8 @@ def helm_evaluate(
             print(f"helm: {task.spec.name} ({len(task.instances)} examples, "
                   f"{1 + len(robustness) + len(fairness)} variants)", file=sys.stderr)
         summary, rows, cost, outputs = evaluate_task(loaded, task, seed=seed, robustness=robustness,
-                                                     fairness=fairness, batch_size=batch_size)
+                                                     fairness=fairness, batch_size=batch_size, rank=rank,
+                                                     world_size=world_size)
         samples[summary["samples"]] = rows
         per_task[task.spec.name] = summary
         costs.append(cost)
