@@ -80,3 +80,29 @@ def test_bf16_switch():
     if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         with pytest.raises(ConfigError):
             resolve_bf16("on", torch.device("cuda"))
+
+
+def test_global_batch_size_sets_accumulation_per_process_count():
+    from tunebench.train.batches import accumulation_steps
+
+    assert accumulation_steps(2, 1, None, 2) == 1  # no global batch: grad_accum as given
+    assert accumulation_steps(2, 1, 8, 1) == 4 and accumulation_steps(2, 1, 8, 2) == 2 and accumulation_steps(2, 1, 8, 4) == 1
+    with pytest.raises(ConfigError, match=r"train.global_batch_size 6 is not a multiple of train.batch_size 2 x 2 "
+                                          r"process\(es\) = 4"):
+        accumulation_steps(2, 1, 6, 2)
+    with pytest.raises(ConfigError, match="train.grad_accum 3 contradicts train.global_batch_size 8"):
+        accumulation_steps(2, 3, 8, 2, grad_accum_set=True)
+    assert accumulation_steps(2, 2, 8, 2, grad_accum_set=True) == 2  # both set and consistent
+
+
+def test_a_global_batch_the_process_count_does_not_divide_exits_2_before_training(tmp_path, capsys):
+    import yaml
+
+    from tunebench.cli import main
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "runs"),
+                                      "train": {"batch_size": 4, "global_batch_size": 6}}))
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "train.global_batch_size 6 is not a multiple of train.batch_size 4" in err and "Traceback" not in err

@@ -29,6 +29,9 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path, tiny_causal
     starts several CPU processes only through mpirun, which this machine lacks.
     """
     keys = dict(method="lora", lora={"dropout": 0.0}, n_train=8, max_steps=3, eval_every=3, save_every=3)
+    # the 2-process run states its global batch (4 = 2 per process x 2 processes, no accumulation); the one-process
+    # run accumulates 2 batches of 2 explicitly: the same optimizer steps either way
+    ddp_keys = {**keys, "global_batch_size": 4}
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(f"""
         import json, sys
@@ -36,7 +39,7 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path, tiny_causal
         sys.path.insert(0, {str(REPO / 'tests')!r})
         from train_helpers import make_cfg
         from tunebench.train.loop import train
-        cfg = make_cfg(Path({str(tmp_path)!r}), Path({str(tiny_causal_dir)!r}), name="ddp", **{keys!r})
+        cfg = make_cfg(Path({str(tmp_path)!r}), Path({str(tiny_causal_dir)!r}), name="ddp", **{ddp_keys!r})
         train(cfg, data_dir=Path({str(data_dir)!r}), progress=False)
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -50,6 +53,7 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path, tiny_causal
     ddp_dir = tmp_path / "runs" / "ddp"
     summary = json.loads((ddp_dir / "train_summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["steps"] == 3
+    assert summary["grad_accum"] == 1 and summary["global_batch_size"] == 4 == single.summary["global_batch_size"]
     a = load_file(ddp_dir / "checkpoints" / "step-3" / "trainable.safetensors")
     b = load_file(single.run_dir / "checkpoints" / "step-3" / "trainable.safetensors")
     assert a.keys() == b.keys()

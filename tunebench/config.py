@@ -248,7 +248,11 @@ class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
     batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
-    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (per process).")
+    global_batch_size: int | None = Field(
+        None, gt=0, description="Examples per optimizer step over all processes; sets grad_accum to "
+        "global_batch_size / (batch_size x processes), which must be a whole number (None: use grad_accum)."
+    )
     lr: float | None = Field(
         None, gt=0, description="Peak learning rate (AdamW); unset: the method's default (full and freeze 2e-5, "
         "lora 2e-4, adapter 1e-4, ia3 3e-3, prompt_tuning 3e-2, prefix_tuning 1e-2)."

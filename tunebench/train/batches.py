@@ -16,6 +16,30 @@ from collections.abc import Sequence
 DEFAULT_MAX_FORWARD_TOKENS = 1024
 
 
+def accumulation_steps(batch_size: int, grad_accum: int, global_batch_size: int | None, num_processes: int, *,
+                       grad_accum_set: bool = False) -> int:
+    """Micro-batches per process per optimizer step: `grad_accum`, or global_batch_size / (batch_size x processes).
+
+    With a global batch, the same config gives the same optimizer steps on 1 or N processes (the loss curves
+    agree to float summation order). Raises ConfigError (exit 2) when the global batch is not a whole multiple of
+    batch_size x processes, or when grad_accum was also set to a different value.
+    """
+    if global_batch_size is None:
+        return grad_accum
+    from tunebench.errors import ConfigError
+
+    per_step = batch_size * num_processes
+    if global_batch_size % per_step:
+        raise ConfigError(f"train.global_batch_size {global_batch_size} is not a multiple of train.batch_size "
+                          f"{batch_size} x {num_processes} process(es) = {per_step}: change the batch size or the "
+                          "number of processes (accelerate launch --num_processes)")
+    steps = global_batch_size // per_step
+    if grad_accum_set and grad_accum != steps:
+        raise ConfigError(f"train.grad_accum {grad_accum} contradicts train.global_batch_size {global_batch_size} "
+                          f"(= batch_size {batch_size} x {num_processes} process(es) x {steps}): set only one")
+    return steps
+
+
 def step_windows(batches: Sequence[list[int]], grad_accum: int, num_processes: int) -> list[list[list[int]]]:
     """Group an epoch's batches into optimizer-step windows.
 

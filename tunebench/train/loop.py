@@ -42,7 +42,12 @@ from tunebench.models.device import accelerate_cpu, load_dtype, resolve_device
 from tunebench.models.load import capped_max_length
 from tunebench.rundir import RunDir
 from tunebench.train import checkpoint as ckpt
-from tunebench.train.batches import DEFAULT_MAX_FORWARD_TOKENS, forward_chunks, step_windows
+from tunebench.train.batches import (
+    DEFAULT_MAX_FORWARD_TOKENS,
+    accumulation_steps,
+    forward_chunks,
+    step_windows,
+)
 from tunebench.train.fast_paths import keep_lora_input_dtype, release_free_memory
 from tunebench.train.gen_eval import gen_eval_generation, gen_eval_set, run_gen_eval
 from tunebench.train.loss import base_model, completion_loss_sum, supports_logits_to_keep, target_count
@@ -150,6 +155,9 @@ class Recipe:
         self.accelerator = Accelerator(mixed_precision="bf16" if self.use_bf16 else "no", cpu=accelerate_cpu(device))
         acc = self.accelerator
         self.rank, self.world, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
+        tc = self.tc
+        self.grad_accum = accumulation_steps(tc.batch_size, tc.grad_accum, tc.global_batch_size, self.world,
+                                             grad_accum_set="grad_accum" in tc.model_fields_set)
         self.run_dir = prepare_run_dir(self.cfg, resume=self.resume, write=self.is_main)
         self.paths = RunDir(self.run_dir)
         self.ckpt_root = self.paths.checkpoints
@@ -197,7 +205,7 @@ class Recipe:
         tc = self.tc
         self.optimizer = build_optimizer(self.model, lr=tc.lr, weight_decay=tc.weight_decay)
         self.steps_per_epoch = len(step_windows(epoch_batches(self.lengths, tc.batch_size, self.cfg.seed, 0),
-                                                tc.grad_accum, self.world))
+                                                self.grad_accum, self.world))
         self.total_steps = total_optimizer_steps(self.steps_per_epoch, epochs=tc.epochs, max_steps=tc.max_steps)
         self.scheduler = build_scheduler(self.optimizer, tc.scheduler, total_steps=self.total_steps,
                                          warmup_ratio=tc.warmup_ratio)
@@ -238,7 +246,7 @@ class Recipe:
             while st.step < self.total_steps and not st.stopped_early and not self.interrupted:
                 epoch = st.epoch
                 windows = step_windows(epoch_batches(self.lengths, tc.batch_size, self.cfg.seed, epoch,
-                                                     group_by_length=tc.group_by_length), tc.grad_accum, self.world)
+                                                     group_by_length=tc.group_by_length), self.grad_accum, self.world)
                 for w in range(st.window, len(windows)):
                     step_start, cpu_start, rng_at_start = time.perf_counter(), time.process_time(), capture_all_rng()
                     n_targets = max(1, sum(self.targets[i] for batch in windows[w] for i in batch))
@@ -384,7 +392,9 @@ class Recipe:
             "stopped_early": st.stopped_early, "interrupted": self.interrupted,
             "resumed_from_step": None if self.resumed_from is None else int(self.resumed_from.name.split("-")[1]),
             "bf16": self.use_bf16, "frozen_bf16": self.frozen_bf16, "compile": tc.compile,
-            "num_processes": self.world, "max_forward_tokens": self.max_forward_tokens,
+            "num_processes": self.world, "grad_accum": self.grad_accum,
+            "global_batch_size": self.tc.batch_size * self.grad_accum * self.world,
+            "max_forward_tokens": self.max_forward_tokens,
             "logits_only_at_targets": self.keep_logits, "lean_lora": self.lean_lora,
             "device": str(self.accelerator.device),
         }
