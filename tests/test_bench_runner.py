@@ -148,3 +148,26 @@ def test_results_record_adapter_precision_and_versions(tiny_causal_dir, data_dir
     base = load_model(ModelConfig(ref=str(tiny_causal_dir)))  # the first one was wrapped by apply_method
     plain = bench_into(BenchDir(tmp_path / "c"), base, ["sst2"], data_dir=data_dir, limit=2, shots=0, progress=False)
     assert plain["model"]["adapter"] is None and plain["model"]["adapter_merged"] is False
+
+
+def test_a_bottleneck_adapter_is_recorded_as_an_adapter(tiny_causal_dir, tmp_path: Path) -> None:
+    """model_info asks the methods table, so a non-PEFT adapter (bottleneck layers) is recorded, attached."""
+    from tunebench.config import ModelConfig, TrainConfig
+    from tunebench.models.bottleneck import add_bottleneck_adapters
+    from tunebench.models.export import save_trained
+    from tunebench.models.load import load_model
+    from tunebench.models.methods import apply_method
+
+    loaded = load_model(ModelConfig(ref=str(tiny_causal_dir)))
+    assert runner.model_info(loaded)["adapter"] is None
+    add_bottleneck_adapters(loaded.model, TrainConfig.model_validate({"method": "adapter"}).adapter)
+    info = runner.model_info(loaded)
+    assert info["adapter"] == "attached" and info["adapter_merged"] is False
+
+    base = load_model(ModelConfig(ref=str(tiny_causal_dir)))
+    out = tmp_path / "run" / "adapter"
+    save_trained(apply_method(base.model, TrainConfig.model_validate({"method": "adapter"})), base.tokenizer, out,
+                 method="adapter")
+    tuned = load_model(ModelConfig(ref=str(tiny_causal_dir)), adapter=tmp_path / "run", merge=True)
+    info = runner.model_info(tuned)
+    assert info["adapter"] == str(out.resolve()) and info["adapter_merged"] is False  # not mergeable: attached

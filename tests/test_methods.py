@@ -13,7 +13,14 @@ from tunebench.config import ModelConfig, TrainConfig, config_from_dict
 from tunebench.errors import ConfigError, ModelError
 from tunebench.models.export import export_merged, save_trained
 from tunebench.models.load import load_model, resolve_trained_output
-from tunebench.models.methods import METHODS, apply_method, get_method, method_of_output, parameter_counts
+from tunebench.models.methods import (
+    METHODS,
+    apply_method,
+    attached_method,
+    get_method,
+    method_of_output,
+    parameter_counts,
+)
 
 SETTINGS = {"lora": {"lora": {"r": 4, "alpha": 8}}, "freeze": {"freeze": {"trainable_top_k": 1}}}
 
@@ -59,12 +66,20 @@ def test_every_row_applies_saves_and_reloads_identically(name, tiny_causal_dir, 
     recognised, where = resolve_trained_output(tmp_path)  # a run dir finds its adapter/ or model/
     assert where == out
     assert recognised.output == method.output and recognised.mergeable == method.mergeable
-    assert torch.equal(_logits(_load(tiny_causal_dir, adapter=out).model), expected)
+    reloaded = _load(tiny_causal_dir, adapter=out).model
+    assert torch.equal(_logits(reloaded), expected)
+    # the table tells an attached adapter of any method, and disabling it gives the base's outputs back
+    assert attached_method(reloaded) is (method if method.output == "adapter" else None)
+    if method.output == "adapter":
+        with method.disabled(reloaded):
+            torch.testing.assert_close(_logits(reloaded), base_logits, atol=1e-5, rtol=1e-5)
+        assert torch.equal(_logits(reloaded), expected)  # enabled again on leaving
 
     merged = _load(tiny_causal_dir, adapter=out, merge=True).model
     if method.mergeable:
         assert type(merged) is type(_load(tiny_causal_dir).model)  # a plain model: the adapter was folded in
         torch.testing.assert_close(_logits(merged), expected, atol=1e-5, rtol=1e-5)
+        assert attached_method(merged) is None
     else:
         assert torch.equal(_logits(merged), expected)
 
@@ -115,6 +130,7 @@ def test_table_rows_are_consistent():
     for method in METHODS.values():
         assert (method.merge is not None) == method.mergeable
         assert (method.reload is not None) == (method.output == "adapter")
+        assert (method.attached is not None) == (method.output == "adapter")  # every adapter can be disabled
     with pytest.raises(ValueError, match="mergeable"):
         Method(name="x", description="", apply=lambda m, c: m, output="model", mergeable=True, freezes_base=False,
                save=lambda m, d: None)

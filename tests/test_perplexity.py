@@ -131,3 +131,29 @@ def test_kl_refuses_different_tokenizers(tiny_causal_loaded) -> None:
     other.ref = "other-model"
     with pytest.raises(ConfigError, match="KL divergence needs one tokenizer, but 'other-model' and 'tiny'"):
         reference_for(loaded, other)
+
+
+def test_kl_of_a_bottleneck_adapter_against_its_disabled_self(tiny_causal_loaded) -> None:
+    """A non-PEFT adapter (bottleneck layers) is told by the methods table and disabled for the base the same way."""
+    import torch
+
+    from tunebench.config import AdapterConfig
+    from tunebench.models.bottleneck import add_bottleneck_adapters
+
+    loaded = tiny_causal_loaded(False)
+    base_copy = copy.deepcopy(loaded.model).eval()
+    add_bottleneck_adapters(loaded.model, AdapterConfig(reduction_factor=4))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, p in loaded.model.named_parameters():
+            if "_adapter." in name:
+                p.normal_(0.0, 0.3)  # up starts at zero (identity): move it so the adapter changes the model
+    ref = reference_for(loaded, None)
+    assert ref is not None and ref.model is loaded.model
+    (row,) = score_documents(loaded, [("d0", None, TEXT, TEXT)], max_length=16)
+    tokens = loaded.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    want = _direct_kl(base_copy, loaded.model, tokens, loaded.tokenizer.bos_token_id, 16, 1)
+    assert want > 1e-4 and row["kl"] == pytest.approx(want, rel=1e-5)
+    _, adapted = _hand_nll(loaded.model, tokens, loaded.tokenizer.bos_token_id, 16, 1)  # re-enabled after scoring
+    _, base = _hand_nll(base_copy, tokens, loaded.tokenizer.bos_token_id, 16, 1)
+    assert not torch.allclose(adapted[0], base[0])

@@ -373,6 +373,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
 
     if cfg.bench.enabled and cfg.bench.tasks:
         from tunebench.bench.spec import resolve_tasks
+        from tunebench.models.methods import attached_method
 
         drift = any(s.output_type == "perplexity" for s in resolve_tasks(cfg.bench.tasks, resolved))
         for name, adapter in (("tuned", str(run_dir)), ("base", None)):
@@ -384,7 +385,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
             summary = _read_summary(summary_path) if adapter else None
             loaded = models.get(adapter, merge=not drift)
             reference = None
-            if drift and adapter is not None and not getattr(loaded.model, "peft_config", None):
+            if drift and adapter is not None and attached_method(loaded.model) is None:
                 from tunebench.models.load import load_model
 
                 reference = load_model(cfg.model)  # a full fine-tune: KL needs the base as a second copy

@@ -236,7 +236,8 @@ def document_loglikelihood(
 
 def reference_for(loaded: Any, reference: Any | None) -> Reference | None:
     """What KL compares against: a given reference LoadedModel (same tokenizer required, else ConfigError), else
-    the loaded PEFT model with its adapter disabled, else None (no KL)."""
+    the loaded model with its attached adapter disabled (PEFT or bottleneck: the methods table's `attached` and
+    `disabled`), else None (no KL)."""
     if reference is not None:
         if not same_tokenizer(loaded.tokenizer, reference.tokenizer):
             raise ConfigError(
@@ -244,8 +245,12 @@ def reference_for(loaded: Any, reference: Any | None) -> Reference | None:
                 "drop the reference model or pick one with the same tokenizer"
             )
         return Reference(reference.model)
-    if getattr(loaded.model, "peft_config", None) and hasattr(loaded.model, "disable_adapter"):
-        return Reference(loaded.model, loaded.model.disable_adapter)
+    from tunebench.models.methods import attached_method
+
+    method = attached_method(loaded.model)
+    if method is not None and method.disabled is not None:
+        disabled = method.disabled
+        return Reference(loaded.model, lambda: disabled(loaded.model))
     return None
 
 

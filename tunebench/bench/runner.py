@@ -37,11 +37,14 @@ class BenchResults:
 def model_info(loaded: Any) -> dict[str, Any]:
     """What identifies the scored model in results.json: reference, trained output applied, precision.
 
-    `adapter` is the trained output's folder (a LoRA adapter, merged or attached, or a full model), else None;
+    `adapter` is the trained output's folder (an adapter, merged or attached, or a full model), else "attached"
+    for a model carrying an unmerged adapter of any method in the methods table, else None;
     `dtype` is the precision the weights were scored in.
     """
+    from tunebench.models.methods import attached_method
+
     model = loaded.model
-    attached = bool(getattr(model, "peft_config", None))
+    attached = attached_method(model) is not None
     adapter = getattr(loaded, "adapter", None)
     return {
         "ref": getattr(loaded, "ref", None),

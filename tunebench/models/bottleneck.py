@@ -24,7 +24,9 @@ Adapters add layers: nothing folds them into the base weights, so a merged expor
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,7 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
+        self.enabled = True  # False inside `adapters_disabled`: the hook passes the sub-layer output through
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (..., hidden_size) in any float dtype; returns the same shape and dtype."""
@@ -88,6 +91,8 @@ class BottleneckAdapter(nn.Module):
 
     def output_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
         """Forward hook on a sub-layer: apply the adapter to its output (the first item when it returns a tuple)."""
+        if not self.enabled:
+            return output
         if isinstance(output, tuple):
             return (self(output[0]), *output[1:])
         return self(output)
@@ -201,6 +206,21 @@ def add_bottleneck_adapters(model: nn.Module, cfg: AdapterConfig, *, freeze_base
 
 def has_bottleneck_adapters(model: nn.Module) -> bool:
     return bool(getattr(model, "_bottleneck_handles", None))
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, `model` computes as its base: every bottleneck adapter passes its input through (as PEFT's
+    `disable_adapter`); restored on exit, also after an exception."""
+    adapters = [m for m in model.modules() if isinstance(m, BottleneckAdapter)]
+    before = [a.enabled for a in adapters]
+    for a in adapters:
+        a.enabled = False
+    try:
+        yield model
+    finally:
+        for a, state in zip(adapters, before, strict=True):
+            a.enabled = state
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:

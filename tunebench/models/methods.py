@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -48,6 +49,9 @@ class Method:
     save(model, out_dir): write the trained weights into `out_dir` (safetensors); the tokenizer is saved by the
       caller. Raises ValueError for a model this method did not produce.
     reload(base, out_dir) -> the base with the saved method attached, in eval mode, not trainable.
+    attached(model): whether a loaded model carries this method's modules unmerged (None: the method leaves no
+      modules of its own, e.g. a whole model); then `disabled(model)` is a context manager inside which the model
+      computes as its base (the KL base of a drift task, with no second copy loaded).
     recognises(out_dir): whether `out_dir` holds this method's saved output (None: it is recognised as another
       row's output, e.g. freeze saves a full model).
     peft_input_casting: the method's layers are PEFT tuner layers whose float32 input cast the trainer may switch
@@ -64,6 +68,8 @@ class Method:
     save: Callable[[Any, Path], None]
     reload: Callable[[Any, Path], Any] | None = None
     recognises: Callable[[Path], bool] | None = None
+    attached: Callable[[Any], bool] | None = None
+    disabled: Callable[[Any], AbstractContextManager[Any]] | None = None
     merge: Callable[[Any], Any] | None = None
     peft_input_casting: bool = False
     default_lr: float = 2e-4
@@ -74,6 +80,8 @@ class Method:
                              f"{'given' if self.mergeable else 'None'}")
         if (self.output == "adapter") != (self.reload is not None):
             raise ValueError(f"method '{self.name}': an 'adapter' output needs reload, a 'model' output none")
+        if (self.attached is None) != (self.disabled is None):
+            raise ValueError(f"method '{self.name}': attached and disabled go together")
 
 
 METHODS: dict[str, Method] = {}
@@ -108,6 +116,16 @@ def method_of_output(out_dir: Path) -> Method | None:
         if method.recognises is not None and method.recognises(out_dir):
             found = method
     return found
+
+
+def attached_method(model: Any) -> Method | None:
+    """The method whose modules `model` carries unmerged (a PEFT adapter, bottleneck adapter layers), or None for
+    a plain model (a base, a merged adapter, a full fine-tune). Asks each row's `attached`, so a new method's
+    row is all it takes for benchmarks to tell an adapter and to disable it for the KL base."""
+    for method in METHODS.values():
+        if method.attached is not None and method.attached(model):
+            return method
+    return None
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -268,6 +286,10 @@ def _reload_peft(base: Any, out_dir: Path) -> Any:
     return PeftModel.from_pretrained(base, str(out_dir), is_trainable=False)
 
 
+def _disabled_peft(model: Any) -> AbstractContextManager[Any]:
+    return model.disable_adapter()
+
+
 def _merge_peft(model: Any) -> Any:
     return model.merge_and_unload()
 
@@ -322,9 +344,14 @@ def peft_method(
                                   f"({reason}); choose another method") from None
             raise ModelError(f"train.{key}.target_modules {targets!r} does not fit this model ({reason})") from None
 
+    def attached(model: Any) -> bool:
+        config = getattr(model, "active_peft_config", None)
+        return config is not None and _is_peft(model) and config.peft_type == peft_type  # PeftType is a str enum
+
     return Method(
         name=name, description=description, apply=apply, output="adapter", mergeable=mergeable, freezes_base=True,
-        save=save or _save_peft, reload=_reload_peft, recognises=recognises,
+        save=save or _save_peft, reload=_reload_peft, recognises=recognises, attached=attached,
+        disabled=_disabled_peft,
         merge=_merge_peft if mergeable else None, peft_input_casting=peft_input_casting, default_lr=default_lr,
     )
 
@@ -453,6 +480,16 @@ def _reload_bottleneck(base: Any, out_dir: Path) -> Any:
     return load_bottleneck(base, out_dir).eval()
 
 
+def _bottleneck_attached(model: Any) -> bool:
+    return bool(getattr(model, "_bottleneck_handles", None))  # tunebench.models.bottleneck.has_bottleneck_adapters
+
+
+def _disabled_bottleneck(model: Any) -> AbstractContextManager[Any]:
+    from tunebench.models.bottleneck import adapters_disabled
+
+    return adapters_disabled(model)
+
+
 def _is_bottleneck_dir(out_dir: Path) -> bool:
     return (out_dir / "bottleneck_config.json").is_file()  # tunebench.models.bottleneck.CONFIG_FILE
 
@@ -478,7 +515,8 @@ register(Method(
 register(Method(
     name="adapter", description="bottleneck adapter layers, Houlsby or Pfeiffer placement (models/bottleneck.py)",
     apply=_apply_bottleneck, output="adapter", mergeable=False, freezes_base=True, save=_save_bottleneck,
-    reload=_reload_bottleneck, recognises=_is_bottleneck_dir, default_lr=1e-4,
+    reload=_reload_bottleneck, recognises=_is_bottleneck_dir, attached=_bottleneck_attached,
+    disabled=_disabled_bottleneck, default_lr=1e-4,
 ))
 _IA3_ROW = peft_method(
     "ia3", "IA3", _ia3_config, mergeable=True, default_lr=3e-3,
