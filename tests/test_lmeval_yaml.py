@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,11 @@ def test_lmeval_yaml_over_local_jsonl_runs_on_a_tiny_model(tmp_path: Path, tiny_
     inst = task.instances[0]
     assert inst.choices == ("first answer 0", "second 0") and inst.target == 0
     assert task.instances[1].target == 1
-    assert inst.query == "Question: goal 0\nAnswer:" and inst.prefix == "Question: goal 0\nAnswer: first answer 0\n\n"
+    # no fewshot_config: lm-eval's default sampler, random.Random(1234) drawing from the train split per example
+    (demo,) = random.Random(1234).sample(range(6), 1)
+    assert spec.fewshot.sampler == "lm-eval"
+    assert inst.query == "Question: goal 0\nAnswer:"
+    assert inst.prefix == f"Question: goal {demo}\nAnswer: {('first answer', 'second')[demo % 2]} {demo}\n\n"
     results = run_benchmarks(tiny_causal_loaded(False), [str(spec_path)], data_dir=None, limit=None, shots=None,
                              progress=False).results
     entry = results["tasks"]["my_piqa"]
@@ -96,3 +101,12 @@ def test_lm_eval_sampler_draws_per_example_with_seed_1234(data_dir: Path) -> Non
         questions = [inst.prefix.index(dev[i]["question"]) for i in order]
         assert questions == sorted(questions)
     assert task.instances[0].prefix != task.instances[1].prefix
+
+
+def test_lmeval_fewshot_sampler_first_n_is_read_as_first(tmp_path: Path) -> None:
+    spec_path = tmp_path / "t.yaml"
+    spec_path.write_text(LMEVAL_PIQA_LIKE.format(data=_data(tmp_path)) + "fewshot_config:\n  sampler: first_n\n")
+    (spec,) = resolve_tasks([str(spec_path)], None)
+    assert spec.fewshot.sampler == "first"
+    inst = prepare_task(spec, data_dir=None).instances[3]
+    assert inst.prefix == "Question: goal 0\nAnswer: first answer 0\n\n"  # lm-eval's first_n: the first record

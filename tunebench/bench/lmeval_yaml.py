@@ -5,7 +5,7 @@ The common subset of lm-eval's task format (lm_eval/api/task.py `TaskConfig`): `
 `doc_to_text`, `doc_to_choice`, `doc_to_target`, `target_delimiter`, `fewshot_delimiter`, `num_fewshot`,
 `description`, `output_type` (multiple_choice, generate_until, loglikelihood_rolling), `metric_list` with acc /
 acc_norm / exact_match / perplexities, `generation_kwargs` (until, max_gen_toks, greedy settings),
-`fewshot_config.sampler` (first_n, default) and `metadata.version`. Anything else is refused by name, since a
+`fewshot_config.sampler` (first_n, default; without it lm-eval's default sampler) and `metadata.version`. Anything else is refused by name, since a
 silently ignored key would change what the score means.
 """
 
@@ -125,7 +125,9 @@ def translate(data: dict[str, Any], origin: str) -> dict[str, Any]:
     for key in ("target_delimiter", "fewshot_delimiter"):
         if key in data:
             spec[key] = str(data[key])
-    fewshot: dict[str, Any] = {"n": int(data.get("num_fewshot") or 0)}
+    # lm-eval's default sampler when fewshot_config is absent (lm_eval/api/task.py: `self.fewshot_cfg.sampler if
+    # self.config.fewshot_config else "default"`), not tunebench's own default `first`
+    fewshot: dict[str, Any] = {"n": int(data.get("num_fewshot") or 0), "sampler": SAMPLERS["default"]}
     pool = data.get("fewshot_split") or data.get("training_split")
     if pool is None and data.get("validation_split") and data.get("validation_split") != eval_split:
         pool = data["validation_split"]
