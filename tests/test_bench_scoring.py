@@ -108,9 +108,14 @@ def test_score_task_rows_and_metrics(tiny, data_dir: Path) -> None:
 
     perturbed = [replace(i, query=i.query.upper()) for i in task.instances]
     sample = score_task(tiny, task, perturbed).samples[0]
-    # the stored prompt is the exact text the model was given: the chat template around the perturbed prompt
+    # the stored prompt is the exact text the model was given: the chat template around the perturbed prompt, in
+    # lm-eval's --apply_chat_template form (description as system message, demonstrations as turns)
+    (demo_q, demo_a), = perturbed[0].demos
     assert sample["prompt"] == tiny.tokenizer.apply_chat_template(
-        [{"role": "user", "content": perturbed[0].prompt}], tokenize=False, add_generation_prompt=True)
+        [{"role": "system", "content": perturbed[0].description}, {"role": "user", "content": demo_q},
+         {"role": "assistant", "content": demo_a}, {"role": "user", "content": perturbed[0].query}],
+        tokenize=False, add_generation_prompt=True)
+    assert perturbed[0].prompt == perturbed[0].description + demo_q + " " + demo_a + "\n\n" + perturbed[0].query
     assert perturbed[0].prompt.endswith("ANSWER:")
 
 

@@ -36,6 +36,9 @@ class Instance:
     target_delimiter: str = " "
     subtask: str | None = None
     fields: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    description: str = ""  # the rendered task description that starts `prefix`
+    demos: tuple[tuple[str, str], ...] = ()  # each demonstration's rendered (query, answer), as in `prefix`
+    fewshot_delimiter: str = "\n\n"
 
     @property
     def prompt(self) -> str:
@@ -203,7 +206,7 @@ def _render_subtask(spec: TaskSpec, sub: _Subtask, output_type: str, target_set:
     origin = spec.origin
     description = render(spec.description, dict(sub.variables), origin, "description", f"subtask {sub.value}")
 
-    def block(where: str, demo: dict[str, Any]) -> str:
+    def turn(where: str, demo: dict[str, Any]) -> tuple[str, str]:
         fields = {**demo, **sub.variables}
         query = render(spec.template, fields, origin, "template", where)
         if output_type == "multiple_choice":
@@ -211,9 +214,13 @@ def _render_subtask(spec: TaskSpec, sub: _Subtask, output_type: str, target_set:
             answer = choices[_target_index(spec, fields, choices, where)]
         else:
             answer = render(spec.target, fields, origin, "target", where)
-        return query + spec.target_delimiter + answer + spec.fewshot_delimiter
+        return query, answer
 
-    prefix = description + "".join(block(where, demo) for where, demo in sub.demos)
+    def join(turns: tuple[tuple[str, str], ...]) -> str:
+        return description + "".join(q + spec.target_delimiter + a + spec.fewshot_delimiter for q, a in turns)
+
+    demos = tuple(turn(where, demo) for where, demo in sub.demos)
+    prefix = join(demos)
     if spec.id_field:
         from tunebench.data.sources import check_unique_ids
 
@@ -223,7 +230,8 @@ def _render_subtask(spec: TaskSpec, sub: _Subtask, output_type: str, target_set:
     instances = []
     for row in sub.eval_rows:
         if sub.row_demos is not None:
-            prefix = description + "".join(block(where, demo) for where, demo in sub.row_demos[row])
+            demos = tuple(turn(where, demo) for where, demo in sub.row_demos[row])
+            prefix = join(demos)
         record = sub.records[row]
         fields = {**record, **sub.variables}
         where = f"{sub.path} record {row}"
@@ -236,7 +244,8 @@ def _render_subtask(spec: TaskSpec, sub: _Subtask, output_type: str, target_set:
             instances.append(Instance(id=inst_id, prefix="", query=query, subtask=sub.value, fields=fields))
             continue
         common = dict(id=inst_id, prefix=prefix, query=query, target_delimiter=spec.target_delimiter,
-                      subtask=sub.value, fields=fields)
+                      subtask=sub.value, fields=fields, description=description, demos=demos,
+                      fewshot_delimiter=spec.fewshot_delimiter)
         if output_type == "multiple_choice":
             choices = _choices(spec, fields, target_set, where)
             target = _target_index(spec, fields, choices, where)

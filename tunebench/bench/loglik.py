@@ -4,13 +4,14 @@ Written here because transformers has no scorer and lm-evaluation-harness is a h
 the whole prompt per choice. Two speed-ups, both exact up to float rounding:
 - prefix reuse: requests of one group (a subject's few-shot prompt) share their leading tokens; those run once
   and every batch starts from a copy of their KV cache (a `DynamicCache` expanded along the batch);
-- single pass: when every choice is one token after the same context (" A" .. " D"), one next-token
-  distribution scores all of them.
+- single pass: when the choices differ only in their last token after the same context (" A" .. " D"; after a
+  chat generation prompt "\n" then "A" .. "D"), one forward pass scores all of them.
 `loglikelihoods_naive` is the straightforward reference: one full forward pass per request and choice.
 
-Token boundaries follow lm-evaluation-harness: encode context + continuation as a whole and the context alone;
-the continuation is what the whole has beyond their common prefix, so context + continuation tokens always
-equal the tokenization of the whole text.
+Token boundaries follow lm-evaluation-harness (`lm_eval/api/model.py` `_encode_pair`): trailing whitespace of the
+context moves to the continuation (a chat generation prompt ends in a newline, which lm-eval scores with each
+choice); then encode context + continuation as a whole and the context alone; the continuation is what the whole
+has beyond their common prefix, so context + continuation tokens always equal the tokenization of the whole text.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import contextlib
 import copy
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunebench.models.chat import encode_prompt, pad_token_id
@@ -41,10 +42,11 @@ class Request:
 @dataclass
 class _Row:
     request: int
-    choice: int | None  # None: one row scores every (single-token) choice
+    choice: int | None  # None: one row scores every choice (single pass)
     input_ids: list[int]
     positions: list[int]  # absolute positions whose next-token logits are needed
-    targets: list[int]  # choice rows: the token after each position; single-pass rows: each choice's token
+    targets: list[int]  # choice rows: the token after each position; single-pass rows: each choice's last token
+    shared: list[int] = field(default_factory=list)  # single-pass rows: the tokens every choice has before its last
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -62,6 +64,9 @@ def split_tokens(tokenizer: Any, context: str, continuation: str, limit: int | N
     `limit`: the model's positions; the input (all tokens but the last) is cut from the left to fit, keeping a
     leading BOS, as lm-evaluation-harness cuts `(context + continuation)[-(max_length + 1):]`.
     """
+    spaces = len(context) - len(context.rstrip())
+    if spaces:  # lm-eval's _encode_pair: the context's trailing whitespace is scored as part of the continuation
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = encode(tokenizer, context + continuation)
     ctx = encode(tokenizer, context)
     boundary = 0
@@ -102,10 +107,12 @@ def _rows(tokenizer: Any, requests: Sequence[Request], limit: int | None = None)
     rows = []
     for r, req in enumerate(requests):
         split = [split_tokens(tokenizer, req.context, c, limit) for c in req.continuations]
-        contexts = {tuple(tokens[:b]) for tokens, b in split}
-        if all(len(tokens) - b == 1 for tokens, b in split) and len(contexts) == 1:
+        # single pass: the choices differ only in their last token after one context (" A" .. " D", or "\n" + "A"
+        # .. "D" after a chat generation prompt), so one forward gives every choice's log-likelihood
+        if len({(b, tuple(tokens[:-1])) for tokens, b in split}) == 1 and len(split[0][0]) > split[0][1]:
             tokens, b = split[0]
-            rows.append(_Row(r, None, tokens[:b], [b - 1], [t[b] for t, _ in split]))
+            rows.append(_Row(r, None, tokens[:-1], list(range(b - 1, len(tokens) - 1)), [t[-1] for t, _ in split],
+                             shared=tokens[b:-1]))
             continue
         for c, (tokens, b) in enumerate(split):
             rows.append(_Row(r, c, tokens[:-1], list(range(b - 1, len(tokens) - 1)), tokens[b:]))
@@ -146,7 +153,8 @@ def _scores(rows: Sequence[_Row], logprobs: Any, out: list[list[float]]) -> None
     for i, row in enumerate(rows):
         targets = torch.tensor(row.targets, device=logprobs.device)
         if row.choice is None:
-            out[row.request] = logprobs[i, 0, targets].tolist()
+            shared = sum(float(logprobs[i, j, t]) for j, t in enumerate(row.shared))
+            out[row.request] = [shared + x for x in logprobs[i, len(row.shared), targets].tolist()]
         else:
             picked = logprobs[i, : len(row.targets)].gather(-1, targets.unsqueeze(-1))
             out[row.request][row.choice] = float(picked.sum())

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunebench.bench.answers import apply_filters
+from tunebench.bench.chat_format import bench_prompt, choice_delimiter
 from tunebench.bench.instances import Instance, PreparedTask
 from tunebench.bench.spec import MC_DEFAULT_METRICS
 from tunebench.evaluate.metrics import MetricStats, compute_metric_stats
@@ -59,11 +60,13 @@ def choice_loglikelihoods(
     loaded: Any, instances: Sequence[Instance], *, batch_size: int = 16, progress: bool = False,
     reuse_prefix: bool = True,
 ) -> list[list[float]]:
-    """Log-likelihood of each instance's choices, in the prompt format the model was loaded with."""
+    """Log-likelihood of each instance's choices, in the prompt format the model was loaded with (plain, or the chat
+    template as lm-eval's --apply_chat_template: bench/chat_format.py)."""
     from tunebench.bench.loglik import Request, loglikelihoods, loglikelihoods_seq2seq
 
     requests = [
-        Request(loaded.format_prompt(inst.prompt), tuple(inst.target_delimiter + c for c in inst.choices), inst.prefix)
+        Request(bench_prompt(loaded, inst), tuple(choice_delimiter(loaded, inst) + c for c in inst.choices),
+                inst.prefix)
         for inst in instances
     ]
     if loaded.family == "seq2seq":
@@ -83,7 +86,7 @@ def score_multiple_choice(
         pred = _argmax(ll)
         pred_norm = _argmax([x / max(1, len(c)) for x, c in zip(ll, inst.choices, strict=True)])
         rows.append({
-            "id": inst.id, "subtask": inst.subtask, "prompt": loaded.format_prompt(inst.prompt),
+            "id": inst.id, "subtask": inst.subtask, "prompt": bench_prompt(loaded, inst),
             "choices": list(inst.choices),
             "target": inst.target, "loglikelihoods": ll, "probs": choice_probs(ll),
             "prediction": pred, "prediction_norm": pred_norm, "correct": pred == inst.target,
@@ -114,7 +117,7 @@ def score_generation(
     gen = GenerationConfig(
         max_new_tokens=spec.generation.max_new_tokens, stop=list(spec.generation.stop), batch_size=batch_size
     )
-    prompts = [loaded.format_prompt(inst.prompt) for inst in instances]
+    prompts = [bench_prompt(loaded, inst) for inst in instances]
     outputs = map_sharded(lambda shard: generate_texts(loaded.model, loaded.tokenizer, shard, family=loaded.family,
                                                        gen=gen, progress=progress, seed=seed),
                           prompts, rank=rank, world_size=world_size)
@@ -154,7 +157,7 @@ def score_task(
 ) -> TaskScores:
     """Score `instances` (default: the task's own) with the task's output type and metrics.
 
-    `loaded` needs .model, .tokenizer, .family and .format_prompt(prompt) (tunebench.models.load.LoadedModel).
+    `loaded` needs .model, .tokenizer, .family, .use_chat and .system_prompt (tunebench.models.load.LoadedModel).
     reference: perplexity tasks only, a LoadedModel whose next-token distribution KL(p_reference ‖ p_model) is
     measured against (None: the loaded model's own adapter disabled, when it has one).
     `rank` of `world_size` processes: each scores its shard (multiple choice by few-shot prefix group, so a shared

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunebench.bench.chat_format import bench_prompt
 from tunebench.bench.helm.bias import bias_scores
 from tunebench.bench.helm.calibration import confidence_and_prediction, expected_calibration_error
 from tunebench.bench.helm.efficiency import Measurement, combine, efficiency_report, measure
@@ -117,7 +118,7 @@ def evaluate_task(
     with measure() as cost:
         original = score_task(loaded, task, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
     new_tokens = sum(int(s.get("n_new_tokens") or 0) for s in original.samples)
-    cost.add(len(task.instances), _count_tokens(loaded, [loaded.format_prompt(i.prompt) for i in task.instances])
+    cost.add(len(task.instances), _count_tokens(loaded, [bench_prompt(loaded, i) for i in task.instances])
              + new_tokens)
     base = [float(s["scores"][main]) for s in original.samples]
     fields = input_fields(spec)
