@@ -156,7 +156,7 @@ def test_compare_recomputes_with_the_stored_tokenizers(tmp_path: Path):
 def test_every_metric_states_its_facts():
     for name, cls in METRICS.items():
         assert cls.name == name and isinstance(cls.higher_is_better, bool) and cls.scale in (1.0, 100.0)
-        assert cls.aggregation in ("mean", "corpus") and cls.inputs in ("text", "choice")
+        assert cls.aggregation in ("mean", "corpus") and cls.inputs in ("text", "choice", "document")
         assert cls.has_per_example or cls.aggregation == "corpus"
     assert metric_class("bleu").scale == 100.0 and metric_class("rougeL").higher_is_better
     with pytest.raises(ConfigError, match="unknown metric 'blue'; did you mean 'bleu'"):

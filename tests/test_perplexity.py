@@ -75,7 +75,7 @@ def test_perplexity_equals_hand_computation(tiny_causal_loaded, max_length: int,
     for name, value in [("nll", want / len(tokens)), ("token_perplexity", math.exp(want / len(tokens))),
                         ("word_perplexity", math.exp(want / words)), ("byte_perplexity", math.exp(want / nbytes)),
                         ("bits_per_byte", want / nbytes / math.log(2))]:
-        assert PERPLEXITY_METRICS[name].score([row]) == pytest.approx(value, rel=1e-5), name
+        assert PERPLEXITY_METRICS[name].score_rows([row]) == pytest.approx(value, rel=1e-5), name
 
 
 def _second_model(tiny_causal_dir: Path, seed: int):
@@ -157,3 +157,26 @@ def test_kl_of_a_bottleneck_adapter_against_its_disabled_self(tiny_causal_loaded
     _, adapted = _hand_nll(loaded.model, tokens, loaded.tokenizer.bos_token_id, 16, 1)  # re-enabled after scoring
     _, base = _hand_nll(base_copy, tokens, loaded.tokenizer.bos_token_id, 16, 1)
     assert not torch.allclose(adapted[0], base[0])
+
+
+def test_the_metric_registry_knows_the_perplexity_metrics() -> None:
+    """Registered once (evaluate/metrics/perplexity.py), offered for documents only, lower is better; values from
+    the registry object equal lm-eval's formulas on hand-made sums."""
+    from tunebench.evaluate.metrics import known_names, metric_class
+    from tunebench.evaluate.metrics.registry import check_metric_names
+
+    names = ["nll", "token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "kl"]
+    assert known_names("document") == names and list(PERPLEXITY_METRICS) == names
+    assert not set(names) & set(known_names("text")) and not set(names) & set(known_names("choice"))
+    assert all(metric_class(n).higher_is_better is False for n in names)
+    assert check_metric_names(["word_perplexity", "kl"], "tasks.metrics", inputs="document") == ["word_perplexity",
+                                                                                              "kl"]
+    rows = [{"nll": 30.0, "kl": 1.5, "tokens": 10.0, "words": 6.0, "bytes": 40.0},
+            {"nll": 12.0, "kl": 0.5, "tokens": 5.0, "words": 3.0, "bytes": 20.0}]
+    want = {"nll": 42 / 15, "token_perplexity": math.exp(42 / 15), "word_perplexity": math.exp(42 / 9),
+            "byte_perplexity": math.exp(42 / 60), "bits_per_byte": 42 / 60 / math.log(2), "kl": 2 / 15}
+    for name, value in want.items():
+        metric = metric_class(name)()
+        stats = metric.stats(rows, [])
+        assert stats.shape == (2, 2)
+        assert float(metric.score(stats.sum(0, keepdims=True), len(rows))[0]) == pytest.approx(value, rel=1e-12)

@@ -6,7 +6,8 @@ made disjoint by `make_disjoint_window`, so every token is scored exactly once; 
 the prefix token (BOS, else EOS). Metrics follow lm-eval's definitions (`lm_eval/api/metrics.py`):
 word_perplexity = exp(sum NLL / words), byte_perplexity = exp(sum NLL / bytes), bits_per_byte = sum NLL / bytes
 / ln 2, with words = len(re.split(r"\\s+", text)) and bytes = len(text.encode("utf-8")) of the document, plus the
-per-token NLL (nats/token) and token perplexity. KL(p_base ‖ p_tuned) is the mean over scored tokens of the
+per-token NLL (nats/token) and token perplexity; they are metric objects of the metric registry
+(`evaluate/metrics/perplexity.py`, inputs 'document'), so direction, formatting and names come from there. KL(p_base ‖ p_tuned) is the mean over scored tokens of the
 divergence of the two next-token distributions (nats/token), computed in the same pass, so no distribution is
 stored. Every metric is a ratio of two per-document sums, so a paired bootstrap over documents gives its
 interval (`evaluate/stats.paired_bootstrap_stats`).
@@ -17,58 +18,22 @@ full-vocabulary logits for the whole window; here the output projection runs in 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from tunebench.errors import ConfigError
+from tunebench.evaluate.metrics import METRICS
+from tunebench.evaluate.metrics.perplexity import DocumentRatioMetric
 
-LN2 = math.log(2)
 _HEAD_CHUNK = 512  # positions projected to the vocabulary at once (512 x 49k floats = 100 MB)
 
 
-@dataclass(frozen=True)
-class RatioMetric:
-    """A corpus metric transform(sum numerator / sum denominator) over per-document sums."""
-
-    name: str
-    numerator: str
-    denominator: str
-    transform: Callable[[np.ndarray], np.ndarray]
-    description: str
-    higher_is_better: bool = False
-
-    def stats(self, samples: Sequence[dict[str, Any]]) -> np.ndarray:
-        """(N, 2) per-document statistics: numerator and denominator."""
-        return np.array([[float(s[self.numerator]), float(s[self.denominator])] for s in samples], dtype=np.float64)
-
-    def score_sums(self, sums: np.ndarray) -> np.ndarray:
-        """Scores from summed statistics of shape (B, 2)."""
-        return self.transform(sums[:, 0] / sums[:, 1])
-
-    def score(self, samples: Sequence[dict[str, Any]]) -> float:
-        return float(self.score_sums(self.stats(samples).sum(0, keepdims=True))[0])
-
-
-def _identity(x: np.ndarray) -> np.ndarray:
-    return x
-
-
-PERPLEXITY_METRICS: dict[str, RatioMetric] = {
-    m.name: m
-    for m in (
-        RatioMetric("nll", "nll", "tokens", _identity, "negative log-likelihood per token (nats/token)"),
-        RatioMetric("token_perplexity", "nll", "tokens", np.exp, "exp(NLL per token)"),
-        RatioMetric("word_perplexity", "nll", "words", np.exp, "exp(NLL per whitespace-separated word)"),
-        RatioMetric("byte_perplexity", "nll", "bytes", np.exp, "exp(NLL per UTF-8 byte)"),
-        RatioMetric("bits_per_byte", "nll", "bytes", lambda x: x / LN2, "NLL per UTF-8 byte in bits"),
-        RatioMetric("kl", "kl", "tokens", _identity, "mean KL(p_base ‖ p_model) per token (nats/token)"),
-    )
+PERPLEXITY_METRICS: dict[str, DocumentRatioMetric] = {
+    name: cls() for name, cls in METRICS.items() if issubclass(cls, DocumentRatioMetric)
 }
+"""The registered document metrics (evaluate/metrics/perplexity.py) by name, as metric objects."""
 DEFAULT_METRICS = ("nll", "token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
 
 
@@ -298,5 +263,5 @@ def corpus_metrics(samples: Sequence[dict[str, Any]], names: Sequence[str], *, n
             continue
         stats = metric.stats(samples)
         ci = bootstrap_ci(stats, metric.score_sums, n_resamples=n_resamples, seed=seed) if len(samples) > 1 else None
-        out[name] = {"value": metric.score(samples), "stderr": None, "ci95": ci}
+        out[name] = {"value": metric.score_rows(samples), "stderr": None, "ci95": ci}
     return out

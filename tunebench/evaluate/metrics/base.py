@@ -73,8 +73,9 @@ class Metric(ABC):
     Class facts: `name`; `higher_is_better`; `scale`, the best possible score (1.0, or 100.0 as sacreBLEU
     reports BLEU/chrF); `has_per_example`, whether an example has a value of its own (predictions.jsonl,
     win/tie/loss); `aggregation`, 'mean' (the score is the mean of the per-example values) or 'corpus' (computed
-    from summed sufficient statistics); `inputs`, 'text' (a generated text against references) or 'choice' (a
-    chosen option index against the gold index, for multiple-choice benchmarks).
+    from summed sufficient statistics); `inputs`, 'text' (a generated text against references), 'choice' (a
+    chosen option index against the gold index, for multiple-choice benchmarks) or 'document' (a scored
+    document's log-likelihood sums, for perplexity tasks: evaluate/metrics/perplexity.py).
     """
 
     name: ClassVar[str]
@@ -82,7 +83,7 @@ class Metric(ABC):
     scale: ClassVar[float] = 1.0
     has_per_example: ClassVar[bool] = True
     aggregation: ClassVar[Literal["mean", "corpus"]] = "mean"
-    inputs: ClassVar[Literal["text", "choice"]] = "text"
+    inputs: ClassVar[Literal["text", "choice", "document"]] = "text"
 
     def __init__(self, settings: MetricSettings | None = None) -> None:
         self.settings = settings or MetricSettings()
@@ -169,7 +170,7 @@ def register_group(name: str, members: Sequence[str]) -> None:
 
 
 def known_names(inputs: str | None = "text") -> list[str]:
-    """Metric and group names a user may give (for `inputs` 'text' or 'choice'; None: all)."""
+    """Metric and group names a user may give (for `inputs` 'text', 'choice' or 'document'; None: all)."""
     names = [n for n, cls in METRICS.items() if inputs is None or cls.inputs == inputs]
     return [g for g, members in GROUPS.items() if all(m in names for m in members)] + names
 
