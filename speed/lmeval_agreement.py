@@ -189,8 +189,15 @@ def write_tasks(folder: Path, data_dir: Path, subjects: list[str]) -> dict[str, 
 # ---------------------------------------------------------------- the two runs
 
 
+REUSE = False  # --reuse: a run whose <log>.time exists is not run again (its time and outputs are read back)
+
+
 def timed(cmd: list[str], env: dict[str, str], log: Path) -> float:
-    """Run `cmd` to completion (output to `log`); its wall time in seconds. CalledProcessError names the log."""
+    """Run `cmd` to completion (output to `log`); its wall time in seconds, also kept in `<log>.time`. Exits
+    naming the log when the command fails."""
+    stamp = log.with_suffix(".time")
+    if REUSE and stamp.is_file():
+        return float(stamp.read_text(encoding="utf-8"))
     start = time.perf_counter()
     with log.open("w", encoding="utf-8") as fh:
         proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
@@ -198,6 +205,7 @@ def timed(cmd: list[str], env: dict[str, str], log: Path) -> float:
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise SystemExit(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}); its log {log}:\n{tail}")
+    stamp.write_text(f"{elapsed:.3f}\n", encoding="utf-8")
     return elapsed
 
 
@@ -328,7 +336,11 @@ def main() -> None:
     parser.add_argument("--venv", default=str(VENV), help="lm-eval's environment (created when missing)")
     parser.add_argument("--work", default=None, help="folder for task files and both tools' outputs (default: temp)")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    parser.add_argument("--reuse", action="store_true", help="with --work: keep the runs already finished there "
+                        "(their recorded wall times) and run only the missing ones")
     args = parser.parse_args()
+    global REUSE
+    REUSE = args.reuse
 
     data_dir = Path(args.data_dir).resolve()
     exe = ensure_lmeval_venv(Path(args.venv))
