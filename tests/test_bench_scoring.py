@@ -135,3 +135,34 @@ def test_mean_stderr_and_probs() -> None:
     assert mean_stderr([1.0, 0.0, 1.0, 0.0]) == pytest.approx({"value": 0.5, "stderr": (1 / 3) ** 0.5 / 2})
     assert mean_stderr([1.0]) == {"value": 1.0, "stderr": 0.0}
     assert choice_probs([0.0, 0.0]) == [0.5, 0.5]
+
+
+def test_seq2seq_runs_the_encoder_once_per_context_and_matches_a_plain_forward(tiny_t5_dir: Path) -> None:
+    """Reference: transformers' own forward of each (context, continuation) pair, one at a time."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_t5_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir).eval()
+    requests = [Request("Is the sky blue?", (" yes", " no", " it depends")),
+                Request("2 + 2 = ? Think about it carefully.", (" 4", " five")), Request("Pick one.", (" a", " b"))]
+    expected = []
+    for req in requests:
+        source = torch.tensor([tok(req.context)["input_ids"]])
+        row = []
+        for continuation in req.continuations:
+            labels = torch.tensor([tok(continuation, add_special_tokens=False)["input_ids"]])
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(input_ids=source, labels=labels).logits[0].float(), -1)
+            row.append(float(logprobs.gather(-1, labels[0][:, None]).sum()))
+        expected.append(row)
+    rows = []  # encoder input rows: one per context, not one per (context, choice) pair
+    hook = model.get_encoder().register_forward_hook(
+        lambda module, args, kwargs, output: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        got = loglikelihoods_seq2seq(model, tok, requests, batch_size=4)
+    finally:
+        hook.remove()
+    assert [len(r) for r in got] == [3, 2, 2]
+    assert max(abs(a - b) for x, y in zip(got, expected, strict=True) for a, b in zip(x, y, strict=True)) < 1e-4
+    assert sum(rows) == len(requests) and len(rows) == 3  # 4 decoder rows a batch: {2}, {3}, {2} by length

@@ -230,3 +230,29 @@ def test_every_method_has_a_documented_default_lr():
     assert METHODS["full"].default_lr * 5 <= min(r.default_lr for r in METHODS.values() if r.freezes_base
                                                    and r.name != "freeze")
     assert TrainConfig(method="full", lr=1e-3).lr == 1e-3
+
+
+@pytest.mark.parametrize("method", ["dora", "ia3", "prompt_tuning", "adapter"])
+def test_seq2seq_loglikelihood_with_a_method_matches_the_model_forward(tiny_t5_dir, method):
+    """The shared-encoder scoring path equals the method-wrapped model's own forward of each pair (soft prompts
+    included: a prompt-learning model keeps its own forward)."""
+    from tunebench.bench.loglik import Request, loglikelihoods_seq2seq
+
+    loaded = load_model(ModelConfig(ref=str(tiny_t5_dir)))
+    model = apply_method(loaded.model, TrainConfig.model_validate(CASES[method])).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():  # move trainable weights off their identity initialisation so the method matters
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    tok = loaded.tokenizer
+    requests = [Request("Is the sky blue?", (" yes", " no")), Request("Two plus two is", (" four", " 5", " six"))]
+    got = loglikelihoods_seq2seq(model, tok, requests, batch_size=3)
+    for req, scores in zip(requests, got, strict=True):
+        source = torch.tensor([tok(req.context)["input_ids"]])
+        for continuation, score in zip(req.continuations, scores, strict=True):
+            labels = torch.tensor([tok(continuation, add_special_tokens=False)["input_ids"]])
+            with torch.no_grad():
+                logits = model(input_ids=source, attention_mask=torch.ones_like(source), labels=labels).logits
+            expected = float(torch.log_softmax(logits[0].float(), -1).gather(-1, labels[0][:, None]).sum())
+            assert score == pytest.approx(expected, abs=1e-4)

@@ -282,6 +282,9 @@ def loglikelihoods_seq2seq(
 ) -> list[list[float]]:
     """Encoder-decoder models: the context is the encoder input, each continuation the decoder's labels.
 
+    The encoder runs once per context and its states are shared by the decoder passes of every choice (the
+    encoder-decoder form of the causal path's shared prefix). `batch_size` counts decoder rows (choices).
+
     A context longer than the model's positions (BART's `max_position_embeddings`; T5's relative positions have
     no limit) is cut from the left, keeping a leading BOS, as the causal path and generation cut theirs; a
     continuation longer than the decoder's positions raises ValueError.
@@ -297,41 +300,69 @@ def loglikelihoods_seq2seq(
     if any(cuts):
         log.warning("%d of %d contexts cut from the left to fit the model's %d positions", sum(1 for c in cuts if c),
                     len(requests), limit)
-    rows = []
-    for r, (req, source) in enumerate(zip(requests, sources, strict=True)):
-        for c, continuation in enumerate(req.continuations):
+    choices: list[list[list[int]]] = []
+    for req in requests:
+        labels_of = []
+        for continuation in req.continuations:
             labels = list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
             if not labels:
                 raise ValueError(f"continuation {continuation!r} has no tokens")
             if limit is not None and len(labels) > limit:
                 raise ValueError(f"continuation {continuation!r} alone is longer than the model's {limit} positions")
-            rows.append((r, c, source, labels))
+            labels_of.append(labels)
+        choices.append(labels_of)
     out: list[list[float]] = [[0.0] * len(req.continuations) for req in requests]
     pad = pad_token_id(tokenizer)
-    rows.sort(key=lambda row: -len(row[2]))
-    bar = _progress_bar(len(rows), progress)
+    order = sorted(range(len(requests)), key=lambda r: -len(sources[r]))
+    bar = _progress_bar(sum(len(c) for c in choices), progress)
+    prompt_learning = uses_prompt_learning(model)
     with inference(model):
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            width = max(len(s) for _, _, s, _ in batch)
-            depth = max(len(lab) for _, _, _, lab in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        encoder = None if prompt_learning else model.get_encoder()
+        for group in _request_batches(order, [len(c) for c in choices], batch_size):
+            # the encoder runs once per context; every choice's decoder pass reads the same encoder states
+            width = max(len(sources[r]) for r in group)
+            ids = torch.full((len(group), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            labels = torch.full((len(batch), depth), -100, dtype=torch.long)
-            for i, (_, _, source, lab) in enumerate(batch):
-                ids[i, : len(source)], mask[i, : len(source)] = torch.tensor(source), 1
-                labels[i, : len(lab)] = torch.tensor(lab)
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                           labels=labels.to(model.device)).logits
+            for i, r in enumerate(group):
+                ids[i, : len(sources[r])], mask[i, : len(sources[r])] = torch.tensor(sources[r]), 1
+            rows = [(i, r, c) for i, r in enumerate(group) for c in range(len(choices[r]))]
+            depth = max(len(choices[r][c]) for _, r, c in rows)
+            labels = torch.full((len(rows), depth), -100, dtype=torch.long)
+            for k, (_, r, c) in enumerate(rows):
+                labels[k, : len(choices[r][c])] = torch.tensor(choices[r][c])
+            take = torch.tensor([i for i, _, _ in rows])
+            ids, mask, labels = ids.to(model.device), mask.to(model.device), labels.to(model.device)
+            if prompt_learning:  # virtual tokens join the encoder input inside the PEFT model's own forward
+                logits = model(input_ids=ids[take], attention_mask=mask[take], labels=labels).logits
+            else:
+                states = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                logits = model(encoder_outputs=(states[take.to(states.device)],), attention_mask=mask[take],
+                               labels=labels).logits
+            labels = labels.cpu()
             logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
             picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels != -100)
-            for i, (r, c, _, _) in enumerate(batch):
-                out[r][c] = float(picked[i].sum())
+            for k, (_, r, c) in enumerate(rows):
+                out[r][c] = float(picked[k].sum())
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(len(rows))
     if bar is not None:
         bar.close()
     return out
+
+
+def _request_batches(order: Sequence[int], n_choices: Sequence[int], rows_per_batch: int) -> Iterator[list[int]]:
+    """Consecutive requests of `order` whose choices together fill at most `rows_per_batch` decoder rows (a
+    request with more choices than that goes alone)."""
+    group: list[int] = []
+    rows = 0
+    for r in order:
+        if group and rows + n_choices[r] > rows_per_batch:
+            yield group
+            group, rows = [], 0
+        group.append(r)
+        rows += n_choices[r]
+    if group:
+        yield group
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
