@@ -178,6 +178,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_parity(args: argparse.Namespace) -> int:
+    cfg = _model_config(args)
+    from tunebench.pipeline import parity_reference
+
+    verdict = parity_reference(cfg, data_dir=args.data_dir, adapter=args.adapter, precision=args.precision,
+                               limit=args.limit)
+    print(f"{'accepted' if verdict['accepted'] else 'rejected'}{' (cached)' if verdict['cached'] else ''}: "
+          f"{verdict['reason']}")
+    print(f"{verdict['metric']}: fp32 {verdict['fp32_score']:.4f}, {verdict['precision']} "
+          f"{verdict['fast_score']:.4f}")
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     import json
 
@@ -405,6 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder per value under --out (default: 0)")
     p.add_argument("--out", required=True, help="output directory (predictions.jsonl, scores.json)")
     _add_overwrite(p, "an earlier evaluation in --out")
+
+    p = add("parity", cmd_parity, "the parity gate: does a fast precision change the task metric? (fp32 vs "
+            "PRECISION on a seeded calibration slice, paired bootstrap)")
+    p.add_argument("config", nargs="?", default=None, help="run config (YAML) for model, data and evaluation")
+    _add_set(p)
+    p.add_argument("--data-dir", default=None, help="data directory (default: the config's data_dir, "
+                   "else $TUNEBENCH_DATA_DIR)")
+    p.add_argument("--model", default=None, help="model reference (default: the config's model.ref)")
+    p.add_argument("--adapter", default=None, help="PEFT adapter dir or tunebench run dir (default: none)")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "int8"],
+                   help="the fast precision gated against fp32")
+    _add_limit(p, "examples of the eval split to draw the calibration slice from", "the config's eval.limit")
 
     p = add("score", cmd_score, "score predictions against references")
     p.add_argument("--pred", required=True, help="JSONL with id and prediction (and optionally references)")

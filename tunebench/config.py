@@ -29,6 +29,23 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_switches(cls, data: Any) -> Any:
+        """YAML reads `on`/`off` (unquoted, or `--set key=on`) as booleans: an on/off switch takes them back."""
+        if not isinstance(data, dict):
+            return data
+        switches = [name for name, f in cls.model_fields.items() if _is_switch(f.annotation)]
+        fixed = {k: ("on" if v else "off") for k, v in data.items() if k in switches and isinstance(v, bool)}
+        return {**data, **fixed} if fixed else data
+
+
+def _is_switch(annotation: Any) -> bool:
+    """A Literal field whose values include 'on' and 'off'."""
+    import typing
+
+    return typing.get_origin(annotation) is Literal and {"on", "off"} <= set(typing.get_args(annotation))
+
 
 SectionT = TypeVar("SectionT", bound=Section)
 
@@ -326,6 +343,27 @@ class GenerationConfig(Section):
         return self
 
 
+class ParityConfig(Section):
+    """The parity gate a fast inference precision passes before it is used (tunebench.evaluate.parity)."""
+
+    examples: int = Field(64, gt=0, description="Calibration slice: this many test examples, a seeded sample, "
+                          "evaluated in fp32 and in the fast precision.")
+    metric: str | None = Field(None, description="Metric compared (None: rouge1 when evaluated, else the first "
+                               "metric of eval.metrics).")
+    margin: float | None = Field(None, gt=0, description="Accept when the 95% interval of fast - fp32 lies within "
+                                 "±margin (None: 0.01 on a 0-1 metric, i.e. 0.01 ROUGE-1 or 1 accuracy point; 1 on "
+                                 "a 0-100 one).")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str | None) -> str | None:
+        if value is not None:
+            from tunebench.evaluate.metrics import METRICS
+
+            _check_name(None, value, [n for n, c in METRICS.items() if c.inputs == "text"], "metric")
+        return value
+
+
 class EvalConfig(Section):
     split: Literal["train", "validation", "test"] = Field("test", description="Split evaluated.")
     limit: int | None = Field(None, gt=0, description="Evaluate the first N examples of the split.")
@@ -350,6 +388,12 @@ class EvalConfig(Section):
         None, gt=8, description="Cap on few-shot prompt + max_new_tokens tokens (None: the model's maximum positions)."
     )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] | None = Field(
+        None, description="Inference precision: auto = the fastest on this machine by measurement; bf16/fp16 cast "
+        "the weights, int8 = dynamic int8 linears (CPU); a fast one is used only after the parity gate (eval.parity) "
+        "passes, else fp32. None: as model.dtype loads the weights."
+    )
+    parity: ParityConfig = Field(default_factory=ParityConfig)
 
     @model_validator(mode="after")
     def _shots(self) -> EvalConfig:

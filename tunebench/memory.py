@@ -23,3 +23,20 @@ def rss_bytes() -> int:
     except ImportError:  # psutil is a declared dependency; getrusage is the POSIX fallback
         return peak_rss_bytes()
     return int(psutil.Process().memory_info().rss)
+
+
+def available_bytes(device: object | None = None) -> int:
+    """Memory a new allocation can take on `device` (a torch.device; None or CPU: the machine), in bytes.
+
+    CUDA: free memory as the driver reports it (`torch.cuda.mem_get_info`); CPU: psutil's `available` (free plus
+    reclaimable cache), or unlimited where psutil is missing.
+    """
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import psutil
+    except ImportError:
+        return 2**62
+    return int(psutil.virtual_memory().available)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tunebench.config import RunConfig, adopt_trained, dump_config, load_config, resolve_data_dir
 from tunebench.errors import TunebenchError
 from tunebench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
-from tunebench.processes import barrier, is_main
+from tunebench.processes import barrier, from_main, is_main
 from tunebench.rundir import BENCH_SCHEMA, BenchDir, CompareDir, EvalDir, RunDir
 
 if TYPE_CHECKING:
@@ -128,14 +128,30 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
 
 
 def evaluate_into(out: EvalDir, cfg: RunConfig, loaded, examples, splits, system: dict[str, Any], shots: int,
-                  split: str | None = None, *, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
-    """Evaluate one system and write its folder (main process only); returns scores.json's content."""
-    from tunebench.evaluate.run_eval import evaluate
+                  split: str | None = None, *, rank: int = 0, world_size: int = 1,
+                  precision: tuple[str | None, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Evaluate one system and write its folder (main process only); returns scores.json's content.
 
+    precision: (name, record) from `evaluate.parity.decide_precision`, shared by the systems of one comparison;
+    None decides for this model alone (eval.precision: probe and parity gate).
+    """
+    import dataclasses
+
+    from tunebench.evaluate.parity import decide_precision
+    from tunebench.evaluate.run_eval import evaluate
+    from tunebench.models.precision import precision_variant
+
+    used, record = precision or from_main(
+        lambda: decide_precision([lambda: loaded], examples, cfg.eval, seed=cfg.seed), rank, world_size)
+    if used is not None:
+        if is_main(rank):
+            _log(f"precision {used}: {record['reason']}")
+        loaded = dataclasses.replace(loaded, model=precision_variant(loaded.model, used))
     evaluation = evaluate(loaded, examples, cfg=cfg.eval, system=system, shots=shots,
                           demos=list(splits.train) if shots else None, seed=cfg.seed,
                           context_budget=cfg.eval.context_budget, split=split or cfg.eval.split,
-                          rank=rank, world_size=world_size)
+                          rank=rank, world_size=world_size,
+                          precision_record=record if cfg.eval.precision is not None else None)
     if is_main(rank):
         write_evaluation(out, evaluation)
     return evaluation.scores
@@ -156,6 +172,21 @@ def evaluate_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: 
     system = {"name": out_dir.name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
     return evaluate_into(EvalDir(out_dir), cfg, loaded, examples, splits, system, shots, split,
                          rank=rank, world_size=world_size)
+
+
+def parity_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: str | None, precision: str,
+                     limit: int | None = None) -> dict[str, Any]:
+    """`tunebench parity`: the parity gate of `precision` for the config's model (plus `adapter`) on the
+    eval split's calibration slice (eval.parity); returns the verdict (evaluate.parity.GateResult as a dict),
+    from the cache when this (model, adapter, precision, task) was gated before."""
+    from tunebench.evaluate.parity import parity_gate
+    from tunebench.models.load import load_model
+
+    _trained_settings(cfg, adapter)
+    splits = _splits(cfg, resolve_data_dir(data_dir, cfg), only="test" if cfg.eval.split == "test" else None)
+    examples = _eval_examples(cfg, splits, limit=limit)
+    loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
+    return parity_gate(loaded, examples, cfg.eval, precision, seed=cfg.seed).as_dict()
 
 
 def _trained_settings(cfg: RunConfig, adapter: str | None) -> None:
@@ -361,15 +392,22 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
     systems: list[tuple[str, str | None, int]] = [(f"base-{k}shot", None, k) for k in cfg.eval.shots]
     systems.append(("tuned", str(run_dir), 0))
     models = _OneModel(cfg)
+    precision = None
     for name, adapter, shots in systems:
         out = run.eval_dir(name)
         if out.scores.is_file():
             log(f"evaluation {name} already done")
             continue
+        if precision is None:  # one precision for every system compared: a fast one only where all pass the gate
+            from tunebench.evaluate.parity import decide_precision
+
+            getters = [lambda a=a: models.get(a) for a in dict.fromkeys(a for _, a, _ in systems)]
+            precision = from_main(lambda: decide_precision(getters, examples, cfg.eval, seed=cfg.seed), rank,
+                                  world_size)
         log(f"evaluating {name} on {len(examples)} {cfg.eval.split} examples")
         system = {"name": name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
         evaluate_into(out, cfg, models.get(adapter), examples, splits, system, shots, rank=rank,
-                      world_size=world_size)
+                      world_size=world_size, precision=precision)
 
     if cfg.bench.enabled and cfg.bench.tasks:
         from tunebench.bench.spec import resolve_tasks

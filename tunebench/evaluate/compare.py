@@ -3,8 +3,9 @@
 Each system is an eval dir (predictions.jsonl + scores.json); a run dir stands for every eval/<system>/ in it.
 Scores are recomputed from predictions.jsonl so that every number in comparison.json comes from one
 computation with one seed: all systems and metrics share the same bootstrap resample indices, which is what
-makes the deltas paired. Comparisons are refused when the test sets (ids + references) or the metric
-signatures differ, because such numbers do not measure the same thing.
+makes the deltas paired. Comparisons are refused when the test sets (ids + references), the metric
+signatures or the precisions the systems were scored at differ, because such numbers do not measure the same
+thing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tunebench.errors import DataError
+from tunebench.errors import ConfigError, DataError
 from tunebench.evaluate.metrics import (
     METRICS,
     MetricSettings,
@@ -26,7 +27,7 @@ from tunebench.evaluate.metrics import (
     compute_metric_stats,
     expand_metrics,
 )
-from tunebench.evaluate.metrics.signature import parse_signature
+from tunebench.evaluate.metrics.signature import parse_signature, with_precision, without_precision
 from tunebench.evaluate.score import ScoringInputs, hash_test_set, load_scoring_inputs
 from tunebench.evaluate.stats import approximate_randomization_stats, bootstrap_ci, paired_bootstrap_stats
 from tunebench.io import atomic_write_json
@@ -124,6 +125,33 @@ def _check_test_sets(systems: list[System]) -> dict[str, Any]:
     }
 
 
+def scored_precision(scores: dict[str, Any]) -> str | None:
+    """The precision an evaluation's model computed in (fp32, bf16, fp16, int8): scores.json's
+    generation.precision, else a metric signature's precision field, else bf16 where bf16 autocast was recorded;
+    None when scores.json predates the record."""
+    gen = scores.get("generation") or {}
+    if gen.get("precision"):
+        return str(gen["precision"])
+    for entry in (scores.get("metrics") or {}).values():
+        found = parse_signature(str((entry or {}).get("signature") or "")).get("precision")
+        if found:
+            return found
+    return "bf16" if gen.get("bf16") else None
+
+
+def _check_precisions(systems: list[System]) -> dict[str, str | None]:
+    """Refuse systems scored at different precisions (ConfigError, exit 2): a delta between a bf16 system and an
+    fp32 one measures the precision as much as the systems. Returns each system's precision."""
+    found = {s.name: scored_precision(s.scores) for s in systems}
+    known = {n: p for n, p in found.items() if p}
+    if len(set(known.values())) > 1:
+        a = next(iter(known))
+        b = next(n for n in known if known[n] != known[a])
+        raise ConfigError(f"{a} was scored at precision {known[a]} and {b} at {known[b]}: compare systems evaluated at one "
+                          f"precision (set eval.precision alike and evaluate again)")
+    return found
+
+
 def prompt_format(scores: dict[str, Any]) -> dict[str, Any]:
     """How an evaluation wrapped its prompts: {"prompt_format": chat | plain | None, "system_prompt": ...}.
 
@@ -148,7 +176,8 @@ def _metrics_and_settings(
         metrics = common
     names = expand_metrics(list(metrics))
     for name in names:
-        sigs = {s.name: s.scores.get("metrics", {}).get(name, {}).get("signature") for s in systems}
+        sigs = {s.name: without_precision(s.scores.get("metrics", {}).get(name, {}).get("signature") or "")
+                for s in systems}
         present = {k: v for k, v in sigs.items() if v}
         if len(set(present.values())) > 1:
             listed = "; ".join(f"{k}: {v}" for k, v in present.items())
@@ -264,7 +293,8 @@ def _system_stats(
     """A system's statistics in the baseline's example order: the evaluation's own (rows reordered) when they
     match what would be computed here, else computed from its predictions."""
     stored = system.scores.get("metrics", {})
-    if known and all(m in known and known[m].signature == stored.get(m, {}).get("signature") for m in names):
+    if known and all(m in known and known[m].signature == without_precision(stored.get(m, {}).get("signature") or "")
+                     for m in names):
         position = {i: k for k, i in enumerate(system.inputs.ids)}
         take = [position[i] for i in aligned.ids]
         if all(len(known[m].stats) == len(position) for m in names):
@@ -298,6 +328,7 @@ def compare_systems(
         raise DataError(f"baseline {baseline!r} is not one of the systems: {', '.join(names_by)}")
     base = names_by[baseline] if baseline else systems[0]
     test_set = _check_test_sets(systems)
+    precisions = _check_precisions(systems)
     if not test_set["same_prompt_format"]:
         listed = ", ".join(f"{n}: {f['prompt_format']}" + (f" (system prompt {f['system_prompt']!r})"
                                                             if f["system_prompt"] else "")
@@ -322,7 +353,8 @@ def compare_systems(
                     m: {
                         "score": ms.score(),
                         "ci95": bootstrap_ci(ms.stats, ms.score_fn, n_resamples=n_resamples, seed=seed),
-                        "signature": ms.signature,
+                        "signature": (with_precision(ms.signature, precisions[s.name]) if precisions[s.name]
+                                      else ms.signature),
                     }
                     for m, ms in stats[s.name].items()
                 },

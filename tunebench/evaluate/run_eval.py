@@ -63,6 +63,7 @@ def evaluate(
     progress: bool = True,
     context_budget: int | None = None,
     bf16: bool = False,
+    precision_record: dict[str, Any] | None = None,
     split: str | None = None,
     rank: int = 0,
     world_size: int = 1,
@@ -74,12 +75,17 @@ def evaluate(
     TRAIN split); `context_budget` caps prompt + max_new_tokens below the model's own limit. `rank` of
     `world_size` processes: each process generates for its shard of the examples, the outputs are gathered so
     every process returns the whole evaluation, and only the main one shows progress (processes.map_sharded).
+    The precision the model computes in (bf16 under `bf16` autocast, else read from its weights:
+    models.precision.model_precision) is recorded in scores.json and in every metric's signature;
+    `precision_record` (how it was chosen: probe and parity gate, evaluate/parity.py) is kept beside it.
     Raises DataError for no examples, ValueError for a rank outside the world.
     """
     check_rank(rank, world_size)
     from tunebench.evaluate.fewshot import build_fewshot_prompts
     from tunebench.evaluate.generate import generate_texts
     from tunebench.evaluate.metrics import compute_metric_stats, per_example_rows, summarize
+    from tunebench.evaluate.metrics.signature import with_precision
+    from tunebench.models.precision import model_precision
 
     examples = list(examples)
     split = split or cfg.split
@@ -107,6 +113,9 @@ def evaluate(
     stats = compute_metric_stats(predictions, references, cfg.metrics, settings=cfg.metric_settings())
     per_example = per_example_rows(stats)
     metrics = summarize(stats, bootstrap=cfg.bootstrap, seed=seed)
+    precision = "bf16" if bf16 else model_precision(loaded.model)
+    for entry in metrics.values():
+        entry["signature"] = with_precision(entry["signature"], precision)
 
     rows = [
         {
@@ -133,6 +142,8 @@ def evaluate(
             "prompt_format": "chat" if loaded.use_chat else "plain",
             "system_prompt": loaded.system_prompt,
             "bf16": bf16,
+            "precision": precision,
+            **({"precision_choice": precision_record} if precision_record else {}),
             "software": software_versions(),
         },
         "metrics": metrics,

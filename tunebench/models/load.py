@@ -377,6 +377,19 @@ def _use_chat(tokenizer: PreTrainedTokenizerBase, cfg: ModelConfig, family: Fami
         raise ModelError(f"{exc}: set model.chat_template to auto or never") from None
 
 
+def load_model_config(cfg: ModelConfig) -> Any:
+    """The transformers config of `cfg.ref` without its weights (shapes for the precision probe). ModelError
+    when it cannot be read."""
+    kind, source, _ = _locate(cfg)
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if kind == "hub":
+        kwargs["revision"] = cfg.revision
+    try:
+        return AutoConfig.from_pretrained(source, **kwargs)
+    except file_load_errors() as exc:
+        raise ModelError(f"model.ref '{cfg.ref}': cannot load its config from {source} ({_brief(exc)})") from None
+
+
 def load_tokenizer_only(cfg: ModelConfig) -> LoadedTokenizer:
     """Tokenizer and family of `cfg.ref` without loading the weights -- for previews and token counts."""
     kind, source, _ = _locate(cfg)  # reading a GGUF's tokenizer costs about as much as converting it once

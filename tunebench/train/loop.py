@@ -39,7 +39,8 @@ from tunebench.io import atomic_write_json
 from tunebench.memory import peak_rss_bytes
 from tunebench.models import apply_method, get_method, load_model, parameter_counts, save_trained
 from tunebench.models.device import accelerate_cpu, load_dtype, resolve_device
-from tunebench.models.load import capped_max_length
+from tunebench.models.load import capped_max_length, load_model_config
+from tunebench.models.precision import resolve_bf16
 from tunebench.rundir import RunDir
 from tunebench.train import checkpoint as ckpt
 from tunebench.train.batches import (
@@ -51,7 +52,6 @@ from tunebench.train.batches import (
 from tunebench.train.fast_paths import keep_lora_input_dtype, release_free_memory
 from tunebench.train.gen_eval import gen_eval_generation, gen_eval_set, run_gen_eval
 from tunebench.train.loss import base_model, completion_loss_sum, supports_logits_to_keep, target_count
-from tunebench.train.precision import resolve_bf16
 from tunebench.train.progress import ProgressBar, Throughput, TrainLog, write_loss_curve
 from tunebench.train.rundir import prepare_run_dir, relative_drop
 from tunebench.train.schedule import build_optimizer, build_scheduler, total_optimizer_steps
@@ -151,7 +151,7 @@ class Recipe:
 
     def _setup_processes(self) -> None:
         device = resolve_device(self.cfg.model.device)
-        self.use_bf16 = resolve_bf16(self.tc.bf16, device)
+        self.use_bf16, self.precision = self._choose_precision(device)
         self.accelerator = Accelerator(mixed_precision="bf16" if self.use_bf16 else "no", cpu=accelerate_cpu(device))
         acc = self.accelerator
         self.rank, self.world, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
@@ -162,6 +162,22 @@ class Recipe:
         self.paths = RunDir(self.run_dir)
         self.ckpt_root = self.paths.checkpoints
         set_seed(self.cfg.seed)
+
+    def _choose_precision(self, device: torch.device) -> tuple[bool, dict[str, Any]]:
+        """train.bf16: auto measures fp32 and bf16 on this model's matmul shapes (cached per machine); with
+        several processes the main one decides for all, so every rank autocasts alike."""
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
+
+        if self.tc.bf16 != "auto":
+            return resolve_bf16(self.tc.bf16, device)
+        state = PartialState(cpu=accelerate_cpu(device))
+        decided: list[Any] = [None]
+        if state.is_main_process:
+            decided = [resolve_bf16("auto", device, config=load_model_config(self.cfg.model))]
+        if state.num_processes > 1:
+            broadcast_object_list(decided)
+        return decided[0]
 
     def _setup_model(self) -> None:
         tc, device = self.tc, self.accelerator.device
@@ -391,7 +407,7 @@ class Recipe:
             (f"best (step {best['step']})" if best else f"last (step {st.step})"),
             "stopped_early": st.stopped_early, "interrupted": self.interrupted,
             "resumed_from_step": None if self.resumed_from is None else int(self.resumed_from.name.split("-")[1]),
-            "bf16": self.use_bf16, "frozen_bf16": self.frozen_bf16, "compile": tc.compile,
+            "bf16": self.use_bf16, "precision": self.precision, "frozen_bf16": self.frozen_bf16, "compile": tc.compile,
             "num_processes": self.world, "grad_accum": self.grad_accum,
             "global_batch_size": self.tc.batch_size * self.grad_accum * self.world,
             "max_forward_tokens": self.max_forward_tokens,

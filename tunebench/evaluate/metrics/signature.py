@@ -37,3 +37,17 @@ def parse_signature(signature: str) -> dict[str, str]:
         else:
             out["metric"] = part
     return out
+
+
+def with_precision(signature: str, precision: str) -> str:
+    """The signature of a score produced by a model computing in `precision` (fp32, bf16, fp16, int8): the field
+    `precision:NAME` goes before the version field (replacing any there), so two scores agree only when the
+    numbers they came from were computed alike."""
+    parts = [p for p in without_precision(signature).split("|")]
+    at = next((i for i, p in enumerate(parts) if p.startswith("version:")), len(parts))
+    return "|".join([*parts[:at], f"precision:{precision}", *parts[at:]])
+
+
+def without_precision(signature: str) -> str:
+    """The metric's own signature: `with_precision`'s field taken out."""
+    return "|".join(p for p in signature.split("|") if not p.startswith("precision:"))
