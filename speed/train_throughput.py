@@ -1,6 +1,7 @@
 """Training throughput: tunebench's loop against Hugging Face `Trainer` + PEFT on the same model, data and LoRA.
 
     python speed/train_throughput.py [--steps 12] [--examples 96] [--batch-size 8] [--data-dir DIR] [--compile]
+    python speed/train_throughput.py --precisions   # ours only: tokens/s in fp32 and bf16, and what auto picked
 
 Both trainers get the same tokenized DialogSum dev dialogues (chat template, completion-only labels), the same
 LoRA (all-linear, r16, alpha 32, dropout 0.05), batch size, learning rate, warmup and number of steps. The
@@ -42,7 +43,7 @@ def run_config(args: argparse.Namespace, out: Path) -> Any:
         "train": {"method": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
                   "batch_size": args.batch_size, "max_steps": args.steps, "lr": LR, "warmup_ratio": WARMUP_RATIO,
                   "scheduler": "linear", "eval_every": None, "save_every": None, "log_every": 1,
-                  "compile": args.compile},
+                  "compile": args.compile, "bf16": args.bf16},
     })
 
 
@@ -101,7 +102,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         extra = switch_off(args.without, cfg) if args.without else {}
         s = train(cfg, data_dir=resolve_data_dir(args.data_dir, cfg), progress=False, **extra).summary
     return {"tokens": s["train_tokens"], "train_s": s["train_time_s"], "cpu_s": s["train_cpu_s"],
-            "peak_rss_gib": s["peak_rss_gib"], "params": s["total_params"], "bf16": s["bf16"]}
+            "peak_rss_gib": s["peak_rss_gib"], "params": s["total_params"], "bf16": s["bf16"],
+            "precision": s["precision"]}
 
 
 def run_hf(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,7 +114,7 @@ def run_hf(args: argparse.Namespace) -> dict[str, Any]:
     from tunebench.data.tokenize import tokenize_examples
     from tunebench.memory import peak_rss_bytes
     from tunebench.models import apply_method, load_model, parameter_counts
-    from tunebench.train.precision import bf16_native
+    from tunebench.models.precision import bf16_native
     from tunebench.train.schedule import warmup_steps
 
     with tempfile.TemporaryDirectory() as out:
@@ -160,9 +162,11 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> floa
     return 2 * n**3 * runs / (time.perf_counter() - start)
 
 
-def in_subprocess(which: str, args: argparse.Namespace, without: str | None = None) -> dict[str, Any]:
+def in_subprocess(which: str, args: argparse.Namespace, without: str | None = None,
+                  bf16: str | None = None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--only", which, "--steps", str(args.steps), "--examples", str(args.examples),
-           "--batch-size", str(args.batch_size), "--model", args.model] + (["--compile"] if args.compile else [])
+           "--batch-size", str(args.batch_size), "--model", args.model, "--bf16", bf16 or args.bf16]
+    cmd += ["--compile"] if args.compile else []
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     if without:
@@ -177,6 +181,25 @@ def in_subprocess(which: str, args: argparse.Namespace, without: str | None = No
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def compare_precisions(args: argparse.Namespace) -> None:
+    """Our trainer in fp32 (train.bf16 off) and bf16 (on), then with auto: tokens/s of each, auto's pick (from
+    its probe, or the probe's cached figures for this machine) and how far auto is from the faster of the two."""
+    runs = {mode: in_subprocess("ours", args, bf16=mode) for mode in ("off", "on", "auto")}
+    print(f"{args.steps} steps, batch {args.batch_size}, {args.examples} DialogSum dialogues, LoRA r16 all-linear, "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'train.bf16':<12}{'precision':>10}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'tok/CPU-s':>11}"
+          f"{'peak RSS':>10}")
+    for mode, r in runs.items():
+        r["tokens_per_s"] = r["tokens"] / r["train_s"]
+        print(f"{mode:<12}{r['precision']['picked']:>10}{r['tokens']:>8}{r['train_s']:>9.1f}"
+              f"{r['tokens_per_s']:>10.1f}{r['tokens'] / r['cpu_s']:>11.1f}{r['peak_rss_gib']:>6.2f} GiB")
+    auto = runs["auto"]["precision"]
+    fastest = max(("off", "on"), key=lambda m: runs[m]["tokens_per_s"])
+    print(f"auto picked {auto['picked']}{' (cached probe)' if auto['cached'] else ''}: {auto['reason']}")
+    print(f"auto runs at {runs['auto']['tokens_per_s'] / runs[fastest]['tokens_per_s']:.1%} of the faster fixed "
+          f"setting ({runs[fastest]['precision']['picked']}; target >= 95%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps each trainer runs")
@@ -186,6 +209,10 @@ def main() -> None:
     parser.add_argument("--data-dir", help="folder holding dialogsum/ (default: $TUNEBENCH_DATA_DIR)")
     parser.add_argument("--compile", action="store_true", help="torch.compile in both trainers")
     parser.add_argument("--ablate", action="store_true", help="also rerun ours with each speed lever switched off")
+    parser.add_argument("--precisions", action="store_true",
+                        help="ours only, once per precision (train.bf16 off, on, auto): tokens/s of each and which "
+                        "one auto picked")
+    parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="train.bf16 of our trainer")
     parser.add_argument("--only", choices=["ours", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--without", choices=sorted(LEVERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,6 +220,9 @@ def main() -> None:
         print(json.dumps(run_ours(args) if args.only == "ours" else run_hf(args)))
         return
 
+    if args.precisions:
+        compare_precisions(args)
+        return
     results = {name: in_subprocess(name, args) for name in ("hf", "ours")}
     peak_bf16, peak_fp32 = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
     print(f"{args.steps} steps, batch {args.batch_size}, {args.examples} DialogSum dialogues, LoRA r16 all-linear, "
