@@ -55,8 +55,9 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("int8", "qint8", 1, ("cpu",), training=False, probe=False),
 )}
 REFERENCE = "fp32"
-PROBE_TOKENS = 256  # rows of the probe's activations: one micro-batch's worth of tokens
-PROBE_SECONDS = 0.02  # time spent per (shape, precision), after one warm-up call
+PROBE_TOKENS = 128  # rows of the probe's activations: a prompt's or a short micro-batch's worth of tokens
+PROBE_SECONDS = 0.01  # time spent per (shape, precision) and round, after one warm-up call
+PROBE_ROUNDS = 3  # interleaved rounds over the precisions
 CACHE_SCHEMA = "tunebench.precision-probe/1"
 
 Timer = Callable[[str, tuple[int, int, int]], float]
@@ -132,8 +133,15 @@ def parameter_estimate(config: Any) -> int:
 
 def time_matmul(name: str, shape: tuple[int, int, int], device: torch.device | None = None,
                 seconds: float = PROBE_SECONDS) -> float:
-    """Seconds one (m x k) @ (k x n) matmul takes in precision `name` on `device` (median of repeats after a
-    warm-up; at least 3 repeats, about `seconds` in all)."""
+    """Seconds one (m x k) @ (k x n) matmul takes in precision `name` on `device`.
+
+    After a warm-up call, the rows grow 1, 4, 16, ... up to m; a call that takes `seconds` or more (twice) ends
+    the probe, its time scaled to m rows (an emulated bf16 runs at ~0.1-1 GFLOP/s, where one full-size call could take many seconds).
+    Otherwise the full shape is timed repeatedly (at least 3 calls, about `seconds` in all) and the fastest call
+    counts -- the minimum, because other load only ever adds time. On a CPU the matmul runs on one thread: the
+    ratio between precisions is what decides, and a multi-threaded call on a busy machine mostly measures how
+    long its threads wait to be scheduled (30 ms for a 128 x 64 x 128 fp32 matmul at load 7 on 2 cores).
+    """
     import torch
 
     device = device or torch.device("cpu")
@@ -142,25 +150,41 @@ def time_matmul(name: str, shape: tuple[int, int, int], device: torch.device | N
     a = torch.randn(m, k, device=device).to(dtype)
     b = torch.randn(k, n, device=device).to(dtype)
 
-    def sync() -> None:
+    def call(rows: int) -> float:
+        t0 = time.perf_counter()
+        torch.matmul(a[:rows], b)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
 
-    torch.matmul(a, b)
-    sync()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < 3 or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        sync()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        call(1)  # warm-up: the first call of a dtype pays one-time set-up
+        rows = 1
+        while True:
+            first = call(rows)
+            if first >= seconds:
+                first = min(first, call(rows))  # confirmed by a second call: a preempted call alone says nothing
+            if first >= seconds:
+                return first * m / rows
+            if rows >= m:
+                break
+            rows = min(m, rows * 4)
+        times = [first]
+        start = time.perf_counter()
+        while len(times) < 4 or time.perf_counter() - start < seconds:
+            times.append(call(m))
+        return min(times[1:])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def machine_key(device: torch.device) -> dict[str, str]:
     """What the probe's result depends on besides the shapes: the processor (CPU model and a hash of its flags,
-    or the GPU's name), the device type and the torch version."""
+    or the GPU's name), the device type and the torch version. Not the thread count: processes of one run
+    started with different OMP_NUM_THREADS must still read one cached verdict, so they compute alike."""
     import torch
 
     if device.type == "cuda":
@@ -176,8 +200,7 @@ def machine_key(device: torch.device) -> dict[str, str]:
                 elif key.strip() == "flags" and not flags:
                     flags = value.strip()
     return {"device": device.type, "processor": processor,
-            "flags": hashlib.sha256(flags.encode()).hexdigest()[:16], "torch": torch.__version__,
-            "threads": str(torch.get_num_threads())}
+            "flags": hashlib.sha256(flags.encode()).hexdigest()[:16], "torch": torch.__version__}
 
 
 def _cache_file(cache_dir: Path, key: dict[str, Any]) -> Path:
@@ -206,12 +229,23 @@ class PrecisionChoice:
         return asdict(self)
 
 
-def measure(shapes: Sequence[tuple[int, int, int]], names: Sequence[str], timer: Timer) -> dict[str, float]:
-    """GFLOP/s of each precision over `shapes`: 2 m k n flops per matmul, summed over shapes / summed seconds."""
+def measure(shapes: Sequence[tuple[int, int, int]], names: Sequence[str], timer: Timer,
+            rounds: int = PROBE_ROUNDS) -> dict[str, float]:
+    """GFLOP/s of each precision over `shapes`: 2 m k n flops per matmul, summed over shapes / summed seconds,
+    each (precision, shape) timed in `rounds` interleaved rounds and its fastest kept, so a burst of load on a
+    shared machine does not fall on one precision only."""
+    best: dict[tuple[str, tuple[int, int, int]], float] = {}
+    for r in range(rounds):
+        for name in names:
+            for shape in shapes:
+                if r and best[name, shape] >= PROBE_SECONDS:
+                    continue  # slow enough that load cannot change the verdict: not timed again
+                seconds = timer(name, shape)
+                best[name, shape] = min(seconds, best.get((name, shape), seconds))
     flops = sum(2 * m * k * n for m, k, n in shapes)
     out = {}
     for name in names:
-        seconds = sum(timer(name, shape) for shape in shapes)
+        seconds = sum(best[name, shape] for shape in shapes)
         out[name] = round(flops / seconds / 1e9, 2) if seconds > 0 else float("inf")
     return out
 
