@@ -133,10 +133,13 @@ def parameter_estimate(config: Any) -> int:
 
 def time_matmul(name: str, shape: tuple[int, int, int], device: torch.device | None = None,
                 seconds: float = PROBE_SECONDS) -> float:
-    """Seconds one (m x k) @ (k x n) matmul takes in precision `name` on `device`.
+    """Seconds one (m x k) @ (k x n) matmul takes in precision `name` on `device`, run as a linear layer runs it
+    (`torch.nn.functional.linear` with an (n, k) weight: bf16 `torch.matmul` of a plain (k, n) matrix takes
+    another, on some CPUs far slower, kernel).
 
     After a warm-up call, the rows grow 1, 4, 16, ... up to m; a call that takes `seconds` or more (twice) ends
-    the probe, its time scaled to m rows (an emulated bf16 runs at ~0.1-1 GFLOP/s, where one full-size call could take many seconds).
+    the probe, its time scaled to m rows (an emulated bf16 may run at 1 GFLOP/s, where one full-size call of a
+    large model's shapes takes seconds).
     Otherwise the full shape is timed repeatedly (at least 3 calls, about `seconds` in all) and the fastest call
     counts -- the minimum, because other load only ever adds time. On a CPU the matmul runs on one thread: the
     ratio between precisions is what decides, and a multi-threaded call on a busy machine mostly measures how
@@ -148,11 +151,11 @@ def time_matmul(name: str, shape: tuple[int, int, int], device: torch.device | N
     m, k, n = shape
     dtype = dtype_of(name)
     a = torch.randn(m, k, device=device).to(dtype)
-    b = torch.randn(k, n, device=device).to(dtype)
+    weight = torch.randn(n, k, device=device).to(dtype)  # (out, in), as nn.Linear holds it
 
     def call(rows: int) -> float:
         t0 = time.perf_counter()
-        torch.matmul(a[:rows], b)
+        torch.nn.functional.linear(a[:rows], weight)  # the kernel a model's linear layers run (x @ W^T)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0
@@ -238,7 +241,7 @@ def measure(shapes: Sequence[tuple[int, int, int]], names: Sequence[str], timer:
     for r in range(rounds):
         for name in names:
             for shape in shapes:
-                if r and best[name, shape] >= PROBE_SECONDS:
+                if r and best[name, shape] >= 10 * PROBE_SECONDS:
                     continue  # slow enough that load cannot change the verdict: not timed again
                 seconds = timer(name, shape)
                 best[name, shape] = min(seconds, best.get((name, shape), seconds))
