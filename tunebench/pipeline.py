@@ -9,6 +9,7 @@ picks up where it stopped (training itself resumes from its last checkpoint, ben
 from __future__ import annotations
 
 import gc
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,7 +143,7 @@ def evaluate_into(out: EvalDir, cfg: RunConfig, loaded, examples, splits, system
     from tunebench.models.precision import precision_variant
 
     used, record = precision or from_main(
-        lambda: decide_precision([lambda: loaded], examples, cfg.eval, seed=cfg.seed), rank, world_size)
+        partial(decide_precision, [lambda: loaded], examples, cfg.eval, seed=cfg.seed), rank, world_size)
     if used is not None:
         if is_main(rank):
             _log(f"precision {used}: {record['reason']}")
@@ -402,7 +403,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
             from tunebench.evaluate.parity import decide_precision
 
             getters = [lambda a=a: models.get(a) for a in dict.fromkeys(a for _, a, _ in systems)]
-            precision = from_main(lambda: decide_precision(getters, examples, cfg.eval, seed=cfg.seed), rank,
+            precision = from_main(partial(decide_precision, getters, examples, cfg.eval, seed=cfg.seed), rank,
                                   world_size)
         log(f"evaluating {name} on {len(examples)} {cfg.eval.split} examples")
         system = {"name": name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
