@@ -118,15 +118,11 @@ def barrier(world_size: int) -> None:
 
 
 def from_main(fn: Callable[[], T], rank: int = 0, world_size: int = 1) -> T:
-    """fn() computed on the main process only and sent to every process (broadcast_object_list): for decisions
+    """fn() computed on the main process only and sent to every process: for decisions
     every process must share although computing them twice could differ (a timing probe) or would repeat work
-    (the parity gate)."""
+    (the parity gate). Sent through `gather` (the main process contributes the one item)."""
     check_rank(rank, world_size)
     if world_size == 1:
         return fn()
-    import torch.distributed as dist
-
-    box: list[Any] = [fn() if is_main(rank) else None]
-    dist.broadcast_object_list(box, src=MAIN_RANK)
-    return box[0]
+    return gather([fn()] if is_main(rank) else [], world_size)[0]
 
