@@ -182,20 +182,25 @@ def in_subprocess(which: str, args: argparse.Namespace, without: str | None = No
 
 
 def compare_precisions(args: argparse.Namespace) -> None:
-    """Our trainer in fp32 (train.bf16 off) and bf16 (on), then with auto: tokens/s of each, auto's pick (from
-    its probe, or the probe's cached figures for this machine) and how far auto is from the faster of the two."""
-    runs = {mode: in_subprocess("ours", args, bf16=mode) for mode in ("off", "on", "auto")}
+    """Our trainer with train.bf16 auto, off (fp32) and on (bf16): tokens/s of each, printed as each run ends,
+    auto's pick (from its probe, or the probe's cached figures for this machine) and how far auto is from the
+    faster fixed setting. Where bf16 is emulated it can be many times slower, so auto and fp32 run first."""
     print(f"{args.steps} steps, batch {args.batch_size}, {args.examples} DialogSum dialogues, LoRA r16 all-linear, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}", flush=True)
     print(f"{'train.bf16':<12}{'precision':>10}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'tok/CPU-s':>11}"
-          f"{'peak RSS':>10}")
-    for mode, r in runs.items():
+          f"{'peak RSS':>10}  load", flush=True)
+    runs = {}
+    for mode in ("auto", "off", "on"):
+        r = runs[mode] = in_subprocess("ours", args, bf16=mode)
         r["tokens_per_s"] = r["tokens"] / r["train_s"]
         print(f"{mode:<12}{r['precision']['picked']:>10}{r['tokens']:>8}{r['train_s']:>9.1f}"
-              f"{r['tokens_per_s']:>10.1f}{r['tokens'] / r['cpu_s']:>11.1f}{r['peak_rss_gib']:>6.2f} GiB")
-    auto = runs["auto"]["precision"]
+              f"{r['tokens_per_s']:>10.1f}{r['tokens'] / r['cpu_s']:>11.1f}{r['peak_rss_gib']:>6.2f} GiB"
+              f"  {os.getloadavg()[0]:.1f}", flush=True)
+        if mode == "auto":
+            auto = r["precision"]
+            print(f"auto picked {auto['picked']}{' (cached probe)' if auto['cached'] else ''}: {auto['reason']}",
+                  flush=True)
     fastest = max(("off", "on"), key=lambda m: runs[m]["tokens_per_s"])
-    print(f"auto picked {auto['picked']}{' (cached probe)' if auto['cached'] else ''}: {auto['reason']}")
     print(f"auto runs at {runs['auto']['tokens_per_s'] / runs[fastest]['tokens_per_s']:.1%} of the faster fixed "
           f"setting ({runs[fastest]['precision']['picked']}; target >= 95%)")
 
