@@ -92,3 +92,13 @@ def test_chat_mmlu_scores_like_the_straightforward_scorer(chat, data_dir: Path) 
     rows = score_task(chat, task).samples
     assert [x for r in rows for x in r["loglikelihoods"]] == pytest.approx([x for r in fast for x in r], abs=1e-4)
     assert rows[0]["prompt"] == requests[0].context
+
+
+def test_the_protocol_records_the_chat_layout(chat, tiny_causal_loaded, data_dir: Path) -> None:
+    from tunebench.bench.chat_format import CHAT_FORMAT
+    from tunebench.bench.runner import protocol
+
+    (spec,) = resolve_tasks(["piqa"], data_dir)
+    task = prepare_task(spec, data_dir=data_dir, limit=2)
+    assert protocol(chat, task, 2)["chat_format"] == CHAT_FORMAT == "lm-eval fewshot_as_multiturn"
+    assert protocol(tiny_causal_loaded(use_chat=False), task, 2)["chat_format"] is None

@@ -139,6 +139,21 @@ def test_different_protocols_are_refused(tmp_path: Path) -> None:
         forgetting_table(base, tuned)
 
 
+def test_a_chat_run_from_before_the_chat_format_key_is_refused_a_plain_one_is_not(tmp_path: Path) -> None:
+    """Results written before `chat_format` existed: plain runs still compare (no format to differ in); a chat
+    run laid out the old way (one user message) does not compare with one in lm-eval's multi-turn form."""
+    old = {"chat_template": False, "fewshot_sampler": "first", "shots": 0, "limit": None}
+    base = write_run(tmp_path / "b", {"rte": [1.0, 0.0]}, protocol=old)
+    tuned = write_run(tmp_path / "t", {"rte": [1.0, 0.0]}, protocol={**old, "chat_format": None})
+    assert forgetting_table(base, tuned)
+    base = write_run(tmp_path / "b2", {"rte": [1.0, 0.0]}, protocol={**old, "chat_template": True})
+    tuned = write_run(tmp_path / "t2", {"rte": [1.0, 0.0]},
+                      protocol={**old, "chat_template": True, "chat_format": "lm-eval fewshot_as_multiturn"})
+    with pytest.raises(DataError, match=r"different protocols \(chat_format: base None, tuned 'lm-eval "
+                                        r"fewshot_as_multiturn'\)"):
+        forgetting_table(base, tuned)
+
+
 def test_compare_and_report_take_two_bench_folders(tmp_path: Path, capsys) -> None:
     from tunebench.cli import main
     from tunebench.evaluate.stats import paired_bootstrap

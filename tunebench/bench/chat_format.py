@@ -25,6 +25,9 @@ from tunebench.bench.instances import Instance
 from tunebench.errors import ModelError
 from tunebench.models.chat import render_messages
 
+CHAT_FORMAT = "lm-eval fewshot_as_multiturn"
+"""The layout of chat-templated benchmark prompts, recorded in each task's protocol (results.json)."""
+
 
 def maybe_delimit(prefix: str | None, suffix: str | None, delimiter: str = " ") -> str:
     """prefix + delimiter + suffix, without the delimiter when either side has whitespace at the join, and just

@@ -62,8 +62,12 @@ def _check_same(task: str, b_entry: dict[str, Any], t_entry: dict[str, Any]) -> 
             "rerun both with the same --shots"
         )
     b_proto, t_proto = _protocol(b_entry), _protocol(t_entry)
-    if b_proto is not None and t_proto is not None and b_proto != t_proto:
+    if b_proto is not None and t_proto is not None:
+        # a key one side lacks counts as None (results written before the key existed)
         differ = sorted(k for k in set(b_proto) | set(t_proto) if b_proto.get(k) != t_proto.get(k))
+    else:
+        differ = []
+    if differ:
         what = "; ".join(f"{k}: base {b_proto.get(k)!r}, tuned {t_proto.get(k)!r}" for k in differ)
         raise DataError(f"task '{task}': base and tuned ran different protocols ({what}); rerun both the same way")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench import software_versions
+from tunebench.bench.chat_format import CHAT_FORMAT
 from tunebench.bench.instances import PreparedTask, prepare_task
 from tunebench.bench.scoring import score_task, subtask_breakdown
 from tunebench.bench.sensitivity import accuracy_sensitivity, chance_level
@@ -135,9 +136,11 @@ def run_benchmarks(
 
 
 def protocol(loaded: Any, task: PreparedTask, limit: int | None) -> dict[str, Any]:
-    """How a task was run, beyond its spec version: two runs compare only when these agree."""
-    return {"chat_template": bool(getattr(loaded, "use_chat", False)), "fewshot_sampler": task.spec.fewshot.sampler,
-            "shots": task.shots, "limit": limit}
+    """How a task was run, beyond its spec version: two runs compare only when these agree. `chat_format` names
+    how chat-templated prompts were laid out (None without the chat template)."""
+    chat = bool(getattr(loaded, "use_chat", False))
+    return {"chat_template": chat, "chat_format": CHAT_FORMAT if chat else None,
+            "fewshot_sampler": task.spec.fewshot.sampler, "shots": task.shots, "limit": limit}
 
 
 def base_sensitivity(samples: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any]:
