@@ -6,6 +6,7 @@ import pytest
 from gen_prompts import PROMPTS
 
 from tunebench.config import GenerationConfig
+from tunebench.evaluate import decode as decode_mod
 from tunebench.evaluate.decode import greedy_decode, supports_fast_greedy
 from tunebench.evaluate.generate import encode_prompts, eos_token_ids, generate_texts
 
@@ -145,3 +146,31 @@ def test_generate_falls_back_where_the_decoder_does_not_apply(causal):
     with_penalty = [r.text for r in generate_texts(penalized, tok, PROMPTS, family="causal", gen=gen)]
     without = [r.text for r in generate_texts(model, tok, PROMPTS, family="causal", gen=gen)]
     assert with_penalty != without
+
+
+SIMILAR = [f"Summarize: #Person1#: the {w} is late by {n} days and nobody called us. #Person2#: {r}"
+           for w, n, r in [("parcel", 3, "I will ask."), ("delivery van", 12, "Odd."), ("train", 1, "Really? Why?"),
+                           ("invoice from the supplier", 40, "Fine."), ("bus", 7, "Let me check the timetable."),
+                           ("letter", 2, "Hm.")]]
+
+
+def test_prefill_groups_respect_the_padding_slack_and_token_budget():
+    lengths = [100, 95, 91, 89, 50, 48, 10]
+    assert decode_mod.prefill_groups(lengths, range(7), limit=8) == [[0, 1, 2], [3], [4, 5], [6]]
+    assert decode_mod.prefill_groups(lengths, range(7), limit=2) == [[0, 1], [2, 3], [4, 5], [6]]
+    assert decode_mod.prefill_groups(lengths, range(7), limit=8, max_tokens=200) == [[0, 1], [2, 3], [4, 5], [6]]
+    assert decode_mod.prefill_groups(lengths, range(7), limit=8, max_tokens=0) == [[i] for i in range(7)]
+
+
+def test_batched_prefill_gives_the_tokens_of_per_prompt_prefill(causal):
+    """Rows of different lengths prefilled together (right-padded, masked) decode exactly as alone, in fp32."""
+    model, tok = causal
+    eos = eos_token_ids(model, tok)
+    lengths = [len(ids) for ids in encode_prompts(tok, SIMILAR)]
+    order = sorted(range(len(SIMILAR)), key=lambda i: -lengths[i])
+    groups = decode_mod.prefill_groups(lengths, order, limit=32)
+    assert max(len(g) for g in groups) >= 3 and len({lengths[i] for g in groups for i in g if len(g) > 1}) > 1
+    alone = decode(model, tok, SIMILAR, 12, eos, 4, order=order, prefill_tokens=0)
+    together = decode(model, tok, SIMILAR, 12, eos, 4, order=order)
+    assert [r.tokens for r in together] == [r.tokens for r in alone] == hf_one_at_a_time(model, tok, SIMILAR, 12, eos)
+    assert len({tuple(r.tokens) for r in alone}) > 1

@@ -4,7 +4,11 @@ Hugging Face `generate` pads a batch's prompts to one width, keeps every row unt
 and its dynamic KV cache re-copies all past keys and values at every step (`torch.cat`). On a CPU, where each
 padded position and each copied byte is paid in compute time, this decoder instead:
 
-1. prefills each prompt on its own: no padding, and the very forward pass a one-at-a-time loop runs;
+1. prefills prompts of similar length together (the admission order is longest first): right-padded to the
+   group's longest, so each real token sees exactly its own prefix at its own position (causal attention
+   never looks at the padding after it), at most `PREFILL_SLACK` of a row padded and `PREFILL_TOKENS` padded
+   tokens per forward pass; each row's keys and values up to its own length go to its slot. A group of one
+   is the very forward pass a one-at-a-time loop runs;
 2. decodes all active rows together, one token per step, in a preallocated KV cache where each row has its own
    length: a row's new key and value are written in place, the past is never copied;
 3. gives a finished row's slot to the next waiting prompt at once (continuous batching), and drops empty slots
@@ -29,6 +33,8 @@ from tunebench.config import GenerationConfig
 from tunebench.models.methods import uses_prompt_learning
 
 MAX_CACHE_BYTES = 2 * 2**30  # cap on the decode slots' preallocated KV cache
+PREFILL_TOKENS = 4096  # padded tokens per batched prefill forward pass (~14 DialogSum prompts)
+PREFILL_SLACK = 0.1  # a prompt joins a prefill group when padding adds at most this share to it
 
 # Generation-config fields that add a logits processor to greedy decoding in `generate`, with their inactive values.
 _PROCESSOR_FIELDS: dict[str, tuple[Any, ...]] = {
@@ -132,6 +138,38 @@ class _Row:
         return self.n_prompt + len(self.tokens) - 1
 
 
+@dataclass
+class _RowLayer:
+    keys: Any
+    values: Any
+
+
+@dataclass
+class _RowCache:
+    """One prefilled prompt's keys and values per layer (views into its prefill group's cache)."""
+
+    layers: list[_RowLayer]
+
+
+def prefill_groups(lengths: Sequence[int], order: Sequence[int], *, limit: int,
+                   max_tokens: int = PREFILL_TOKENS, slack: float = PREFILL_SLACK) -> list[list[int]]:
+    """Split the admission `order` into prefill groups of consecutive prompts: at most `limit` per group, at
+    most `max_tokens` padded tokens (rows x the group's longest), and no prompt padded by more than `slack` of
+    the group's longest. max_tokens 0 gives groups of one."""
+    groups: list[list[int]] = []
+    for i in order:
+        group = groups[-1] if groups else None
+        if group:
+            longest = max(lengths[j] for j in group)
+            wide = max(longest, lengths[i])
+            if (len(group) < limit and (len(group) + 1) * wide <= max_tokens
+                    and min(lengths[i], *(lengths[j] for j in group)) >= (1 - slack) * wide):
+                group.append(i)
+                continue
+        groups.append([i])
+    return groups
+
+
 @dataclass(frozen=True)
 class DecodedRow:
     """One prompt's generated token ids (up to and including the first EOS) and its share of the wall time."""
@@ -164,13 +202,35 @@ class _Decoder:
             logits = self.model(use_cache=True, **self.keep_kw, **kwargs).logits
         return logits[:, -1].argmax(-1)
 
-    def prefill(self, index: int) -> tuple[_Row, Any]:
-        """Run one prompt alone; returns its row (first token chosen) and its filled DynamicCache."""
+    def prefill(self, indices: Sequence[int]) -> list[tuple[_Row, Any]]:
+        """Run prompts together, right-padded to the longest; returns each one's row (first token chosen) and its
+        cache (`_RowCache`: per layer, keys and values of shape (1, heads, padded length, head size), of which
+        the row's own `n_prompt` columns count). One prompt runs unpadded and without a mask."""
+        torch = self.torch
         start = time.perf_counter()
-        ids = self.torch.tensor([self.encoded[index]], device=self.device)
+        lengths = [len(self.encoded[i]) for i in indices]
+        width = max(lengths)
+        ids = torch.zeros((len(indices), width), dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(indices), width), dtype=torch.long, device=self.device)
+        for k, i in enumerate(indices):
+            ids[k, : lengths[k]] = torch.tensor(self.encoded[i], device=self.device)
+            mask[k, : lengths[k]] = 1
+        last = torch.tensor([n - 1 for n in lengths], device=self.device)
+        kwargs: dict[str, Any] = {} if min(lengths) == width else {"attention_mask": mask}
+        if self.keep_kw:  # the output head only at each row's last real position
+            keep, where = torch.unique(last, return_inverse=True)
+            kwargs["logits_to_keep"] = keep if len(indices) > 1 else 1
+            where = where if len(indices) > 1 else torch.zeros_like(last)
+        else:
+            where = last
         cache = _plain_cache(self.model)
-        first = int(self._forward(input_ids=ids, **{self.cache_kw: cache})[0])
-        return _Row(index, len(self.encoded[index]), [first], time.perf_counter() - start), cache
+        with self.autocast():
+            logits = self.model(input_ids=ids, use_cache=True, **kwargs, **{self.cache_kw: cache}).logits
+        firsts = logits[torch.arange(len(indices), device=self.device), where].argmax(-1).tolist()
+        share = (time.perf_counter() - start) / len(indices)
+        return [(_Row(i, n, [int(first)], share),
+                 _RowCache([_RowLayer(layer.keys[k : k + 1], layer.values[k : k + 1]) for layer in cache.layers]))
+                for k, (i, n, first) in enumerate(zip(indices, lengths, firsts, strict=True))]
 
     def allocate(self, slots: int, like: Any) -> int:
         """The slot cache, shaped after one prefilled cache (heads, head size and dtype may differ per layer).
@@ -197,8 +257,8 @@ class _Decoder:
     def place(self, slot: int, row: _Row, cache: Any) -> None:
         n = row.n_prompt
         for mine, theirs in zip(self.layers, cache.layers, strict=True):
-            mine.keys[slot, :, :n] = theirs.keys[0]
-            mine.values[slot, :, :n] = theirs.values[0]
+            mine.keys[slot, :, :n] = theirs.keys[0, :, :n]
+            mine.values[slot, :, :n] = theirs.values[0, :, :n]
 
     def keep(self, slots: list[int]) -> None:
         index = self.torch.tensor(slots, device=self.device)
@@ -233,17 +293,23 @@ def greedy_decode(
     on_done: Callable[[int], None] | None = None,
     autocast: Callable[[], Any] | None = None,
     max_cache_bytes: int = MAX_CACHE_BYTES,
+    prefill_tokens: int = PREFILL_TOKENS,
 ) -> list[DecodedRow]:
     """Greedy completions of tokenized prompts with `gen.batch_size` decode slots; results in input order.
 
     `order` is the admission order (default: input order); `is_done_text(tokens)` ends a row early (stop strings);
     `on_done(index)` is called as each prompt finishes. The slots' KV cache is preallocated for the longest prompt
-    plus `max_new_tokens`; fewer slots are used where `gen.batch_size` of them would exceed `max_cache_bytes`. Call under `torch.inference_mode()` with the model in eval mode.
+    plus `max_new_tokens`; fewer slots are used where `gen.batch_size` of them would exceed `max_cache_bytes`.
+    Prompts are prefilled in groups of similar length (`prefill_groups`, at most `prefill_tokens` padded tokens
+    per forward pass; 0 prefills each prompt alone). Call under `torch.inference_mode()` with the model in eval
+    mode.
     """
     if not encoded:
         return []
     dec = _Decoder(model, encoded, gen, eos_ids, is_done_text, autocast or contextlib.nullcontext, max_cache_bytes)
-    queue = deque(order if order is not None else range(len(encoded)))
+    groups = deque(prefill_groups([len(e) for e in encoded], list(order if order is not None else range(len(encoded))),
+                                  limit=max(1, gen.batch_size), max_tokens=prefill_tokens))
+    ready: deque[tuple[_Row, Any]] = deque()
     results: dict[int, DecodedRow] = {}
 
     def finish(row: _Row) -> None:
@@ -253,8 +319,10 @@ def greedy_decode(
 
     def admit() -> tuple[_Row, Any] | None:
         """The next waiting prompt that still needs decoding after its prefill (others finish on the spot)."""
-        while queue:
-            row, cache = dec.prefill(queue.popleft())
+        while ready or groups:
+            if not ready:
+                ready.extend(dec.prefill(groups.popleft()))
+            row, cache = ready.popleft()
             if not dec.finished(row):
                 return row, cache
             finish(row)
