@@ -166,3 +166,22 @@ def test_seq2seq_runs_the_encoder_once_per_context_and_matches_a_plain_forward(t
     assert [len(r) for r in got] == [3, 2, 2]
     assert max(abs(a - b) for x, y in zip(got, expected, strict=True) for a, b in zip(x, y, strict=True)) < 1e-4
     assert sum(rows) == len(requests) and len(rows) == 3  # 4 decoder rows a batch: {2}, {3}, {2} by length
+
+
+def test_examples_with_their_own_demonstrations_are_batched(tiny_causal_loaded, data_dir: Path) -> None:
+    """lm-eval's sampler gives each example its own prefix: those one-row groups run in batches, same numbers."""
+    plain = tiny_causal_loaded(use_chat=False)
+    (spec,) = resolve_tasks(["mmlu"], data_dir)
+    spec = spec.derive(subtasks={"param": "subject", "values": ["anatomy"]},
+                       fewshot={"n": 2, "split": "dev", "sampler": "lm-eval"})
+    task = prepare_task(spec, data_dir=data_dir, limit=6, seed=0)
+    requests = requests_of(task, plain.tokenizer, False)
+    assert len({r.group for r in requests}) == 6  # every example its own demonstrations
+    calls, handle = count_forwards(plain.model)
+    try:
+        fast = loglikelihoods(plain.model, plain.tokenizer, requests, batch_size=4)
+    finally:
+        handle.remove()
+    slow = loglikelihoods_naive(plain.model, plain.tokenizer, requests)
+    assert max(abs(a - b) for fr, sr in zip(fast, slow, strict=True) for a, b in zip(fr, sr, strict=True)) < 1e-4
+    assert len(calls) == 1 + 2  # the shared description once, then 6 rows in batches of 4 and 2

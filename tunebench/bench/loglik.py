@@ -238,6 +238,7 @@ def loglikelihoods(
     groups: dict[str, list[_Row]] = {}
     for row in rows:
         groups.setdefault(requests[row.request].group, []).append(row)
+    groups = _pool_singletons(groups)
     pad = pad_token_id(tokenizer)
     forward = _Forward(model)
     bar = _progress_bar(len(rows), progress)
@@ -256,6 +257,17 @@ def loglikelihoods(
     if bar is not None:
         bar.close()
     return out
+
+
+def _pool_singletons(groups: dict[str, list[_Row]]) -> dict[str, list[_Row]]:
+    """Groups of one row (each example with demonstrations of its own, as lm-eval's sampler draws them) are batched
+    together instead of run one by one; their common leading tokens (a task description) still run once."""
+    singles = [rows[0] for rows in groups.values() if len(rows) == 1]
+    if len(singles) < 2:
+        return groups
+    pooled = {key: rows for key, rows in groups.items() if len(rows) > 1}
+    pooled[min(groups, key=len) + "\0singles"] = singles  # a key no request's group has
+    return pooled
 
 
 def loglikelihoods_naive(model: Any, tokenizer: Any, requests: Sequence[Request]) -> list[list[float]]:
