@@ -177,3 +177,62 @@ def test_cut_at_stop_uses_the_earliest_stop_string():
 def test_empty_prompt_list_returns_nothing(causal):
     model, tok = causal
     assert generate_texts(model, tok, [], family="causal", gen=GenerationConfig()) == []
+
+
+@pytest.fixture(scope="module")
+def bart(tokenizer_dir):
+    import torch
+    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.chat_template = None
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(BartConfig(
+        vocab_size=len(tok), max_position_embeddings=256, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.eos_token_id, forced_eos_token_id=None, init_std=0.2)).eval()  # varied outputs
+    model.generation_config.forced_eos_token_id = None
+    return model, tok
+
+
+@pytest.mark.parametrize("name", ["t5", "bart"])
+def test_seq2seq_greedy_decoder_equals_generate_with_rows_ending_at_different_steps(name, request):
+    """Reference: `generate` on each prompt alone. An extra end token taken from the outputs makes rows finish
+    at different steps, so dropping finished rows from the batch is exercised."""
+    import torch
+
+    from tunebench.evaluate.decode import greedy_decode_seq2seq, supports_fast_greedy
+
+    model, tok = request.getfixturevalue(name)
+    gen = GenerationConfig(max_new_tokens=10, batch_size=3)
+    assert supports_fast_greedy(model, "seq2seq", gen)
+    encoded = encode_prompts(tok, PROMPTS)
+
+    def reference(eos):
+        outs = []
+        for ids in encoded:
+            with torch.inference_mode():
+                out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=10, do_sample=False, eos_token_id=eos,
+                                     pad_token_id=tok.pad_token_id)
+            row = out[0, 1:].tolist()
+            outs.append(row[: count_new_tokens(row, eos, tok.pad_token_id)])
+        return outs
+
+    free = reference(eos_token_ids(model, tok))
+
+    def stop_lengths(token):
+        return {row.index(token) + 1 if token in row else len(row) for row in free}
+
+    # a token of the outputs that, as an extra end token, makes rows stop at different steps
+    extra = next(t for row in free for t in row if len(stop_lengths(t)) > 1)
+    eos = [*eos_token_ids(model, tok), extra]
+    expected = reference(eos)
+    assert len({len(t) for t in expected}) > 1
+    with torch.inference_mode():
+        got = greedy_decode_seq2seq(model, encoded, gen, eos, order=sorted(range(len(encoded)),
+                                                                             key=lambda i: -len(encoded[i])))
+    assert [r.tokens for r in got] == expected
+    texts = generate_texts(model, tok, PROMPTS, family="seq2seq", gen=gen)
+    assert [r.text for r in texts] == [tok.decode(t, skip_special_tokens=True).strip() for t in free]

@@ -16,8 +16,12 @@ padded position and each copied byte is paid in compute time, this decoder inste
 
 HF's own continuous batching (`generate_batch`) targets GPUs and measured slower here (see generate.py). This
 decoder covers greedy decoding through a cache of plain full-attention layers only; `supports_fast_greedy`
-says when, and `generate_texts` uses `generate` for everything else (beam search, sampling, seq2seq,
-sliding-window or hybrid caches, checkpoints whose generation config adds logits processors).
+says when, and `generate_texts` uses `generate` for everything else (beam search, sampling, sliding-window or
+hybrid caches, checkpoints whose generation config adds logits processors).
+
+Encoder-decoders (T5, BART) get `greedy_decode_seq2seq`: the encoder runs once per batch of prompts, the decoder
+takes one token per step through transformers' own `EncoderDecoderCache` (cross-attention keys computed once),
+and a finished row leaves the batch at once (`generate` keeps it, padding, until the batch's last row ends).
 """
 
 from __future__ import annotations
@@ -70,15 +74,20 @@ def _plain_cache(model: Any) -> Any | None:
 
 
 def supports_fast_greedy(model: Any, family: str, gen: GenerationConfig) -> bool:
-    """Whether `greedy_decode` gives what `generate` would: greedy, decoder-only, plain cache, no logits processors."""
+    """Whether `greedy_decode` (causal) or `greedy_decode_seq2seq` gives what `generate` would: greedy, no
+    logits processors, no soft prompt; a decoder-only model also needs a plain full-attention cache."""
     from tunebench.models.load import forward_params
 
-    if family != "causal" or gen.do_sample or gen.num_beams != 1 or uses_prompt_learning(model):
+    if gen.do_sample or gen.num_beams != 1 or uses_prompt_learning(model):
         return False  # (prompt / prefix tuning: PEFT's forward supplies its own inputs or cache; `generate` runs it)
     gen_cfg = getattr(model, "generation_config", None)
     for name, inactive in _PROCESSOR_FIELDS.items():
         if getattr(gen_cfg, name, None) not in inactive:
             return False
+    if family == "seq2seq":
+        return hasattr(model, "get_encoder") and "encoder_outputs" in forward_params(model)
+    if family != "causal":
+        return False
     params = forward_params(model)
     if "position_ids" not in params or not ({"cache", "past_key_values"} & params):
         return False
@@ -363,3 +372,93 @@ def greedy_decode(
 def _idle(row: _Row) -> _Row:
     """A finished row's stand-in until the batch is compacted: it rewrites one column, and its output is ignored."""
     return _Row(-1, row.n_prompt, [row.tokens[-1]])
+
+
+def decoder_start_id(model: Any) -> int:
+    """The token an encoder-decoder's decoder starts from (T5: pad, BART: EOS), as `generate` takes it."""
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        value = getattr(source, "decoder_start_token_id", None)
+        if value is not None:
+            return int(value)
+    raise ValueError("the model config has no decoder_start_token_id: cannot start its decoder")
+
+
+def greedy_decode_seq2seq(
+    model: Any,
+    encoded: Sequence[list[int]],
+    gen: GenerationConfig,
+    eos_ids: Sequence[int],
+    *,
+    order: Sequence[int] | None = None,
+    is_done_text: Callable[[list[int]], bool] | None = None,
+    on_done: Callable[[int], None] | None = None,
+    autocast: Callable[[], Any] | None = None,
+) -> list[DecodedRow]:
+    """Greedy completions of an encoder-decoder model's tokenized prompts; results in input order.
+
+    Prompts are taken in `order` (default: input order) in batches of `gen.batch_size`: the encoder runs once per
+    batch (rows padded on the right, masked), then each step feeds every unfinished row its last token through an
+    `EncoderDecoderCache`, and a row that emits EOS, reaches `max_new_tokens` or satisfies `is_done_text(tokens)`
+    (stop strings) is dropped from the batch (`batch_select_indices` on the cache, the same rows of the encoder
+    states). The tokens equal `generate`'s greedy output on the same prompts (checked in tests/test_generate.py).
+    A row's time is its share of the encoder pass plus its share of each step it took part in. Call under
+    `torch.inference_mode()` with the model in eval mode.
+    """
+    import torch
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    from tunebench.models.load import forward_params
+
+    if not encoded:
+        return []
+    autocast = autocast or contextlib.nullcontext
+    eos, device = set(eos_ids), model.device
+    cache_kw = "cache" if "cache" in forward_params(model) else "past_key_values"
+    start_id = decoder_start_id(model)
+    order = list(order) if order is not None else list(range(len(encoded)))
+    results: dict[int, DecodedRow] = {}
+    encoder = model.get_encoder()
+
+    def done(tokens: list[int]) -> bool:
+        return (tokens[-1] in eos or len(tokens) >= gen.max_new_tokens
+                or (is_done_text is not None and is_done_text(tokens)))
+
+    for first in range(0, len(order), gen.batch_size):
+        rows = order[first : first + gen.batch_size]
+        start = time.perf_counter()
+        width = max(len(encoded[i]) for i in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for k, i in enumerate(rows):
+            ids[k, : len(encoded[i])], mask[k, : len(encoded[i])] = torch.tensor(encoded[i]), 1
+        ids, mask = ids.to(device), mask.to(device)
+        with autocast():
+            states = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        tokens: dict[int, list[int]] = {i: [] for i in rows}
+        times = dict.fromkeys(rows, (time.perf_counter() - start) / len(rows))
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        current = torch.full((len(rows), 1), start_id, dtype=torch.long, device=device)
+        while rows:
+            start = time.perf_counter()
+            with autocast():
+                logits = model(encoder_outputs=(states,), attention_mask=mask, decoder_input_ids=current,
+                               use_cache=True, **{cache_kw: cache}).logits
+            chosen = logits[:, -1].argmax(-1).tolist()
+            share = (time.perf_counter() - start) / len(rows)
+            keep = []
+            for k, (i, token) in enumerate(zip(rows, chosen, strict=True)):
+                tokens[i].append(token)
+                times[i] += share
+                if done(tokens[i]):
+                    results[i] = DecodedRow(tokens[i], times[i])
+                    if on_done is not None:
+                        on_done(i)
+                else:
+                    keep.append(k)
+            if len(keep) < len(rows) and keep:
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                states, mask = states.index_select(0, index), mask.index_select(0, index)
+            rows = [rows[k] for k in keep]
+            current = torch.tensor([[tokens[i][-1]] for i in rows], dtype=torch.long, device=device)
+    return [results[i] for i in range(len(encoded))]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunebench.config import GenerationConfig
-from tunebench.evaluate.decode import greedy_decode, supports_fast_greedy
+from tunebench.evaluate.decode import greedy_decode, greedy_decode_seq2seq, supports_fast_greedy
 from tunebench.models.chat import encode_prompt, pad_token_id
 from tunebench.models.methods import uses_prompt_learning
 
@@ -232,7 +232,7 @@ def generate_texts(
         return _with_cuts(results, cut, encoded, tokenizer)
     if supports_fast_greedy(model, family, gen):
         with _eval_mode(model), torch.inference_mode():
-            results = _fast_greedy(model, tokenizer, encoded, gen, eos_ids, bar, bf16)
+            results = _fast_greedy(model, tokenizer, encoded, gen, eos_ids, bar, bf16, family)
         if bar is not None:
             bar.close()
         return _with_cuts(results, cut, encoded, tokenizer)
@@ -272,15 +272,18 @@ def _with_cuts(results: list[GenerationResult], cut: list[int], encoded: list[li
 
 
 def _fast_greedy(model: Any, tokenizer: Any, encoded: list[list[int]], gen: GenerationConfig, eos_ids: list[int],
-                 bar: Any, bf16: bool) -> list[GenerationResult]:  # fmt: skip
-    """Greedy decoding through `decode.greedy_decode`: longest prompts admitted first, stop strings checked as text."""
+                 bar: Any, bf16: bool, family: Literal["causal", "seq2seq"] = "causal") -> list[GenerationResult]:  # fmt: skip
+    """Greedy decoding through `decode.greedy_decode` (causal) or `decode.greedy_decode_seq2seq`: longest prompts
+    first, stop strings checked as text."""
     import torch
+
+    decode = greedy_decode if family == "causal" else greedy_decode_seq2seq
 
     def stopped(tokens: list[int]) -> bool:
         text = tokenizer.decode(tokens, skip_special_tokens=True)
         return any(stop and stop in text for stop in gen.stop)
 
-    rows = greedy_decode(
+    rows = decode(
         model, encoded, gen, eos_ids,
         order=sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i)),
         is_done_text=stopped if gen.stop else None,
