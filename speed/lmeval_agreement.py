@@ -20,7 +20,8 @@ batch size 16, without the chat template (both tools' default):
   files (`dataset_path: csv`), and tunebench runs those same YAML files (`tunebench bench --tasks FILE.yaml`),
   so the prompts come from one definition. lm-eval's sampler is its default ContextSampler (random.Random(1234)
   per task, n demonstrations per example in order); tunebench reads the YAML's default sampler as its
-  `fewshot.sampler: lm-eval`. (lm-eval's own mmlu YAMLs set `sampler: first_n`, tunebench's `first`.)
+  `fewshot.sampler: lm-eval`. `--sampler first_n` writes what lm-eval's own mmlu YAMLs set (the first five
+  dev questions for every example; tunebench's `first`, whose shared prefix tunebench runs once per subject).
 - PIQA, 0-shot: tunebench's built-in `piqa` task with `--limit N` (a seeded subset); lm-eval scores the same
   documents (`--samples`) through a YAML over the same valid.jsonl whose `process_docs` attaches the labels of
   valid-labels.lst.
@@ -126,7 +127,7 @@ def wikitext_articles(dataset):
 '''
 
 
-def write_tasks(folder: Path, data_dir: Path, subjects: list[str]) -> dict[str, Any]:
+def write_tasks(folder: Path, data_dir: Path, subjects: list[str], sampler: str = "default") -> dict[str, Any]:
     """lm-eval task YAMLs (and their utils.py) over the local files; returns task names and MMLU YAML paths."""
     import yaml
 
@@ -153,6 +154,8 @@ def write_tasks(folder: Path, data_dir: Path, subjects: list[str]) -> dict[str, 
                             {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
             "metadata": {"version": 1.0},
         }
+        if sampler != "default":  # lm-eval's own mmlu YAMLs: first_n (tunebench reads it as `first`)
+            task["fewshot_config"] = {"sampler": sampler}
         path = folder / f"mmlu_local_{subject}.yaml"
         path.write_text(yaml.safe_dump(task, sort_keys=False, allow_unicode=True), encoding="utf-8")
         mmlu.append(path)
@@ -328,6 +331,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct", help="tunebench model alias")
     parser.add_argument("--mmlu", default="anatomy,astronomy,business_ethics", help="MMLU subjects (whole files)")
+    parser.add_argument("--sampler", choices=["default", "first_n"], default="default",
+                        help="MMLU demonstrations: lm-eval's default sampler (its ContextSampler, seed 1234), or "
+                        "first_n as lm-eval's own mmlu task files set it")
     parser.add_argument("--piqa", type=int, default=500, help="PIQA questions (tunebench's seeded subset)")
     parser.add_argument("--wikitext", type=int, default=6, help="WikiText-2 test articles (seeded subset)")
     parser.add_argument("--tasks", default="mmlu,piqa,wikitext", help="which of mmlu, piqa, wikitext to run")
@@ -347,9 +353,11 @@ def main() -> None:
     model_dir = model_folder(args.model)
     work = Path(args.work or tempfile.mkdtemp(prefix="lmeval_agreement_"))
     env = {**offline_env(), "TUNEBENCH_DATA_DIR": str(data_dir), "HF_DATASETS_CACHE": str(work / "hf_datasets")}
-    tasks = write_tasks(work / "tasks", data_dir, [s.strip() for s in args.mmlu.split(",") if s.strip()])
+    tasks = write_tasks(work / "tasks", data_dir, [s.strip() for s in args.mmlu.split(",") if s.strip()],
+                        args.sampler)
     wanted = {t.strip() for t in args.tasks.split(",")}
     report: dict[str, Any] = {"model": args.model, "model_dir": str(model_dir), "lm_eval": LM_EVAL_VERSION,
+                              "mmlu_sampler": args.sampler,
                               "batch_size": BATCH_SIZE, "work": str(work), "load_before": os.getloadavg(),
                               "tasks": {}}
 
