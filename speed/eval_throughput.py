@@ -7,7 +7,12 @@ its chat template, greedy decoding, same EOS ids for all three:
   loop     one `generate` call per prompt (no padding: the reference outputs);
   batched  `generate` on left-padded batches in input order (no length sorting);
   ours     tunebench.evaluate.generate.generate_texts: for greedy decoding of this decoder-only model, the
-           continuous-batching decoder of tunebench.evaluate.decode with --batch-size slots.
+           continuous-batching decoder of tunebench.evaluate.decode with --batch-size slots, prompts of similar
+           length prefilled together;
+  ours_prompt_prefill  the same decoder prefilling each prompt alone (--prefill-compare);
+  ours_P   ours with the model in a fast precision P (--precision bf16|int8: weights cast to bf16, or dynamic
+           int8 linears), scored against the fp32 run as the parity gate does: ROUGE-1 of both against the
+           DialogSum references and the paired-bootstrap 95% interval of the difference (tunebench.evaluate.stats).
 Prints examples/s and the ratios, and for every output that differs from the loop's, where the token streams
 part and the loop's top-1 vs top-2 logit margin there (a tiny margin means a float near-tie that padding's
 different reduction order flipped, not a bug).
@@ -39,8 +44,8 @@ from tunebench.evaluate.generate import (  # noqa: E402
 from tunebench.models.chat import pad_token_id  # noqa: E402
 
 
-def dialogsum_prompts(loaded: Any, n: int, data_dir: Path | None) -> list[str]:
-    """The first n DialogSum test prompts, formatted as the model sees them (chat template)."""
+def dialogsum_examples(n: int, data_dir: Path | None) -> list[Any]:
+    """The first n DialogSum test examples."""
     from tunebench.data.prepare import build_splits
 
     cfg = DataConfig(
@@ -48,7 +53,18 @@ def dialogsum_prompts(loaded: Any, n: int, data_dir: Path | None) -> list[str]:
         splits={"train": "validation", "validation": None, "test": "test"},
         limits={"test": n},
     )
-    return [loaded.format_prompt(e.prompt) for e in build_splits(cfg, data_dir, seed=0).test]
+    return list(build_splits(cfg, data_dir, seed=0).test)
+
+
+def parity(fp32_texts: list[str], fast_texts: list[str], references: list[list[str]], seed: int = 0) -> dict:
+    """ROUGE-1 of both runs and the paired-bootstrap 95% interval of fast - fp32, as the parity gate computes."""
+    from tunebench.evaluate.metrics import compute_metric_stats
+    from tunebench.evaluate.stats import paired_bootstrap_stats
+
+    a = compute_metric_stats(fp32_texts, references, ["rouge1"], warn=False)["rouge1"]
+    b = compute_metric_stats(fast_texts, references, ["rouge1"], warn=False)["rouge1"]
+    paired = paired_bootstrap_stats(a.stats, b.stats, a.score_fn, n_resamples=1000, seed=seed)
+    return {"rouge1_fp32": a.score(), "rouge1_fast": b.score(), "delta": paired["delta"], "ci95": paired["ci95"]}
 
 
 def hf_loop(model: Any, tok: Any, prompts: list[str], max_new: int) -> list[list[int]]:
@@ -140,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--bf16", action="store_true", help="also time ours under bf16 autocast (outputs may differ)"
     )
+    ap.add_argument("--precision", choices=["bf16", "int8"], action="append", default=[],
+                    help="also time ours in this fast precision and compare its ROUGE-1 with fp32's (repeatable)")
+    ap.add_argument("--prefill-compare", action="store_true",
+                    help="also time ours with each prompt prefilled alone")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument(
         "--skip", choices=["loop", "batched"], action="append", default=[], help="skip a baseline"
@@ -155,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     loaded = load_model(ModelConfig(ref=args.model))
     model, tok, family = loaded.model, loaded.tokenizer, loaded.family
-    prompts = dialogsum_prompts(loaded, args.n, resolve_data_dir(args.data_dir))
+    examples = dialogsum_examples(args.n, resolve_data_dir(args.data_dir))
+    prompts = [loaded.format_prompt(e.prompt) for e in examples]
     lengths = [len(x) for x in encode_prompts(tok, prompts)]
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     print(
@@ -172,6 +193,26 @@ def main(argv: list[str] | None = None) -> int:
         jobs["batched"] = lambda: hf_batched(model, tok, prompts, args.max_new_tokens, args.batch_size)
     if args.bf16:
         jobs["ours_bf16"] = lambda: generate_texts(model, tok, prompts, family=family, gen=gen, bf16=True)
+    if args.prefill_compare:
+        import functools
+
+        from tunebench.evaluate import decode, generate
+
+        def one_at_a_time_prefill() -> Any:
+            real = generate.greedy_decode
+            generate.greedy_decode = functools.partial(decode.greedy_decode, prefill_tokens=0)
+            try:
+                return generate_texts(model, tok, prompts, family=family, gen=gen)
+            finally:
+                generate.greedy_decode = real
+
+        jobs["ours_prompt_prefill"] = one_at_a_time_prefill
+    for name in args.precision:
+        from tunebench.models.precision import precision_variant
+
+        fast = precision_variant(model, name)
+        generate_texts(fast, tok, prompts[:2], family=family, gen=gen.model_copy(update={"max_new_tokens": 4}))
+        jobs[f"ours_{name}"] = lambda fast=fast: generate_texts(fast, tok, prompts, family=family, gen=gen)
     results, wall, cpu = {}, {}, {}
     for name, job in jobs.items():
         results[name], wall[name], cpu[name] = timed(job)
@@ -208,6 +249,22 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"bf16 outputs equal to the fp32 loop's: {len(prompts) - report['mismatches_ours_bf16']}/{len(prompts)}"
                   " (bf16 rounding changes greedy paths: expected)")  # fmt: skip
+    if args.prefill_compare:
+        same = sum(a.text == b.text for a, b in zip(ours, results["ours_prompt_prefill"], strict=True))
+        report["prefill_speedup"] = wall["ours_prompt_prefill"] / wall["ours"]
+        print(f"batched prefill vs per-prompt prefill: {report['prefill_speedup']:.2f}x wall; outputs equal: "
+              f"{same}/{len(prompts)}")
+    references = [list(e.references) for e in examples]
+    for name in args.precision:
+        fast = results[f"ours_{name}"]
+        figures = parity([r.text for r in ours], [r.text for r in fast], references)
+        report[f"parity_{name}"] = figures
+        same = sum(a.text == b.text for a, b in zip(ours, fast, strict=True))
+        lo, hi = figures["ci95"]
+        print(f"{name} vs fp32: {wall['ours'] / wall[f'ours_{name}']:.2f}x wall; ROUGE-1 {figures['rouge1_fast']:.4f} "
+              f"vs {figures['rouge1_fp32']:.4f}, delta {figures['delta']:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}] "
+              f"({'within' if -0.01 <= lo and hi <= 0.01 else 'not within'} the gate's ±0.01); outputs equal "
+              f"{same}/{len(prompts)}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
