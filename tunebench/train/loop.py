@@ -33,7 +33,7 @@ from tunebench.config import RunConfig
 from tunebench.data.batching import PaddingCollator, epoch_batches, pad_token_id
 from tunebench.data.prepare import build_splits
 from tunebench.data.tokenize import tokenize_examples
-from tunebench.errors import DataError
+from tunebench.errors import ConfigError, DataError
 from tunebench.evaluate.metrics import metric_class
 from tunebench.io import atomic_write_json
 from tunebench.memory import peak_rss_bytes
@@ -240,9 +240,10 @@ class Recipe:
         saved, rngs = ckpt.load_checkpoint(self.resumed_from, model=self.model, optimizer=self.optimizer,
                                            scheduler=self.scheduler)
         self.state = TrainerState.from_checkpoint(saved)
-        if len(rngs) != self.world:
-            raise ckpt.CheckpointError(f"{self.resumed_from}: saved by {len(rngs)} process(es), resumed with "
-                                       f"{self.world}; resume with the same number of processes")
+        if len(rngs) != self.world:  # a usage error: the checkpoint is fine, the launch differs
+            raise ConfigError(f"{self.resumed_from} was saved by {len(rngs)} process(es) and this run has "
+                              f"{self.world}: resume with the same number of processes (accelerate launch "
+                              f"--num_processes {len(rngs)}), or start a new run with --set name=NEW_NAME")
         ckpt.restore_rng(rngs[self.rank])
         if self.is_main:
             self.log = TrainLog.resume(self.log.path, self.state.step)
