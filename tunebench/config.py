@@ -113,7 +113,10 @@ class ParallelConfig(Section):
     target_lang: str = Field("de", min_length=1, description="Language code of the target side: <split>.<code>[.gz].")
 
 
-class DataConfig(Section):
+class SourceConfig(Section):
+    """Where one task's examples come from and how they become prompt/completion pairs (a task of data.tasks,
+    or the single task of a plain `data` section)."""
+
     source: str = Field(
         "dialogsum", description="Built-in source name, a local file/dir (relative: to the config file's folder, "
         "then the data directory, then the working directory), or a Hub dataset id."
@@ -142,16 +145,12 @@ class DataConfig(Section):
     fractions: SplitFractions = Field(default_factory=SplitFractions)
     limits: SplitLimits = Field(default_factory=SplitLimits)
     template: TemplateConfig = Field(default_factory=TemplateConfig)
-    max_length: int = Field(1024, gt=8, description="Maximum tokens of prompt + completion.")
-    truncation: Literal["truncate", "drop"] = Field(
-        "truncate", description="Over-long examples: cut the prompt from the left, or drop them."
-    )
     keep_empty_completions: bool = Field(
         False, description="Keep examples whose rendered completion is empty (dropped and counted by default)."
     )
 
     @model_validator(mode="after")
-    def _fractions_fit(self) -> DataConfig:
+    def _fractions_fit(self) -> SourceConfig:
         carved = (self.fractions.validation if self.splits.validation is None else 0.0) + (
             self.fractions.test if self.splits.test is None else 0.0
         )
@@ -160,6 +159,67 @@ class DataConfig(Section):
         if self.splits.train is None:
             raise ValueError("splits.train must name a source split")
         return self
+
+
+SOURCE_KEYS = tuple(SourceConfig.model_fields)
+"""The keys of one task's data: given at data level for a single task, inside each data.tasks entry otherwise."""
+
+
+class TaskGenerationConfig(Section):
+    max_new_tokens: int | None = Field(None, gt=0, description="Cap on generated tokens (None: the template's, "
+                                       "else eval.generation.max_new_tokens).")
+    stop: list[str] | None = Field(None, description="Stop strings (None: eval.generation.stop).")
+
+
+class TaskConfig(SourceConfig):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="Task name: eval/<name>/ and report rows.")
+    metrics: list[str] | None = Field(
+        None, description="Evaluation metrics of this task (None: the template's own metrics)."
+    )
+    generation: TaskGenerationConfig = Field(default_factory=TaskGenerationConfig)
+    weight: float = Field(1.0, description="Mixing weight (used by mixture strategy 'weights'); >= 0.")
+
+
+class MixtureConfig(Section):
+    strategy: str = Field(
+        "proportional", description="How tasks mix: proportional, temperature, capped or weights (see data/mixture.py)."
+    )
+    temperature: float | None = Field(None, description="Temperature T > 0 of the 'temperature' strategy (rate ∝ size^(1/T)).")
+    cap: int | None = Field(None, description="Artificial limit K on a task's size (required by 'capped'; optional "
+                            "for 'temperature').")
+    examples_per_epoch: int | None = Field(
+        None, description="Examples in one epoch of the mixture (None: the sum of the (capped) task sizes)."
+    )
+
+
+class DataConfig(SourceConfig):
+    tasks: list[TaskConfig] = Field(
+        default_factory=list,
+        description="Multi-task mixture: one entry per task (name, source, template, splits, limits, metrics, "
+        "generation, weight). Empty: the data section itself is the single task.",
+    )
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig)
+    max_length: int = Field(1024, gt=8, description="Maximum tokens of prompt + completion.")
+    truncation: Literal["truncate", "drop"] = Field(
+        "truncate", description="Over-long examples: cut the prompt from the left, or drop them."
+    )
+
+    @model_validator(mode="after")
+    def _tasks(self) -> DataConfig:
+        from tunebench.data.mixture import check_mixture_config
+
+        if self.tasks:
+            clash = [k for k in SOURCE_KEYS if k in self.model_fields_set]
+            if clash:
+                raise ConfigError(
+                    f"data.{clash[0]}: with data.tasks, give {clash[0]} inside each task (data.tasks.N.{clash[0]})"
+                )
+        check_mixture_config(self)
+        return self
+
+    @property
+    def multitask(self) -> bool:
+        return bool(self.tasks)
 
 
 class LoraConfig(Section):
@@ -669,6 +729,8 @@ def config_from_dict(tree: dict[str, Any], source: str = "config", overridden: I
         return RunConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source, overridden)) from None
+    except ConfigError as err:  # raised by a validator with the key path already in the message
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def adopt_trained(mine: SectionT, theirs: SectionT, keys: tuple[str, ...], section: str, run: Path) -> SectionT:

@@ -250,6 +250,18 @@ def build_mixture(names: Sequence[str], sizes: Sequence[int], strategy: str = "p
                    tuple(counts), temperature, cap)
 
 
+def mixture_batches(mixture: Mixture, lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                    **kwargs: Any) -> list[list[int]]:
+    """The batches (global example indices) of one epoch of the mixture: the epoch's examples, batched by
+    tunebench.data.batching.epoch_batches. A pure function of (seed, epoch); for a single task exactly
+    epoch_batches(lengths, ...), so single-task runs keep their batch order."""
+    from tunebench.data.batching import epoch_batches
+
+    idx = mixture.epoch_indices(seed, epoch)
+    batches = epoch_batches([lengths[i] for i in idx], batch_size, seed, epoch, **kwargs)
+    return [[idx[j] for j in batch] for batch in batches]
+
+
 def format_composition(comp: Mapping[str, Any]) -> str:
     """The composition as a plain-text table, printed before training."""
     params = ", ".join(f"{k} {comp[k]}" for k in ("temperature", "cap") if comp.get(k) is not None)
@@ -264,3 +276,44 @@ def format_composition(comp: Mapping[str, Any]) -> str:
             line += f" {row['tokens_per_epoch']:>10} {row['token_share']:>11.1%}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def task_metrics(task: Any) -> list[str]:
+    """A task's metrics: its own `metrics`, else its built-in template's (empty when neither has any)."""
+    if task.metrics:
+        return list(task.metrics)
+    if task.template.prompt is None and task.template.name is not None:
+        from tunebench.data.templates import BUILTIN_TEMPLATES
+
+        builtin = BUILTIN_TEMPLATES.get(task.template.name)
+        if builtin is not None:
+            return list(builtin.metrics)
+    return []
+
+
+def check_mixture_config(data: Any) -> None:
+    """Config-time checks of data.tasks and data.mixture (a DataConfig); ConfigError naming the key.
+
+    Unknown strategy, bad temperature/cap/weights, a strategy missing its parameter, duplicate task names, and a
+    task without a metric (no `metrics` and a template that brings none).
+    """
+    mix = data.mixture
+    strategy = get_strategy(mix.strategy)
+    check_parameters([t.weight for t in data.tasks], mix.temperature, mix.cap)
+    if mix.examples_per_epoch is not None and mix.examples_per_epoch < 1:
+        raise ConfigError(f"data.mixture.examples_per_epoch: {mix.examples_per_epoch} must be a positive number")
+    if not data.tasks:
+        return
+    if strategy.name == "temperature" and mix.temperature is None:
+        raise ConfigError("data.mixture.temperature: the 'temperature' strategy needs a temperature T > 0, e.g. 2")
+    if strategy.name == "capped" and mix.cap is None:
+        raise ConfigError("data.mixture.cap: the 'capped' strategy needs a cap K (examples per task), e.g. cap: 3000")
+    seen: dict[str, int] = {}
+    for i, task in enumerate(data.tasks):
+        if task.name in seen:
+            raise ConfigError(f"data.tasks.{i}.name: task name {task.name!r} is used twice (also data.tasks."
+                              f"{seen[task.name]}); task names must be unique")
+        seen[task.name] = i
+        if not task_metrics(task):
+            raise ConfigError(f"data.tasks.{i}.metrics: task {task.name!r} has no metric; give metrics (its "
+                              "template brings none)")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tunebench.config import DataConfig
+from tunebench.config import SourceConfig
 from tunebench.data.example import Example
 from tunebench.data.sources import Record, has_split_file, load_split, single_file_source
 from tunebench.data.splits import SplitResult, apply_limit, carve, prompt_hash, remove_overlap, seeded_order
@@ -46,7 +46,7 @@ def _render(records: list[Record], template: PromptTemplate, seed: int, keep_emp
     return out
 
 
-def _carved_splits(cfg: DataConfig, data_dir: Path | None) -> tuple[dict[str, float], list[str]]:
+def _carved_splits(cfg: SourceConfig, data_dir: Path | None) -> tuple[dict[str, float], list[str]]:
     """Which of validation/test are carved from train (name -> fraction), and notes announcing implicit carving.
 
     A split set to null is carved. So is a named split of a single-file source that has no file of its own
@@ -73,7 +73,7 @@ def _carved_splits(cfg: DataConfig, data_dir: Path | None) -> tuple[dict[str, fl
     return carved, notes
 
 
-def build_splits(cfg: DataConfig, data_dir: Path | None, seed: int, *, only: str | None = None) -> SplitResult:
+def build_splits(cfg: SourceConfig, data_dir: Path | None, seed: int, *, only: str | None = None) -> SplitResult:
     """Build the deterministic, disjoint splits a run trains, validates and tests on.
 
     only="test": read and render just the test split when it is a source split of its own (evaluation without
@@ -84,7 +84,7 @@ def build_splits(cfg: DataConfig, data_dir: Path | None, seed: int, *, only: str
         raise DataError(f"data directory {data_dir} does not exist; fix --data-dir, data_dir or $TUNEBENCH_DATA_DIR")
     template = load_template(cfg.template)
     names = cfg.splits
-    assert names.train is not None  # DataConfig guarantees it
+    assert names.train is not None  # SourceConfig guarantees it
     to_carve, notes = _carved_splits(cfg, data_dir)
     for note in notes:
         _announce(note)
@@ -156,7 +156,7 @@ def _announce(note: str) -> None:
         print(f"data: {note}", file=sys.stderr)
 
 
-def _test_only(cfg: DataConfig, test_name: str, data_dir: Path | None, template: PromptTemplate,
+def _test_only(cfg: SourceConfig, test_name: str, data_dir: Path | None, template: PromptTemplate,
                seed: int) -> SplitResult:
     test = [e for e, _ in apply_limit(_render(load_split(cfg, test_name, data_dir), template, seed, cfg.keep_empty_completions, {}, "test"), cfg.limits.test)]
     if not test:
@@ -167,7 +167,7 @@ def _test_only(cfg: DataConfig, test_name: str, data_dir: Path | None, template:
     return result
 
 
-def _check_not_empty(cfg: DataConfig, result: SplitResult, source_sizes: dict[str, Any],
+def _check_not_empty(cfg: SourceConfig, result: SplitResult, source_sizes: dict[str, Any],
                      carved: dict[str, float]) -> None:
     removed = result.stats["duplicates_removed"]
     if not result.train:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from tunebench.config import RunConfig
+from tunebench.config import RunConfig, SourceConfig
 from tunebench.data.prepare import build_splits
 from tunebench.data.tokenize import tokenize_examples
 
@@ -25,10 +25,13 @@ class PromptModel(Protocol):
     def format_prompt(self, prompt: str) -> str: ...
 
 
-def collect_preview(cfg: RunConfig, data_dir: Path | None, n: int = 3, model: PromptModel | None = None
-                    ) -> dict[str, Any]:
-    """Split stats, the first n examples per split, and (with a model) token statistics, as plain data."""
-    splits = build_splits(cfg.data, data_dir, cfg.seed)
+def collect_preview(cfg: RunConfig, data_dir: Path | None, n: int = 3, model: PromptModel | None = None,
+                    source: SourceConfig | None = None) -> dict[str, Any]:
+    """Split stats, the first n examples per split, and (with a model) token statistics, as plain data.
+
+    `source`: one task of data.tasks (default: the data section itself, a single task).
+    """
+    splits = build_splits(source or cfg.data, data_dir, cfg.seed)
     out: dict[str, Any] = {"stats": splits.stats, "max_length": cfg.data.max_length, "splits": {}}
     for name in SPLITS:
         examples = splits.split(name)
@@ -86,5 +89,20 @@ def format_preview(data: dict[str, Any]) -> str:
 
 
 def preview(cfg: RunConfig, data_dir: Path | None, n: int = 3, model: PromptModel | None = None) -> str:
-    """The text `tunebench data preview CONFIG -n N` prints; pass a loaded model for token statistics."""
-    return format_preview(collect_preview(cfg, data_dir, n, model))
+    """The text `tunebench data preview CONFIG -n N` prints; pass a loaded model for token statistics.
+
+    A mixture shows each task in turn, then the composition of one epoch (by example counts; `train` prints
+    the token shares once the examples are tokenized).
+    """
+    if not cfg.data.multitask:
+        return format_preview(collect_preview(cfg, data_dir, n, model))
+    from tunebench.data.mixture import format_composition
+    from tunebench.data.tasks import mixture_for
+
+    parts, sizes = [], []
+    for task in cfg.data.tasks:
+        data = collect_preview(cfg, data_dir, n, model, source=task)
+        sizes.append(data["splits"]["train"]["size"])
+        parts.append(f"##### task {task.name}\n" + format_preview(data))
+    mixture = mixture_for(cfg.data, [t.name for t in cfg.data.tasks], sizes)
+    return "\n".join(parts) + "\n" + format_composition(mixture.composition()) + "\n"

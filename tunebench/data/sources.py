@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tunebench.config import DataConfig
+from tunebench.config import SourceConfig
 from tunebench.errors import DataError
 from tunebench.io import (
     attach_aligned_labels,
@@ -170,7 +170,7 @@ def _as_references(value: Any, where: str, key: str) -> tuple[str, ...]:
     raise DataError(f"{where}: data.references_field '{key}' must hold a string or a non-empty list of strings")
 
 
-def to_records(rows: Iterable[Mapping[str, Any]], cfg: DataConfig, split: str, origin: str) -> list[Record]:
+def to_records(rows: Iterable[Mapping[str, Any]], cfg: SourceConfig, split: str, origin: str) -> list[Record]:
     """Field-map rows and give each an id (data.id_field or `<split>_<row index>`) and optional references."""
     records = []
     for i, row in enumerate(rows):
@@ -323,7 +323,7 @@ def _load_disk(path: Path, split: str) -> Any:
 # ---------------------------------------------------------------------------------------------- entry point
 
 
-def load_split(cfg: DataConfig, split: str, data_dir: Path | None) -> list[Record]:
+def load_split(cfg: SourceConfig, split: str, data_dir: Path | None) -> list[Record]:
     """Read one named split of the configured source as records.
 
     A single file is one split (the one data.splits.train names); another split name is looked up as a file
@@ -360,7 +360,7 @@ def load_split(cfg: DataConfig, split: str, data_dir: Path | None) -> list[Recor
     return to_records(_with_labels(rows, cfg, split, split_file, data_dir), cfg, split, str(split_file))
 
 
-def _with_labels(rows: list[dict[str, Any]], cfg: DataConfig, split: str, path: Path,
+def _with_labels(rows: list[dict[str, Any]], cfg: SourceConfig, split: str, path: Path,
                  data_dir: Path | None) -> list[dict[str, Any]]:
     """The split's rows with their labels from the aligned labels file data.labels names, if any."""
     raw = (cfg.labels or {}).get(split)
@@ -379,7 +379,7 @@ def _tried(source: str, data_dir: Path | None) -> list[str]:
     return [str(base / path) for base in ([data_dir] if data_dir else []) + [Path.cwd()]]
 
 
-def single_file_source(cfg: DataConfig, data_dir: Path | None) -> Path | None:
+def single_file_source(cfg: SourceConfig, data_dir: Path | None) -> Path | None:
     """The file `data.source` names when it is one local file (not a folder, built-in or Hub data set), else None."""
     if cfg.source == "dialogsum":
         return None
