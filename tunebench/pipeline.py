@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunebench.config import RunConfig, adopt_trained, dump_config, load_config, resolve_data_dir
+from tunebench.config import EvalConfig, RunConfig, adopt_trained, dump_config, load_config, resolve_data_dir
 from tunebench.errors import TunebenchError
 from tunebench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
 from tunebench.processes import barrier, from_main, is_main
@@ -38,6 +38,26 @@ def _splits(cfg: RunConfig, data_dir: Path | None, only: str | None = None):
     from tunebench.data.prepare import build_splits
 
     return build_splits(cfg.data, data_dir, cfg.seed, only=only)
+
+
+def _task_set(cfg: RunConfig, data_dir: Path | None):
+    from tunebench.data.tasks import build_task_set
+
+    return build_task_set(cfg.data, cfg.eval, data_dir, cfg.seed)
+
+
+def task_eval_config(cfg: RunConfig, task) -> EvalConfig:
+    """eval settings for one task of a mixture: its metrics, and its generation length and stop strings
+    (the task's own, else its built-in template's length, else eval.generation's)."""
+    from tunebench.data.templates import BUILTIN_TEMPLATES
+
+    gen = cfg.eval.generation
+    own = task.config.generation
+    builtin = BUILTIN_TEMPLATES.get(task.config.template.name or "") if task.config.template.prompt is None else None
+    max_new = own.max_new_tokens or (builtin.max_new_tokens if builtin else None) or gen.max_new_tokens
+    stop = own.stop if own.stop is not None else gen.stop
+    generation = gen.model_copy(update={"max_new_tokens": max_new, "stop": list(stop)})
+    return cfg.eval.model_copy(update={"metrics": list(task.metrics), "generation": generation})
 
 
 def _eval_examples(cfg: RunConfig, splits, split: str | None = None, limit: int | None = None):
@@ -165,6 +185,9 @@ def evaluate_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: 
     from tunebench.models.load import load_model
 
     _trained_settings(cfg, adapter)
+    if cfg.data.multitask:
+        return _evaluate_tasks(cfg, data_dir=resolve_data_dir(data_dir, cfg), adapter=adapter, split=split,
+                               limit=limit, shots=shots, out_dir=out_dir, rank=rank, world_size=world_size)
     split = split or cfg.eval.split
     # Zero-shot on the test split reads only the test split: no train split is loaded (or downloaded).
     splits = _splits(cfg, resolve_data_dir(data_dir, cfg), only="test" if split == "test" and not shots else None)
@@ -204,12 +227,33 @@ def _trained_settings(cfg: RunConfig, adapter: str | None) -> None:
     cfg.data = adopt_trained(cfg.data, trained.data, ("template",), "data", recorded.parent)
 
 
+def _evaluate_tasks(cfg: RunConfig, *, data_dir: Path | None, adapter: str | None, split: str | None,
+                    limit: int | None, shots: int, out_dir: Path, rank: int = 0,
+                    world_size: int = 1) -> dict[str, Any]:
+    """`tunebench eval` of a mixture: every task on its own split with its own metrics, into out_dir/<task>/."""
+    from tunebench.models.load import load_model
+
+    task_set = _task_set(cfg, data_dir)
+    loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
+    system = {"name": out_dir.name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
+    out: dict[str, Any] = {}
+    for task in task_set.tasks:
+        task_cfg = cfg.model_copy(update={"eval": task_eval_config(cfg, task)})
+        examples = _eval_examples(task_cfg, task.splits, split, limit)
+        _log(f"task {task.name}: evaluating on {len(examples)} {split or cfg.eval.split} examples")
+        out[task.name] = evaluate_into(EvalDir(out_dir).task(task.name), task_cfg, loaded, examples, task.splits,
+                                       {**system, "task": task.name}, shots, split, rank=rank,
+                                       world_size=world_size)
+    return {"tasks": out}
+
+
 def compare_paths(paths: list[Path], out_dir: Path, *, baseline: str | None = None, n_resamples: int = 1000,
                   seed: int = 0) -> Path:
     """`tunebench compare`: paired statistics over evaluations, plus the forgetting table when both ran benches.
 
     Two benchmark folders (`tunebench bench --out` of the base model, then of the tuned one) give the forgetting
-    table alone: out_dir/forgetting.json, whose path is returned.
+    table alone: out_dir/forgetting.json, whose path is returned. Multi-task runs (RUN/tasks/<task>/eval/) or
+    multi-task evaluations (DIR/<task>/) are compared task by task into out_dir/tasks/<task>/.
     """
     from tunebench.evaluate.compare import compare_systems
 
@@ -225,7 +269,12 @@ def compare_paths(paths: list[Path], out_dir: Path, *, baseline: str | None = No
             "schema": "tunebench.forgetting/1", "base": str(base_dir.resolve()), "tuned": str(tuned_dir.resolve()),
             "n_resamples": n_resamples, "seed": seed, "rows": rows})
 
-    compare_systems(paths, out_dir, baseline=baseline, n_resamples=n_resamples, seed=seed)
+    per_task = _task_paths(paths)
+    for task, task_paths in per_task.items():
+        compare_systems(task_paths, CompareDir(out_dir).task(task).path, baseline=baseline,
+                        n_resamples=n_resamples, seed=seed)
+    if not per_task:
+        compare_systems(paths, out_dir, baseline=baseline, n_resamples=n_resamples, seed=seed)
     bench_dirs = _bench_dirs(paths)
     if len(bench_dirs) == 2:
         from tunebench.bench.forgetting import forgetting_table
@@ -245,6 +294,24 @@ def _is_bench_dir(path: Path) -> bool:
         return read_json(results).get("schema") == BENCH_SCHEMA
     except (TunebenchError, AttributeError):
         return False
+
+
+def _task_paths(paths: list[Path]) -> dict[str, list[Path]]:
+    """{task: its eval paths} when every path is a multi-task run (its tasks/<task>/) or a multi-task
+    `tunebench eval --out` folder (its <task>/ evaluations); else {}."""
+    found: dict[str, list[Path]] = {}
+    for path in paths:
+        run = RunDir(path)
+        if EvalDir(path).predictions.is_file() or run.eval_root.is_dir():
+            return {}
+        tasks = {t.name: t.path for t in run.task_dirs() if t.eval_root.is_dir()}
+        if not tasks and path.is_dir():
+            tasks = {d.name: d for d in sorted(path.iterdir()) if EvalDir(d).predictions.is_file()}
+        if not tasks:
+            return {}
+        for name, d in tasks.items():
+            found.setdefault(name, []).append(d)
+    return found
 
 
 def _bench_dirs(paths: list[Path]) -> list[Path]:
@@ -371,8 +438,9 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
     run_dir = cfg.run_dir
     run = RunDir(run_dir)
     # Every split and benchmark the run needs is checked before minutes of training, not after.
-    splits = _splits(cfg, resolved)  # bad data fails here, before anything in the run dir changes
-    examples = _eval_examples(cfg, splits)
+    # Bad data fails here, before anything in the run dir changes.
+    prepared = _task_set(cfg, resolved) if cfg.data.multitask else _splits(cfg, resolved)
+    examples = None if cfg.data.multitask else _eval_examples(cfg, prepared)
     if cfg.bench.enabled and cfg.bench.tasks:
         from tunebench.bench.spec import resolve_tasks
 
@@ -394,7 +462,9 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
     systems.append(("tuned", str(run_dir), 0))
     models = _OneModel(cfg)
     precision = None
-    for name, adapter, shots in systems:
+    if cfg.data.multitask:
+        _evaluate_run_tasks(cfg, prepared, systems, models, rank=rank, world_size=world_size)
+    for name, adapter, shots in systems if examples is not None else []:
         out = run.eval_dir(name)
         if out.scores.is_file():
             log(f"evaluation {name} already done")
@@ -407,7 +477,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
                                   world_size)
         log(f"evaluating {name} on {len(examples)} {cfg.eval.split} examples")
         system = {"name": name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
-        evaluate_into(out, cfg, models.get(adapter), examples, splits, system, shots, rank=rank,
+        evaluate_into(out, cfg, models.get(adapter), examples, prepared, system, shots, rank=rank,
                       world_size=world_size, precision=precision)
 
     if cfg.bench.enabled and cfg.bench.tasks:
@@ -437,16 +507,63 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
         return {}
 
     log("comparing systems")
-    compare_paths([run_dir], run.compare_dir.path, baseline=systems[0][0], n_resamples=cfg.eval.bootstrap,
-                  seed=cfg.seed)
+    if cfg.data.multitask:
+        for task in cfg.data.tasks:
+            task_dir = run.task_dir(task.name)
+            compare_paths([task_dir.path], task_dir.compare_dir.path, baseline=systems[0][0],
+                          n_resamples=cfg.eval.bootstrap, seed=cfg.seed)
+        _forgetting_only(run, n_resamples=cfg.eval.bootstrap, seed=cfg.seed)
+    else:
+        compare_paths([run_dir], run.compare_dir.path, baseline=systems[0][0], n_resamples=cfg.eval.bootstrap,
+                      seed=cfg.seed)
     log("writing the report")
     paths = write_report(run_dir)
     barrier(world_size)
     return paths
 
 
+def _evaluate_run_tasks(cfg: RunConfig, task_set, systems: list[tuple[str, str | None, int]],
+                        models: _OneModel, *, rank: int = 0, world_size: int = 1) -> None:
+    """Every system on every task's test split, with the task's metrics: RUN/tasks/<task>/eval/<system>/.
+
+    Systems are the outer loop, so each model is loaded once.
+    """
+    run = RunDir(cfg.run_dir)
+    log = _log if is_main(rank) else (lambda message: None)
+    precisions: dict[str, tuple[str | None, dict[str, Any]]] = {}
+    for name, adapter, shots in systems:
+        for task in task_set.tasks:
+            out = run.task_dir(task.name).eval_dir(name)
+            if out.scores.is_file():
+                log(f"evaluation {task.name}/{name} already done")
+                continue
+            task_cfg = cfg.model_copy(update={"eval": task_eval_config(cfg, task)})
+            examples = _eval_examples(task_cfg, task.splits)
+            if task.name not in precisions:  # one precision for every system compared on a task, as run_all
+                from tunebench.evaluate.parity import decide_precision
+
+                getters = [lambda a=a: models.get(a) for a in dict.fromkeys(a for _, a, _ in systems)]
+                precisions[task.name] = from_main(partial(decide_precision, getters, examples, task_cfg.eval,
+                                                          seed=cfg.seed), rank, world_size)
+            log(f"task {task.name}: evaluating {name} on {len(examples)} {cfg.eval.split} examples")
+            system = {"name": name, "model": cfg.model.ref, "adapter": adapter, "shots": shots, "task": task.name}
+            evaluate_into(out, task_cfg, models.get(adapter), examples, task.splits, system, shots, rank=rank,
+                          world_size=world_size, precision=precisions[task.name])
+
+
+def _forgetting_only(run: RunDir, *, n_resamples: int, seed: int) -> None:
+    """The forgetting table of a multi-task run (its evaluations are compared per task)."""
+    bench_dirs = _bench_dirs([run.path])
+    if len(bench_dirs) == 2:
+        from tunebench.bench.forgetting import forgetting_table
+
+        base_dir, tuned_dir = bench_dirs
+        atomic_write_json(run.compare_dir.forgetting,
+                          forgetting_table(base_dir, tuned_dir, n_resamples=n_resamples, seed=seed))
+
+
 # What each later stage wrote, by the config section it depends on (compare and the report are always redone).
-STAGE_OUTPUTS = {"eval": (RunDir.eval_root.name,), "bench": (RunDir.bench_root.name,)}
+STAGE_OUTPUTS = {"eval": (RunDir.eval_root.name, RunDir.tasks_root.name), "bench": (RunDir.bench_root.name,)}
 # Keys of a stage section that leave that stage's outputs unchanged (used only by the always-redone compare).
 COMPARE_ONLY_KEYS = ("eval.bootstrap",)
 
@@ -468,7 +585,8 @@ def _prepare_run_dir(cfg: RunConfig) -> None:
 
     run_dir = cfg.run_dir
     run = RunDir(run_dir)
-    for folder in (run.path, run.checkpoints, run.compare_dir.path, *run.eval_root.glob("*"),
+    task_evals = [p for t in run.task_dirs() for p in t.eval_root.glob("*")]
+    for folder in (run.path, run.checkpoints, run.compare_dir.path, *run.eval_root.glob("*"), *task_evals,
                    *run.bench_root.glob("*")):
         clean_stale_temps(folder)  # what a kill during a write left behind
     saved_path = run.config

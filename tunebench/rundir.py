@@ -58,6 +58,10 @@ class EvalDir:
     def name(self) -> str:
         return self.path.name
 
+    def task(self, name: str) -> EvalDir:
+        """One task of a multi-task `tunebench eval --out` folder: `<out>/<task>/`, an evaluation of its own."""
+        return EvalDir(self.path / name)
+
 
 @dataclass(frozen=True)
 class BenchDir:
@@ -85,6 +89,43 @@ class CompareDir:
     path: Path
     comparison = _Entry("comparison.json")
     forgetting = _Entry("forgetting.json")
+    tasks_root = _Entry("tasks", "Multi-task comparisons: `tasks/<task>/comparison.json`, one per task.")
+
+    def task(self, name: str) -> CompareDir:
+        """The comparison of one task of a mixture: `tasks/<task>/`."""
+        return CompareDir(self.tasks_root / name)
+
+
+@dataclass(frozen=True)
+class TaskDir:
+    """One task of a multi-task run (`tasks/<task>/`): its evaluations and their comparison, laid out as a
+    single-task run's `eval/<system>/` and `compare/`."""
+
+    path: Path
+    eval_root = _Entry("eval")
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def eval_dir(self, system: str) -> EvalDir:
+        return EvalDir(self.eval_root / system)
+
+    @property
+    def compare_dir(self) -> CompareDir:
+        return CompareDir(self.path / "compare")
+
+    def evaluations(self) -> list[EvalDir]:
+        """The task's finished evaluations (those with scores.json), by system name."""
+        return _finished(self.eval_root)
+
+
+def _finished(eval_root: Path) -> list[EvalDir]:
+    """The evaluations under `eval_root` that finished (scores.json written), by system name."""
+    if not eval_root.is_dir():
+        return []
+    found = (EvalDir(p) for p in sorted(eval_root.iterdir()) if p.is_dir())
+    return [d for d in found if d.scores.is_file()]
 
 
 @dataclass(frozen=True)
@@ -100,7 +141,9 @@ class RunDir:
     adapter = _Entry("adapter", "The trained PEFT adapter (methods saved as adapters).")
     model = _Entry("model", "The trained full model (methods saved as whole models).")
     train_summary = _Entry("train_summary.json", "Written when training finished.")
+    mixture = _Entry("mixture.json", "A multi-task run's mixture: examples and tokens per task per epoch.")
     eval_root = _Entry("eval")
+    tasks_root = _Entry("tasks", "A multi-task run's per-task evaluations and comparisons (`TaskDir`).")
     bench_root = _Entry("bench")
     results = _Entry("results.json")
     report_md = _Entry("report.md")
@@ -121,10 +164,17 @@ class RunDir:
 
     def evaluations(self) -> list[EvalDir]:
         """The finished evaluations (those with scores.json), by system name."""
-        if not self.eval_root.is_dir():
+        return _finished(self.eval_root)
+
+    def task_dir(self, task: str) -> TaskDir:
+        """One task of a multi-task run: `tasks/<task>/`."""
+        return TaskDir(self.tasks_root / task)
+
+    def task_dirs(self) -> list[TaskDir]:
+        """Every `tasks/<task>/` folder of a multi-task run, by task name (empty for a single-task run)."""
+        if not self.tasks_root.is_dir():
             return []
-        found = (EvalDir(p) for p in sorted(self.eval_root.iterdir()) if p.is_dir())
-        return [d for d in found if d.scores.is_file()]
+        return [TaskDir(p) for p in sorted(self.tasks_root.iterdir()) if p.is_dir()]
 
     def benchmarks(self) -> list[BenchDir]:
         """Every `bench/<system>/` folder, by system name (finished or not)."""

@@ -47,6 +47,11 @@ def render_html(results: dict[str, Any], plots: dict[str, bytes] | None = None) 
         "helm": tables.helm_table(results),
         "signatures": tables.signature_rows(results),
         "config": tables.config_text(results),
+        "task_summary": tables.task_summary_rows(results),
+        "mixture": results.get("mixture"),
+        "mixture_rows": tables.mixture_rows(results),
+        "tasks": [{"name": name, "systems": tables.system_table(sub), "comparisons": tables.comparison_tables(sub),
+                   "warnings": sub["warnings"]} for name, sub in (results.get("tasks") or {}).items()],
         "dist_metric": pick_distribution_metric(results["systems"]),
         "plots": {name: base64.b64encode(png).decode("ascii") for name, png in plots.items()},
     }

@@ -49,10 +49,10 @@ def _examples(title: str, examples: list[dict[str, Any]], baseline: str, candida
     return lines
 
 
-def _comparisons(results: dict[str, Any]) -> list[str]:
-    lines = ["## Comparisons", "", f"Significant: p < {t.ALPHA} (paired test named in the 'test' column).", ""]
+def _comparisons(results: dict[str, Any], level: str = "##") -> list[str]:
+    lines = [f"{level} Comparisons", "", f"Significant: p < {t.ALPHA} (paired test named in the 'test' column).", ""]
     for comp in t.comparison_tables(results):
-        lines += [f"### {cell(comp['title'])}", ""]
+        lines += [f"{level}# {cell(comp['title'])}", ""]
         headers = ["metric", comp["baseline"], comp["candidate"], "Δ", "95% CI", "p-value", "test", "verdict"]
         lines += _table(headers, [[r["metric"], r["baseline"], r["candidate"], r["delta"], r["ci"], r["p"],
                                    r["method"], r["verdict"]] for r in comp["rows"]])
@@ -63,6 +63,41 @@ def _comparisons(results: dict[str, Any]) -> list[str]:
         on = f" (by {comp['example_metric']})" if comp["example_metric"] else ""
         lines += _examples(f"Largest gains{on}", comp["gains"], comp["baseline"], comp["candidate"])
         lines += _examples(f"Largest losses{on}", comp["losses"], comp["baseline"], comp["candidate"])
+    return lines
+
+
+def _systems(results: dict[str, Any], level: str = "##") -> list[str]:
+    table = t.system_table(results)
+    lines = [f"{level} Systems (score [95% CI])", ""]
+    return lines + _table(["metric", *table["systems"]],
+                          [[r["metric"], *r["cells"]] for r in table["rows"]] + [["n", *table["n"]]])
+
+
+def _tasks(results: dict[str, Any]) -> list[str]:
+    """A mixture: the composition, the per-task summary table, then one section per task."""
+    lines: list[str] = []
+    if results.get("mixture"):
+        mix = results["mixture"]
+        lines += ["## Training mixture", "", f"Strategy {cell(mix['strategy'])}, {mix['epoch_size']} examples per "
+                  "epoch.", ""]
+        lines += _table(["task", "train size", "examples per epoch", "share of examples", "share of tokens"],
+                        t.mixture_rows(results))
+    rows = t.task_summary_rows(results)
+    if rows:
+        lines += ["## Tasks: summary", ""]
+        lines += _table(["task", "metric", "base", "tuned", "Δ [95% CI]", "p", "verdict"],
+                        [[r["task"], r["metric"], r["baseline"], r["candidate"], r["delta"], r["p"], r["verdict"]]
+                         for r in rows])
+    for task, sub in results["tasks"].items():
+        lines += [f"## Task: {cell(task)}", ""]
+        lines += [f"> **Warning:** {cell(w)}" for w in sub["warnings"]] + ([""] if sub["warnings"] else [])
+        test_set = t.describe_test_set(sub)
+        if test_set:
+            lines += [f"Test set: {cell(test_set)}", ""]
+        if sub["systems"]:
+            lines += _systems(sub, "###")
+        if sub["comparisons"]:
+            lines += _comparisons(sub, "###")
     return lines
 
 
@@ -104,12 +139,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     if results["comparisons"]:
         lines += ["## Headline", ""] + [f"- {cell(h)}" for h in t.headline(results)] + [""]
     if results["systems"]:
-        table = t.system_table(results)
-        lines += ["## Systems (score [95% CI])", ""]
-        lines += _table(["metric", *table["systems"]],
-                        [[r["metric"], *r["cells"]] for r in table["rows"]] + [["n", *table["n"]]])
+        lines += _systems(results)
     if results["comparisons"]:
         lines += _comparisons(results)
+    if results.get("tasks"):
+        lines += _tasks(results)
     if results["training"]:
         lines += ["## Training", ""]
         lines += _table(["key", "value"], [list(r) for r in t.training_rows(results)])

@@ -163,6 +163,8 @@ def _detect_kind(root: Path) -> str:
     run_markers = (run.compare_dir.comparison, run.eval_root, run.bench_root, run.train_summary, run.train_log)
     if any(m.exists() for m in run_markers):
         return "run"
+    if CompareDir(root).tasks_root.is_dir():  # `compare` of multi-task runs: tasks/<task>/comparison.json
+        return "compare"
     raise DataError(f"{root}: nothing to report (no comparison.json, forgetting.json, scores.json, results.json, "
                     "eval/, bench/ or training files); point `tunebench report` at a run, compare, eval or bench "
                     "directory")
@@ -291,6 +293,28 @@ def _training(reader: _Reader, run: RunDir) -> dict[str, Any] | None:
     return {"summary": summary, "log": log}
 
 
+def _tasks(reader: _Reader, root: Path, kind: str) -> dict[str, Any]:
+    """Per task of a mixture (a run's tasks/<task>/ with eval/ and compare/, or a compare folder's
+    tasks/<task>/comparison.json): its systems, comparisons, test set and warnings, in the shapes of the
+    top-level keys."""
+    out: dict[str, Any] = {}
+    if kind == "compare":
+        folders = [(CompareDir(root).task(p.name), []) for p in sorted(CompareDir(root).tasks_root.glob("*"))
+                   if p.is_dir()]
+    else:
+        folders = [(t.compare_dir, t.evaluations()) for t in RunDir(root).task_dirs()]
+    for compare_dir, evaluations in folders:
+        task = compare_dir.path.name if kind == "compare" else compare_dir.path.parent.name
+        systems = {eval_dir.name: _eval_system(reader, eval_dir) for eval_dir in evaluations}
+        comparisons, test_set = _comparisons(reader, compare_dir.path, systems)
+        if not systems and not comparisons:
+            continue
+        test_set = test_set or next((s["test_set"] for s in systems.values() if s.get("test_set")), None)
+        out[task] = {"systems": systems, "comparisons": comparisons, "test_set": test_set,
+                     "warnings": _warnings(systems)}
+    return out
+
+
 def _warnings(systems: dict[str, Any]) -> list[str]:
     """Flag numbers that should not be compared: different test sets or different score signatures."""
     out: list[str] = []
@@ -330,6 +354,8 @@ def build_results(run_dir: Path) -> dict[str, Any]:
     compare_dir = root if kind == "compare" else run.compare_dir.path
     comparisons, compare_test_set = _comparisons(reader, compare_dir, systems)
     forgetting = _forgetting(reader, compare_dir)
+    tasks = _tasks(reader, root, kind)
+    mixture = reader.json(run.mixture) if run.mixture.is_file() else None
     benchmarks, helm = _benchmarks(reader, _bench_systems(reader, root, kind))
     config = reader.yaml(run.config) if run.config.is_file() else None
     data_stats = reader.json(run.data_stats) if run.data_stats.is_file() else None
@@ -351,6 +377,8 @@ def build_results(run_dir: Path) -> dict[str, Any]:
         "benchmarks": benchmarks,
         "forgetting": forgetting,
         "helm": helm,
+        "tasks": tasks,
+        "mixture": mixture,
     }
     validate_results(results, where=f"results for {root}")
     return results

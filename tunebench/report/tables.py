@@ -158,6 +158,29 @@ def headline(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def task_summary_rows(results: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per task and metric of a mixture: base, tuned, Δ [95% CI], p (the first comparison per task)."""
+    rows = []
+    for task, sub in (results.get("tasks") or {}).items():
+        if not sub["comparisons"]:
+            continue
+        comp = next((c for c in sub["comparisons"] if c["candidate"] == "tuned"), sub["comparisons"][0])
+        for metric, m in comp["metrics"].items():
+            d = digits_for(m["baseline"], m["candidate"])
+            rows.append({"task": task, "metric": metric, "baseline": fmt_num(m["baseline"], d),
+                         "candidate": fmt_num(m["candidate"], d),
+                         "delta": f"{fmt_signed(m['delta'], d)} {fmt_ci(m['ci95'], d)}", "p": fmt_p(m["p_value"]),
+                         "verdict": verdict(m), "pair": f"{comp['candidate']} vs {comp['baseline']}"})
+    return rows
+
+
+def mixture_rows(results: dict[str, Any]) -> list[list[str]]:
+    """The training mixture's composition: task, size, examples per epoch, share of examples and of tokens."""
+    mixture = results.get("mixture") or {}
+    return [[r["task"], fmt_num(r["size"]), fmt_num(r["examples_per_epoch"]), f"{r['example_share']:.1%}",
+             f"{r['token_share']:.1%}" if "token_share" in r else DASH] for r in mixture.get("tasks", [])]
+
+
 def training_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
     training = results.get("training") or {}
     return [(k, fmt_value(v)) for k, v in flatten(training.get("summary") or {})]

@@ -18,6 +18,7 @@ aborts at once).
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -30,8 +31,9 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from tunebench.config import RunConfig
-from tunebench.data.batching import PaddingCollator, epoch_batches, pad_token_id
-from tunebench.data.prepare import build_splits
+from tunebench.data.batching import PaddingCollator, pad_token_id
+from tunebench.data.mixture import format_composition, mixture_batches
+from tunebench.data.tasks import build_task_set, mixture_for
 from tunebench.data.tokenize import tokenize_examples
 from tunebench.errors import ConfigError, DataError
 from tunebench.evaluate.metrics import metric_class
@@ -196,32 +198,43 @@ class Recipe:
                                if self.family == "seq2seq" else None)
 
     def _setup_data(self) -> None:
+        """Every task's splits, tokenized task by task (so the mixture knows each task's size after over-long
+        examples are dropped); the mixture over them; data_stats.json and, for a mixture, mixture.json."""
         cfg, tc = self.cfg, self.tc
-        splits = build_splits(cfg.data, self.data_dir, cfg.seed)
+        task_set = build_task_set(cfg.data, cfg.eval, self.data_dir, cfg.seed)
         max_length = capped_max_length(cfg.data.max_length, self.loaded.model)  # never past the model's positions
         shared = dict(family=self.family, format_prompt=self.loaded.format_prompt, max_length=max_length,
                       truncation=cfg.data.truncation)
-        self.train_set, train_stats = tokenize_examples(splits.train, self.tokenizer,
-                                                        train_on_prompt=tc.train_on_prompt, **shared)
-        self.val_set, val_stats = tokenize_examples(splits.validation, self.tokenizer, **shared)  # completion only
+        parts = [tokenize_examples(t.splits.train, self.tokenizer, train_on_prompt=tc.train_on_prompt, **shared)
+                 for t in task_set.tasks]
+        self.train_set = [ex for part, _ in parts for ex in part]
+        self.val_set, val_stats = tokenize_examples(task_set.validation, self.tokenizer, **shared)  # completion only
         if not self.train_set:
             raise DataError(f"no training example fits data.max_length {cfg.data.max_length}: raise it or use "
                             "truncate")
-        if self.is_main:
-            atomic_write_json(self.paths.data_stats,
-                              {**splits.stats, "tokenized": {"train": train_stats, "validation": val_stats}})
         self.lengths = [ex.length for ex in self.train_set]
+        self.mixture = mixture_for(cfg.data, task_set.names, [len(part) for part, _ in parts])
+        train_stats: dict[str, Any] = (parts[0][1] if not task_set.multitask else
+                                       {name: stats for name, (_, stats) in zip(task_set.names, parts, strict=True)})
+        data_stats = {**task_set.stats(), "tokenized": {"train": train_stats, "validation": val_stats}}
+        if task_set.multitask:
+            data_stats["mixture"] = self.mixture.composition(self.lengths, cfg.seed)
+            if self.is_main:
+                print(format_composition(data_stats["mixture"]), file=sys.stderr)
+                atomic_write_json(self.paths.mixture, data_stats["mixture"])
+        if self.is_main:
+            atomic_write_json(self.paths.data_stats, data_stats)
         self.targets = [target_count(ex, self.family) for ex in self.train_set]
         # widths in multiples of 16: few distinct tensor shapes, so freed memory is reused instead of fragmenting
         self.collate = PaddingCollator(pad_token_id(self.tokenizer), self.family, pad_to_multiple_of=16)
-        self.gen_subset = (gen_eval_set(splits.validation, tc.gen_eval.examples, self.loaded.format_prompt)
+        self.gen_subset = (gen_eval_set(task_set.validation, tc.gen_eval.examples, self.loaded.format_prompt)
                            if tc.gen_eval.every else None)
 
     def _setup_optimizer(self) -> None:
         tc = self.tc
         self.optimizer = build_optimizer(self.model, lr=tc.lr, weight_decay=tc.weight_decay)
-        self.steps_per_epoch = len(step_windows(epoch_batches(self.lengths, tc.batch_size, self.cfg.seed, 0),
-                                                self.grad_accum, self.world))
+        first_epoch = mixture_batches(self.mixture, self.lengths, tc.batch_size, self.cfg.seed, 0)
+        self.steps_per_epoch = len(step_windows(first_epoch, self.grad_accum, self.world))
         self.total_steps = total_optimizer_steps(self.steps_per_epoch, epochs=tc.epochs, max_steps=tc.max_steps)
         self.scheduler = build_scheduler(self.optimizer, tc.scheduler, total_steps=self.total_steps,
                                          warmup_ratio=tc.warmup_ratio)
@@ -262,8 +275,9 @@ class Recipe:
                 self._log({"step": 0, "epoch": 0.0, "val_loss": st.initial_val_loss})
             while st.step < self.total_steps and not st.stopped_early and not self.interrupted:
                 epoch = st.epoch
-                windows = step_windows(epoch_batches(self.lengths, tc.batch_size, self.cfg.seed, epoch,
-                                                     group_by_length=tc.group_by_length), self.grad_accum, self.world)
+                windows = step_windows(mixture_batches(self.mixture, self.lengths, tc.batch_size, self.cfg.seed,
+                                                       epoch, group_by_length=tc.group_by_length),
+                                       self.grad_accum, self.world)
                 for w in range(st.window, len(windows)):
                     step_start, cpu_start, rng_at_start = time.perf_counter(), time.process_time(), capture_all_rng()
                     n_targets = max(1, sum(self.targets[i] for batch in windows[w] for i in batch))
