@@ -208,8 +208,9 @@ class DataConfig(SourceConfig):
     def _tasks(self) -> DataConfig:
         from tunebench.data.mixture import check_mixture_config
 
-        if self.tasks:
-            clash = [k for k in SOURCE_KEYS if k in self.model_fields_set]
+        if self.tasks:  # a data-level task key given a value of its own (a dumped config repeats the defaults)
+            defaults = SourceConfig()
+            clash = [k for k in SOURCE_KEYS if k in self.model_fields_set and getattr(self, k) != getattr(defaults, k)]
             if clash:
                 raise ConfigError(
                     f"data.{clash[0]}: with data.tasks, give {clash[0]} inside each task (data.tasks.N.{clash[0]})"
@@ -772,18 +773,25 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def _resolve_source_beside(cfg: RunConfig, config_dir: Path) -> None:
-    """A relative `data.source` that exists beside the config file means that file (made absolute, so the
-    resolved config in the run dir still finds it); otherwise it is looked up in the data directory later."""
-    source = cfg.data.source
-    if source == "dialogsum" or not source or Path(source).expanduser().is_absolute():
-        return
-    candidate = config_dir / source
-    if candidate.exists():
-        cfg.data.source = str(candidate.resolve())
+    """A relative `data.source` (or a task's, in data.tasks) that exists beside the config file means that file
+    (made absolute, so the resolved config in the run dir still finds it); otherwise it is looked up in the data
+    directory later."""
+    for section in (cfg.data, *cfg.data.tasks):
+        source = section.source
+        if source == "dialogsum" or not source or Path(source).expanduser().is_absolute():
+            continue
+        candidate = config_dir / source
+        if candidate.exists():
+            section.source = str(candidate.resolve())
 
 
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML, every default filled in (a mixture's data section without the single-task
+    keys, which its tasks carry)."""
+    tree = cfg.model_dump(mode="json")
+    if cfg.data.tasks:
+        tree["data"] = {k: v for k, v in tree["data"].items() if k not in SOURCE_KEYS}
+    return yaml.safe_dump(tree, sort_keys=False)
 
 
 def resolve_data_dir(cli_value: str | Path | None = None, cfg: RunConfig | None = None) -> Path | None:
