@@ -108,3 +108,72 @@ def test_sentence_f1_of_an_empty_sentence_is_one():
 def test_non_ner_reference_is_a_clear_error():
     with pytest.raises(DataError, match=r"example 0: an NER reference must be JSON"):
         ner_stats(["person: Ann"], [["a plain summary"]])
+
+
+def _perturbed(tags: list[str], k: int) -> list[str]:
+    """A different tagging of one sentence, by hand rules: drop the first entity (k % 3 == 0), retype every
+    entity to MISC/PER (1), or keep the gold tags (2)."""
+    out = list(tags)
+    if k % 3 == 0:
+        first = next((i for i, t in enumerate(out) if t.startswith("B-")), None)
+        if first is not None:
+            out[first] = "O"
+            j = first + 1
+            while j < len(out) and out[j].startswith("I-"):
+                out[j] = "O"
+                j += 1
+    elif k % 3 == 1:
+        out = [t if t == "O" else t[:2] + ("PER" if t.endswith("MISC") else "MISC") for t in out]
+    return out
+
+
+def test_seqeval_metric_is_registered_and_equals_seqeval_on_conll_rows(data_dir):
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    from tunebench.evaluate.metrics.registry import metric_class, score_corpus
+
+    rows = [json.loads(line) for line in (data_dir / "conll2003/test.jsonl").read_text().splitlines()][:60]
+    gold = [row["labels"] for row in rows]
+    predicted = [_perturbed(row["labels"], k) for k, row in enumerate(rows)]
+    texts = [format_entity_list(row["tokens"], tags) for row, tags in zip(rows, predicted, strict=True)]
+    texts[4] = "I am not sure which names are in this sentence."  # unparseable: no entities, counted
+    predicted[4] = ["O"] * len(gold[4])
+    refs = [[ner_reference(row["tokens"], row["labels"])] for row in rows]
+    scores = score_corpus(texts, refs, ["seqeval"], bootstrap=50, seed=1)["seqeval"]
+    assert metric_class("seqeval").higher_is_better and metric_class("seqeval").scale == 1.0
+    assert scores["score"] == pytest.approx(f1_score(gold, predicted))
+    assert scores["f1"] == pytest.approx(f1_score(gold, predicted))
+    assert scores["precision"] == pytest.approx(precision_score(gold, predicted))
+    assert scores["recall"] == pytest.approx(recall_score(gold, predicted))
+    assert scores["unparseable"] == 1 and scores["unaligned"] == 0
+    assert scores["signature"].startswith("seqeval|scheme:IOB2|mode:default|avg:micro")
+    assert scores["ci95"][0] <= scores["score"] <= scores["ci95"][1]
+
+
+def test_conll2003_template_brings_seqeval_and_unknown_task_metrics_exit_2():
+    from tunebench.config import config_from_dict
+    from tunebench.errors import ConfigError
+
+    cfg = config_from_dict({"data": {"source": "conll2003", "template": {"name": "conll2003"}}})
+    assert cfg.eval.metrics == ["seqeval"]
+    task = {"name": "conll2003", "source": "conll2003", "template": {"name": "conll2003"}, "metrics": ["seqevall"]}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"data": {"tasks": [task]}}, "mix.yaml")
+    assert str(err.value).startswith("mix.yaml: data.tasks.0.metrics: unknown metric 'seqevall'; did you mean "
+                                     "'seqeval'?")
+    assert err.value.exit_code == 2
+    bad_template = {**task, "metrics": None, "template": {"name": "conll"}}
+    with pytest.raises(ConfigError, match=r"^mix.yaml: data.tasks.0.template.name: unknown template 'conll'"):
+        config_from_dict({"data": {"tasks": [bad_template]}}, "mix.yaml")
+
+
+def test_report_counts_unparseable_outputs_per_system():
+    from tunebench.report.tables import system_table
+
+    def entry(score, unparseable):
+        return {"score": score, "ci95": [score - 0.1, score + 0.1], "n": 100, "unparseable": unparseable}
+
+    table = system_table({"systems": {"base-0shot": {"metrics": {"seqeval": entry(0.2, 37)}},
+                                      "tuned": {"metrics": {"seqeval": entry(0.6, 2)}}}})
+    assert [r["metric"] for r in table["rows"]] == ["seqeval", "seqeval: unparseable outputs"]
+    assert table["rows"][1]["cells"] == ["37", "2"]

@@ -294,8 +294,9 @@ def task_metrics(task: Any) -> list[str]:
 def check_mixture_config(data: Any) -> None:
     """Config-time checks of data.tasks and data.mixture (a DataConfig); ConfigError naming the key.
 
-    Unknown strategy, bad temperature/cap/weights, a strategy missing its parameter, duplicate task names, and a
-    task without a metric (no `metrics` and a template that brings none).
+    Unknown strategy, bad temperature/cap/weights, a strategy missing its parameter, duplicate task names, an
+    unknown template or metric name in a task, and a task without a metric (no `metrics` and a template that
+    brings none).
     """
     mix = data.mixture
     strategy = get_strategy(mix.strategy)
@@ -314,6 +315,17 @@ def check_mixture_config(data: Any) -> None:
             raise ConfigError(f"data.tasks.{i}.name: task name {task.name!r} is used twice (also data.tasks."
                               f"{seen[task.name]}); task names must be unique")
         seen[task.name] = i
-        if not task_metrics(task):
+        if task.template.prompt is None:
+            from tunebench.data.templates import BUILTIN_TEMPLATES
+            from tunebench.evaluate.metrics.base import unknown_name_message
+
+            if task.template.name not in BUILTIN_TEMPLATES:
+                raise ConfigError(unknown_name_message(f"data.tasks.{i}.template.name", task.template.name,
+                                                       list(BUILTIN_TEMPLATES), "template"))
+        metrics = task_metrics(task)
+        if not metrics:
             raise ConfigError(f"data.tasks.{i}.metrics: task {task.name!r} has no metric; give metrics (its "
                               "template brings none)")
+        from tunebench.evaluate.metrics.registry import check_metric_names
+
+        check_metric_names(metrics, f"data.tasks.{i}.metrics")

@@ -90,7 +90,8 @@ def verdict(entry: dict[str, Any]) -> str:
 
 
 def system_table(results: dict[str, Any]) -> dict[str, Any]:
-    """Scores with 95% intervals, one row per metric and one column per system, plus each system's n."""
+    """Scores with 95% intervals, one row per metric and one column per system, plus each system's n; a metric
+    that counts unparseable outputs (seqeval) gets a row with the counts."""
     systems = list(results["systems"])
     metrics: list[str] = []
     for system in results["systems"].values():
@@ -103,6 +104,10 @@ def system_table(results: dict[str, Any]) -> dict[str, Any]:
             d = digits_for(m.get("score")) if m else 4
             cells.append(DASH if m is None else f"{fmt_num(m.get('score'), d)} {fmt_ci(m.get('ci95'), d)}")
         rows.append({"metric": metric, "cells": cells})
+        counted = [results["systems"][name]["metrics"].get(metric) or {} for name in systems]
+        if any("unparseable" in m for m in counted):  # NER: outputs that were no entity list, scored as none
+            rows.append({"metric": f"{metric}: unparseable outputs",
+                         "cells": [fmt_num(m["unparseable"]) if "unparseable" in m else DASH for m in counted]})
     sizes = []
     for name in systems:
         ns = sorted({m.get("n") for m in results["systems"][name]["metrics"].values() if m.get("n") is not None})

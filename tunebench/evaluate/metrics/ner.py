@@ -5,16 +5,18 @@ tokens and compared with the gold tags entity by entity: an entity counts as cor
 the same span (CoNLL-2003's evaluation, Tjong Kim Sang & De Meulder 2003; seqeval's default mode). Per example we
 keep (correct, predicted, gold, unparseable, unaligned) counts; summed, they give seqeval's micro-averaged scores
 (`seqeval.metrics.f1_score` sums the same counts over sentences), so bootstrap intervals and paired tests resample
-sentences like every other metric.
+sentences like every other metric. Registered as the metric `seqeval` (the conll2003 template's metric).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from tunebench.data.ner import CONLL2003_TYPES, entity_spans, read_ner_reference, tags_from_entity_list
+from tunebench.evaluate.metrics.base import Metric, register_metric
 
 STAT_COLUMNS = ("correct", "predicted", "gold", "unparseable", "unaligned")
 
@@ -58,3 +60,35 @@ def details(stats: np.ndarray) -> dict[str, float | int]:
     p, r, f = prf_from_sums(sums)
     return {"precision": float(p[0]), "recall": float(r[0]), "f1": float(f[0]),
             "unparseable": int(sums[0, 3]), "unaligned": int(sums[0, 4])}
+
+
+@register_metric
+class Seqeval(Metric):
+    """Entity-level micro F1 of generated entity lists (seqeval's default mode on rebuilt IOB2 tags), on 0-1.
+
+    scores.json also gets the corpus precision and recall, and the counts of unparseable outputs (scored as no
+    entities) and of listed entities not found in the sentence (unaligned).
+    """
+
+    name = "seqeval"
+    aggregation = "corpus"
+
+    def stats(self, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
+        return ner_stats(predictions, references)
+
+    def score(self, sums: np.ndarray, n: int) -> np.ndarray:
+        """Micro F1 (B,) from summed (B, 5) counts."""
+        return prf_from_sums(sums)[2]
+
+    def per_example(self, stats: np.ndarray) -> np.ndarray:
+        """Each sentence's entity F1 (1 when it has neither gold nor predicted entities)."""
+        return sentence_f1(stats)
+
+    def signature_fields(self, references: Sequence[Sequence[str]]) -> dict[str, str | bool | int]:
+        from importlib.metadata import version
+
+        return {"scheme": "IOB2", "mode": "default", "avg": "micro", "types": ",".join(CONLL2003_TYPES),
+                "align": "first-free-match", "seqeval": version("seqeval")}
+
+    def details(self, stats: np.ndarray) -> dict[str, Any]:
+        return details(stats)

@@ -17,7 +17,7 @@ import numpy as np
 from tunebench.errors import ConfigError, DataError
 
 # the built-in metrics: importing a module registers its metrics (add a new metric module to this line)
-from tunebench.evaluate.metrics import bleu, chrf_plus, classification, perplexity, rouge  # noqa: F401
+from tunebench.evaluate.metrics import bleu, chrf_plus, classification, ner, perplexity, rouge  # noqa: F401
 from tunebench.evaluate.metrics.base import (
     GROUPS,
     METRICS,
