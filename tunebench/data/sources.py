@@ -65,13 +65,15 @@ def read_parallel(source_path: Path, target_path: Path, source_lang: str, target
     """Pair line i of the source file with line i of the target file (plain text or .gz, one sentence a line).
 
     Rows: {source, target, source_lang, target_lang} with the languages' English names. Files of different line
-    counts raise DataError naming both files and counts; an empty line on either side names its file and line.
+    counts raise DataError naming both files, their counts and the first line without a partner; an empty line on either side names its file and line.
     """
     src, tgt = _text_lines(source_path), _text_lines(target_path)
     if len(src) != len(tgt):
+        longer, shorter = (source_path, target_path) if len(src) > len(tgt) else (target_path, source_path)
         raise DataError(
-            f"parallel files differ in length: {source_path} has {len(src)} lines, {target_path} has {len(tgt)}; "
-            "line i of each must be one sentence pair"
+            f"parallel files differ in length: {source_path} has {len(src)} lines, {target_path} has {len(tgt)} "
+            f"({longer}:{min(len(src), len(tgt)) + 1} has no partner line in {shorter.name}); line i of each must "
+            "be one sentence pair"
         )
     names = (LANGUAGE_NAMES.get(source_lang, source_lang), LANGUAGE_NAMES.get(target_lang, target_lang))
     rows = []
