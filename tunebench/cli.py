@@ -253,10 +253,13 @@ def _print_run_summary(paths: dict[str, Path]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from tunebench.pipeline import run_all
+    from tunebench.pipeline import run_all, run_single_vs_multi
 
     rank, world_size = current_process(cfg.model.device)
-    paths = run_all(cfg, data_dir=args.data_dir, rank=rank, world_size=world_size)
+    if args.single_task:
+        paths = run_single_vs_multi(cfg, args.single_task, data_dir=args.data_dir, rank=rank, world_size=world_size)
+    else:
+        paths = run_all(cfg, data_dir=args.data_dir, rank=rank, world_size=world_size)
     if is_main(rank):
         _print_run_summary(paths)
     return 0
@@ -455,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", cmd_run, "train, evaluate base and tuned, compare, benchmark and report",
             "finished stages are kept; rerun the same command to continue")
     _add_config_args(p)
+    p.add_argument("--single-task", default=None, metavar="TASK",
+                   help="also train TASK alone (a task of data.tasks) for the mixture run's optimizer steps, "
+                   "into <name>-single-TASK, and report both side by side")
 
     p = add("demo", cmd_demo, "the whole job on the built-in config (default model, DialogSum, LoRA)",
             "finished stages are kept; rerun `tunebench demo` to continue")

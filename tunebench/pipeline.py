@@ -240,7 +240,8 @@ def _evaluate_tasks(cfg: RunConfig, *, data_dir: Path | None, adapter: str | Non
     for task in task_set.tasks:
         task_cfg = cfg.model_copy(update={"eval": task_eval_config(cfg, task)})
         examples = _eval_examples(task_cfg, task.splits, split, limit)
-        _log(f"task {task.name}: evaluating on {len(examples)} {split or cfg.eval.split} examples")
+        if is_main(rank):
+            _log(f"task {task.name}: evaluating on {len(examples)} {split or cfg.eval.split} examples")
         out[task.name] = evaluate_into(EvalDir(out_dir).task(task.name), task_cfg, loaded, examples, task.splits,
                                        {**system, "task": task.name}, shots, split, rank=rank,
                                        world_size=world_size)
@@ -464,21 +465,22 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
     precision = None
     if cfg.data.multitask:
         _evaluate_run_tasks(cfg, prepared, systems, models, rank=rank, world_size=world_size)
-    for name, adapter, shots in systems if examples is not None else []:
-        out = run.eval_dir(name)
-        if out.scores.is_file():
-            log(f"evaluation {name} already done")
-            continue
-        if precision is None:  # one precision for every system compared: a fast one only where all pass the gate
-            from tunebench.evaluate.parity import decide_precision
+    else:
+        for name, adapter, shots in systems:
+            out = run.eval_dir(name)
+            if out.scores.is_file():
+                log(f"evaluation {name} already done")
+                continue
+            if precision is None:  # one precision for every system compared: a fast one only where all pass
+                from tunebench.evaluate.parity import decide_precision
 
-            getters = [lambda a=a: models.get(a) for a in dict.fromkeys(a for _, a, _ in systems)]
-            precision = from_main(partial(decide_precision, getters, examples, cfg.eval, seed=cfg.seed), rank,
-                                  world_size)
-        log(f"evaluating {name} on {len(examples)} {cfg.eval.split} examples")
-        system = {"name": name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
-        evaluate_into(out, cfg, models.get(adapter), examples, prepared, system, shots, rank=rank,
-                      world_size=world_size, precision=precision)
+                getters = [lambda a=a: models.get(a) for a in dict.fromkeys(a for _, a, _ in systems)]
+                precision = from_main(partial(decide_precision, getters, examples, cfg.eval, seed=cfg.seed), rank,
+                                      world_size)
+            log(f"evaluating {name} on {len(examples)} {cfg.eval.split} examples")
+            system = {"name": name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
+            evaluate_into(out, cfg, models.get(adapter), examples, prepared, system, shots, rank=rank,
+                          world_size=world_size, precision=precision)
 
     if cfg.bench.enabled and cfg.bench.tasks:
         from tunebench.bench.spec import resolve_tasks
@@ -520,6 +522,122 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
     paths = write_report(run_dir)
     barrier(world_size)
     return paths
+
+
+def single_task_config(cfg: RunConfig, task: str, steps: int, size: int) -> RunConfig:
+    """The single-task twin of a mixture run: the same config (model, method, seed, every task's splits and
+    evaluation, benchmarks) trained on `task` alone for the mixture run's `steps` optimizer steps, one pass of
+    the task's `size` training examples per epoch; named `<name>-single-<task>`. Raises ConfigError (exit 2)
+    when the config is not a mixture or has no such task."""
+    from tunebench.config import config_from_dict
+    from tunebench.errors import ConfigError
+
+    names = [t.name for t in cfg.data.tasks]
+    if task not in names:
+        known = ", ".join(names) if names else "none: the config has no data.tasks"
+        raise ConfigError(f"--single-task: '{task}' is not a task of the mixture (data.tasks: {known})")
+    tree = cfg.model_dump(mode="json")
+    tree["name"] = f"{cfg.name}-single-{task}"
+    tree["data"]["mixture"] = {"strategy": "weights", "examples_per_epoch": size}
+    for entry in tree["data"]["tasks"]:
+        entry["weight"] = 1.0 if entry["name"] == task else 0.0
+    tree["train"]["max_steps"] = steps
+    return config_from_dict(tree, f"--single-task {task}")
+
+
+def run_single_vs_multi(cfg: RunConfig, task: str, *, data_dir: str | Path | None = None, rank: int = 0,
+                        world_size: int = 1) -> dict[str, Path]:
+    """`tunebench run CONFIG --single-task TASK`: the mixture run, then the same config trained on TASK alone
+    with the same optimizer-step budget (`single_task_config`), then both side by side in the mixture run's
+    report: every task's scores of each model with the paired difference multi - single, and each model's
+    forgetting suite. The base evaluations are the same model on the same test sets: the single-task run takes
+    the mixture run's instead of computing them again. Processes as in `run_all` (the others return {})."""
+    import shutil
+
+    single_task_config(cfg, task, 1, 1)  # a bad task name fails before minutes of training
+    run_all(cfg, data_dir=data_dir, rank=rank, world_size=world_size)
+    multi = RunDir(cfg.run_dir)
+    steps = _read_summary(multi.train_summary)["steps"]
+    size = next(r["size"] for r in read_json(multi.mixture)["tasks"] if r["task"] == task)
+    single_cfg = single_task_config(cfg, task, steps, size)
+    single = RunDir(single_cfg.run_dir)
+    if is_main(rank):
+        _log(f"single-task run: {task} alone for {steps} optimizer steps → {single.path}")
+        for base_dir in [d for t in multi.task_dirs() for d in t.evaluations() if d.name.startswith("base-")]:
+            target = single.task_dir(base_dir.path.parent.parent.name).eval_dir(base_dir.name)
+            if not target.scores.is_file():
+                shutil.copytree(base_dir.path, target.path, dirs_exist_ok=True)
+        if multi.bench_dir("base").results.is_file() and not single.bench_dir("base").results.is_file():
+            shutil.copytree(multi.bench_dir("base").path, single.bench_dir("base").path, dirs_exist_ok=True)
+    barrier(world_size)
+    run_all(single_cfg, data_dir=data_dir, rank=rank, world_size=world_size)
+    if not is_main(rank):
+        return {}
+    _log("single-task vs multi-task")
+    atomic_write_json(multi.single_vs_multi, single_vs_multi(single, multi, task, steps,
+                                                              n_resamples=cfg.eval.bootstrap, seed=cfg.seed))
+    return write_report(multi.path)
+
+
+def single_vs_multi(single: RunDir, multi: RunDir, task: str, steps: int, *, n_resamples: int,
+                    seed: int) -> dict[str, Any]:
+    """The side-by-side of a single-task run and its mixture run (`single_vs_multi.json`, docs/formats.md).
+
+    Per task and metric: the base score and each tuned model's score with its 95% bootstrap interval, and the
+    paired difference multi - single (paired bootstrap over the task's test examples, compare's statistics;
+    comparison.json of each task under the mixture run's `single_vs_multi/tasks/<task>/`). Forgetting: each
+    run's forgetting rows (tuned vs base) and the paired difference multi - single on the same samples.
+    """
+    from tunebench.bench.forgetting import forgetting_table
+    from tunebench.evaluate.compare import compare_systems
+
+    labels = ("single-task", "multi-task")
+    tasks: list[dict[str, Any]] = []
+    for task_dir in multi.task_dirs():
+        pair = [single.task_dir(task_dir.name).eval_dir("tuned"), task_dir.eval_dir("tuned")]
+        if not all(d.scores.is_file() for d in pair):
+            continue
+        out = multi.single_vs_multi_dir.task(task_dir.name)
+        doc = compare_systems([d.path for d in pair], out.path, baseline=labels[0], labels=labels,
+                              n_resamples=n_resamples, seed=seed)
+        base = next((read_json(d.scores)["metrics"] for d in task_dir.evaluations() if d.name == "base-0shot"), {})
+        (comp,) = doc["comparisons"]
+        for metric, m in comp["metrics"].items():
+            tasks.append({
+                "task": task_dir.name, "metric": metric, "trained_on": "both" if task_dir.name == task else "multi",
+                "base": (base.get(metric) or {}).get("score"),
+                "single": doc["systems"][labels[0]]["metrics"][metric]["score"],
+                "single_ci95": doc["systems"][labels[0]]["metrics"][metric]["ci95"],
+                "multi": doc["systems"][labels[1]]["metrics"][metric]["score"],
+                "multi_ci95": doc["systems"][labels[1]]["metrics"][metric]["ci95"],
+                "delta": m["delta"], "ci95": m["ci95"], "p_value": m["p_value"],
+            })
+    forgetting: list[dict[str, Any]] = []
+    runs = {"single": single, "multi": multi}
+    tables = {k: read_json(r.compare_dir.forgetting) for k, r in runs.items() if r.compare_dir.forgetting.is_file()}
+    if len(tables) == 2 and all(r.bench_dir("tuned").results.is_file() for r in runs.values()):
+        between = {(r["task"], r["metric"]): r for r in forgetting_table(
+            single.bench_dir("tuned").path, multi.bench_dir("tuned").path, n_resamples=n_resamples, seed=seed)}
+        singles = {(r["task"], r["metric"]): r for r in tables["single"]}
+        for row in tables["multi"]:
+            key = (row["task"], row["metric"])
+            if key not in singles or key not in between:
+                continue
+            s, d = singles[key], between[key]
+            forgetting.append({
+                "task": row["task"], "metric": row["metric"], "n": row["n"], "base": row["base"],
+                "higher_is_better": row["higher_is_better"],
+                "single": s["tuned"], "single_delta": s["delta"], "single_p_value": s["p_value"],
+                "single_status": s["status"],
+                "multi": row["tuned"], "multi_delta": row["delta"], "multi_p_value": row["p_value"],
+                "multi_status": row["status"],
+                # KL is measured against the original base in each run, so only its difference is given
+                **({"delta": row["tuned"] - s["tuned"], "ci95": None, "p_value": None} if row["metric"] == "kl"
+                   else {"delta": d["delta"], "ci95": d["ci95"], "p_value": d["p_value"]}),
+            })
+    return {"schema": "tunebench.single_vs_multi/1", "single_task": task, "optimizer_steps": steps,
+            "single_run": str(single.path.resolve()), "multi_run": str(multi.path.resolve()),
+            "tasks": tasks, "forgetting": forgetting}
 
 
 def _evaluate_run_tasks(cfg: RunConfig, task_set, systems: list[tuple[str, str | None, int]],

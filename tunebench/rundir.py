@@ -144,6 +144,8 @@ class RunDir:
     mixture = _Entry("mixture.json", "A multi-task run's mixture: examples and tokens per task per epoch.")
     eval_root = _Entry("eval")
     tasks_root = _Entry("tasks", "A multi-task run's per-task evaluations and comparisons (`TaskDir`).")
+    single_vs_multi = _Entry("single_vs_multi.json", "`run --single-task`: the mixture run beside its single-task "
+                             "twin (per-task comparisons in single_vs_multi/tasks/<task>/).")
     bench_root = _Entry("bench")
     results = _Entry("results.json")
     report_md = _Entry("report.md")
@@ -165,6 +167,11 @@ class RunDir:
     def evaluations(self) -> list[EvalDir]:
         """The finished evaluations (those with scores.json), by system name."""
         return _finished(self.eval_root)
+
+    @property
+    def single_vs_multi_dir(self) -> CompareDir:
+        """`run --single-task`: the per-task comparisons of the single-task twin and the mixture run."""
+        return CompareDir(self.path / "single_vs_multi")
 
     def task_dir(self, task: str) -> TaskDir:
         """One task of a multi-task run: `tasks/<task>/`."""

@@ -69,15 +69,19 @@ def _run_order(d: Path) -> tuple[int, int, str]:
     return 1, 0, name
 
 
-def load_systems(paths: Sequence[Path]) -> list[System]:
-    """Every system under `paths`, named by its eval dir (prefixed with the run dir when names repeat)."""
+def load_systems(paths: Sequence[Path], labels: Sequence[str] | None = None) -> list[System]:
+    """Every system under `paths`, named by its eval dir (prefixed with the run dir when names repeat), or by
+    `labels` (one per path, each path then one eval dir; DataError otherwise)."""
     dirs = [d for p in paths for d in _system_dirs(Path(p))]
+    if labels is not None and len(labels) != len(dirs):
+        raise DataError(f"{len(labels)} system labels for {len(dirs)} systems under {', '.join(map(str, paths))}")
     names = [d.name for d in dirs]
     systems = []
-    for d in dirs:
+    for k, d in enumerate(dirs):
         # a repeated name gets its run's name (runs/<run>/eval/<system>) or, for a bare eval dir, its parent's
         origin = d.parent.parent if d.parent == RunDir(d.parent.parent).eval_root else d.parent
         name = d.name if names.count(d.name) == 1 else f"{origin.name}/{d.name}"
+        name = labels[k] if labels is not None else name
         scores_path = EvalDir(d).scores
         try:
             scores = json.loads(scores_path.read_text(encoding="utf-8-sig"))
@@ -311,15 +315,17 @@ def compare_systems(
     n_resamples: int = 1000,
     seed: int = 0,
     computed: Mapping[Path, Mapping[str, MetricStats]] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Compare every system against the baseline (default: the first; base-0shot in a run dir).
 
     `computed`: statistics the evaluations already computed (tunebench.evaluate.metrics.compute_metric_stats
     over the rows of predictions.jsonl, in file order), keyed by eval dir; a system's are used instead of being
     recomputed when they cover the compared metrics with the signatures compare would give them.
+    `labels`: system names, one per path (for eval dirs whose own names repeat, e.g. two runs' `tuned`).
     Writes out_dir/comparison.json (schema tunebench.compare/1, docs/formats.md) and returns its content.
     """
-    systems = load_systems(paths)
+    systems = load_systems(paths, labels)
     if len(systems) < 2:
         where = ", ".join(map(str, paths))
         raise DataError(f"compare needs at least two systems, found {len(systems)} under {where}")

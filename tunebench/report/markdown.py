@@ -125,6 +125,21 @@ def _benchmarks(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _single_vs_multi(results: dict[str, Any]) -> list[str]:
+    """`run --single-task`: the single-task twin beside the mixture run, same model, method, seed and steps."""
+    svm = results["single_vs_multi"]
+    rows = t.single_vs_multi_rows(results)
+    lines = ["## Single-task vs multi-task", "",
+             f"Both trained from the same base with the same method, seed and {svm['optimizer_steps']} optimizer "
+             f"steps: single-task on {cell(svm['single_task'])} alone ({cell(svm['single_run'])}), multi-task on "
+             "the mixture (this run). Δ is paired over each test set's examples.", ""]
+    lines += _table(t.SINGLE_VS_MULTI_TASK_HEADERS, rows["tasks"])
+    if rows["forgetting"]:
+        lines += ["### Forgetting suite of each", ""]
+        lines += _table(t.SINGLE_VS_MULTI_FORGETTING_HEADERS, rows["forgetting"])
+    return lines
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The whole report as Markdown text."""
     src = results["source"]
@@ -148,6 +163,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += ["## Training", ""]
         lines += _table(["key", "value"], [list(r) for r in t.training_rows(results)])
     lines += _benchmarks(results)
+    if results.get("single_vs_multi"):
+        lines += _single_vs_multi(results)
     lines += ["## Signatures", ""]
     lines += _table(["system", "metric", "signature"],
                     [[r["system"], r["metric"], r["signature"]] for r in t.signature_rows(results)])

@@ -356,6 +356,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
     forgetting = _forgetting(reader, compare_dir)
     tasks = _tasks(reader, root, kind)
     mixture = reader.json(run.mixture) if run.mixture.is_file() else None
+    single_vs_multi = reader.json(run.single_vs_multi) if run.single_vs_multi.is_file() else None
     benchmarks, helm = _benchmarks(reader, _bench_systems(reader, root, kind))
     config = reader.yaml(run.config) if run.config.is_file() else None
     data_stats = reader.json(run.data_stats) if run.data_stats.is_file() else None
@@ -379,6 +380,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
         "helm": helm,
         "tasks": tasks,
         "mixture": mixture,
+        "single_vs_multi": single_vs_multi,
     }
     validate_results(results, where=f"results for {root}")
     return results

@@ -186,6 +186,35 @@ def mixture_rows(results: dict[str, Any]) -> list[list[str]]:
              f"{r['token_share']:.1%}" if "token_share" in r else DASH] for r in mixture.get("tasks", [])]
 
 
+def single_vs_multi_rows(results: dict[str, Any]) -> dict[str, list[list[str]]]:
+    """`run --single-task`: per task and metric base, single-task, multi-task (each [95% CI]) and the paired
+    difference multi - single [CI] with p; per forgetting-suite row base, each tuned model with its Δ vs base
+    and verdict, and multi - single."""
+    svm = results.get("single_vs_multi") or {}
+    tasks = []
+    for r in svm.get("tasks", []):
+        d = digits_for(r["base"], r["single"], r["multi"])
+        trained = "yes" if r["trained_on"] == "both" else "no"
+        tasks.append([r["task"], r["metric"], trained, fmt_num(r["base"], d),
+                      f"{fmt_num(r['single'], d)} {fmt_ci(r['single_ci95'], d)}",
+                      f"{fmt_num(r['multi'], d)} {fmt_ci(r['multi_ci95'], d)}",
+                      f"{fmt_signed(r['delta'], d)} {fmt_ci(r['ci95'], d)}", fmt_p(r["p_value"]), verdict(r)])
+    forgetting = []
+    for r in svm.get("forgetting", []):
+        d = digits_for(r["base"], r["single"], r["multi"])
+        forgetting.append([r["task"], r["metric"], fmt_num(r["base"], d),
+                           f"{fmt_num(r['single'], d)} ({fmt_signed(r['single_delta'], d)}, {r['single_status']})",
+                           f"{fmt_num(r['multi'], d)} ({fmt_signed(r['multi_delta'], d)}, {r['multi_status']})",
+                           f"{fmt_signed(r['delta'], d)} {fmt_ci(r['ci95'], d)}", fmt_p(r["p_value"])])
+    return {"tasks": tasks, "forgetting": forgetting}
+
+
+SINGLE_VS_MULTI_TASK_HEADERS = ["task", "metric", "in single-task training", "base", "single-task [95% CI]",
+                                "multi-task [95% CI]", "multi − single [95% CI]", "p", "verdict"]
+SINGLE_VS_MULTI_FORGETTING_HEADERS = ["task", "metric", "base", "single-task (Δ vs base, verdict)",
+                                      "multi-task (Δ vs base, verdict)", "multi − single [95% CI]", "p"]
+
+
 def training_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
     training = results.get("training") or {}
     return [(k, fmt_value(v)) for k, v in flatten(training.get("summary") or {})]
