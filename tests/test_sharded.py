@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from train_helpers import free_port
 
 from tunebench.processes import map_sharded, shard_order
 
@@ -38,9 +39,9 @@ def test_map_sharded_in_one_process_is_a_plain_call():
         map_sharded(lambda xs: xs, [1], rank=2, world_size=2)
 
 
-def _torchrun(args: list[str], port: int, cwd: Path) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=cwd)
 
@@ -59,7 +60,7 @@ def test_two_processes_shard_disjointly_and_gather_in_order(tmp_path):
         with open(os.path.join({str(tmp_path)!r}, f"rank{{rank}}.json"), "w") as f:
             json.dump({{"world": world, "seen": seen, "out": out}}, f)
     """))
-    done = _torchrun([str(script)], 29531, tmp_path)
+    done = _torchrun([str(script)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world"] == 2 and r["out"] == [x * x for x in range(7)] for r in ranks)
@@ -109,8 +110,8 @@ def test_eval_and_bench_on_two_processes_equal_one_process(tmp_path, tiny_causal
     common = ["--config", str(config), "--data-dir", str(data_dir)]
     bench = ["bench", *common, "--tasks", f"mmlu:anatomy,piqa,{tmp_path / 'drift.yaml'}", "--limit", "5", "--shots", "2"]
     eval_ = ["eval", *common]
-    for args, port in ((eval_, 29533), (bench, 29535)):
-        done = _torchrun(["-m", "tunebench", *args, "--out", str(tmp_path / f"{args[0]}-2")], port, tmp_path)
+    for args in (eval_, bench):
+        done = _torchrun(["-m", "tunebench", *args, "--out", str(tmp_path / f"{args[0]}-2")], tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         assert main([*args, "--out", str(tmp_path / f"{args[0]}-1")]) == 0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import losses, make_cfg
+from train_helpers import free_port, losses, make_cfg
 
 from tunebench.config import config_from_dict
 from tunebench.train.loop import train
@@ -43,7 +43,7 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path, tiny_causal
         train(cfg, data_dir=Path({str(data_dir)!r}), progress=False)
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(script)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

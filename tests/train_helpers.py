@@ -30,3 +30,12 @@ def make_cfg(tmp_path: Path, model_dir: Path, name: str = "run", **train_keys: A
 
 def losses(run_dir: Path, key: str = "loss") -> list[float]:
     return [r[key] for r in read_jsonl(run_dir / "train_log.jsonl") if key in r]
+
+
+def free_port() -> int:
+    """A TCP port no one listens on now (a fixed one collides with another test run on the same machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
