@@ -59,8 +59,12 @@ def run_dir(tmp_path_factory, dialogsum) -> Path:
 
 
 def test_compare_run_dir_produces_the_documented_structure(run_dir, tmp_path, dialogsum):
-    out = compare_systems([run_dir], tmp_path / "cmp", n_resamples=500, seed=0)
-    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text()) == out
+    from tunebench.pipeline import compare_paths
+
+    out = compare_systems([run_dir], n_resamples=500, seed=0)
+    assert not (tmp_path / "cmp").exists()  # the stage returns data; the pipeline writes it
+    written = compare_paths([run_dir], tmp_path / "cmp", n_resamples=500, seed=0)
+    assert written == tmp_path / "cmp" / "comparison.json" and json.loads(written.read_text()) == out
     assert out["schema"] == "tunebench.compare/1"
     assert out["test_set"]["n"] == 80 and out["test_set"]["hash"] == hash_test_set(
         dialogsum["ids"], dialogsum["refs"]
@@ -102,7 +106,6 @@ def test_compare_run_dir_produces_the_documented_structure(run_dir, tmp_path, di
 def test_explicit_baseline_and_eval_dirs_and_metric_subset(run_dir, tmp_path):
     out = compare_systems(
         [run_dir / "eval" / "tuned", run_dir / "eval" / "base-0shot"],
-        tmp_path / "c2",
         baseline="base-0shot",
         metrics=["rouge1", "bleu"],
         n_resamples=200,
@@ -115,7 +118,7 @@ def test_a_system_against_its_copy_is_not_significant(run_dir, tmp_path):
     import shutil
 
     copy = shutil.copytree(run_dir / "eval" / "tuned", tmp_path / "tuned-copy")
-    out = compare_systems([run_dir / "eval" / "tuned", copy], tmp_path / "c3", n_resamples=200)
+    out = compare_systems([run_dir / "eval" / "tuned", copy], n_resamples=200)
     (cmp,) = out["comparisons"]
     assert all(e["delta"] == 0 and e["p_value"] == 1.0 for e in cmp["metrics"].values())
     assert cmp["examples"]["gains"] == [] and cmp["win_tie_loss"]["bleu"]["tie"] == 80
@@ -126,11 +129,11 @@ def test_different_test_sets_are_refused(tmp_path, dialogsum):
     a = write_eval(tmp_path / "a", d["ids"], d["prompts"], d["refs"], d["base"])
     b = write_eval(tmp_path / "b", d["ids"][:79], d["prompts"][:79], d["refs"][:79], d["tuned"][:79])
     with pytest.raises(DataError, match="different test sets.*1 only in a"):
-        compare_systems([a, b], tmp_path / "out")
+        compare_systems([a, b])
     other_refs = [r[:1] for r in d["refs"]]  # same ids, other references
     c = write_eval(tmp_path / "c", d["ids"], d["prompts"], other_refs, d["tuned"])
     with pytest.raises(DataError, match="different test sets"):
-        compare_systems([a, c], tmp_path / "out")
+        compare_systems([a, c])
     assert not (tmp_path / "out").exists()
 
 
@@ -139,15 +142,15 @@ def test_different_signatures_are_refused(tmp_path, dialogsum):
     a = write_eval(tmp_path / "a", d["ids"], d["prompts"], d["refs"], d["base"])
     b = write_eval(tmp_path / "b", d["ids"], d["prompts"], d["refs"], d["tuned"], stem=False)
     with pytest.raises(DataError, match="rouge1 was computed with different settings.*stem:no"):
-        compare_systems([a, b], tmp_path / "out")
+        compare_systems([a, b])
 
 
 def test_bad_inputs_are_named(tmp_path, run_dir):
     with pytest.raises(DataError, match="neither an eval dir"):
-        compare_systems([tmp_path], tmp_path / "out")
+        compare_systems([tmp_path])
     with pytest.raises(DataError, match="baseline 'nope'"):
-        compare_systems([run_dir], tmp_path / "out", baseline="nope")
+        compare_systems([run_dir], baseline="nope")
     with pytest.raises(DataError, match="at least two systems"):
-        compare_systems([run_dir / "eval" / "tuned"], tmp_path / "out")
+        compare_systems([run_dir / "eval" / "tuned"])
     with pytest.raises(DataError, match="share a name"):
-        compare_systems([run_dir / "eval" / "tuned", run_dir / "eval" / "tuned"], tmp_path / "out")
+        compare_systems([run_dir / "eval" / "tuned", run_dir / "eval" / "tuned"])

@@ -168,7 +168,7 @@ def test_only_the_main_process_writes(loaded, tmp_path, two_processes):
     cfg = SimpleNamespace(eval=_cfg(metrics=["exact_match"]), seed=0)
     args = (cfg, loaded, EXAMPLES[:2], None, {"name": "s"}, 0)
     main, other = two_processes(lambda rank: evaluate_into(EvalDir(tmp_path / ("main", "other")[rank]), *args,
-                                                           rank=rank, world_size=2))
+                                                           rank=rank, world_size=2).scores)
     assert not (tmp_path / "other").exists()
     on_disk = json.loads(EvalDir(tmp_path / "main").scores.read_text())
     assert on_disk["metrics"] == json.loads(json.dumps(main["metrics"])) and other["metrics"] == main["metrics"]

@@ -144,7 +144,7 @@ def test_compare_recomputes_with_the_stored_tokenizers(tmp_path: Path):
         scores = {"metrics": score_corpus(preds, refs, ["rouge1", "bleu"], bootstrap=10, settings=settings),
                   "test_set": {"hash": hash_test_set([str(k) for k in range(len(refs))], refs)}}
         (d / "scores.json").write_text(json.dumps(scores), encoding="utf-8")
-    result = compare_systems([tmp_path / "base", tmp_path / "tuned"], tmp_path / "cmp", n_resamples=50)
+    result = compare_systems([tmp_path / "base", tmp_path / "tuned"], n_resamples=50)
     for name in ("base", "tuned"):
         stored = json.loads((tmp_path / name / "scores.json").read_text())["metrics"]
         for m in ("rouge1", "bleu"):
@@ -279,10 +279,10 @@ def test_compare_uses_the_statistics_an_evaluation_hands_on(tmp_path: Path, monk
         (d / "scores.json").write_text(json.dumps(scores), encoding="utf-8")
         computed[d] = stats
     paths = [tmp_path / "base", tmp_path / "tuned"]
-    recomputed = compare.compare_systems(paths, tmp_path / "a", n_resamples=100)
+    recomputed = compare.compare_systems(paths, n_resamples=100)
 
     def no_recomputation(*args, **kwargs):
         raise AssertionError("compare recomputed statistics it was handed")
 
     monkeypatch.setattr(compare, "compute_metric_stats", no_recomputation)
-    assert compare.compare_systems(paths, tmp_path / "b", n_resamples=100, computed=computed) == recomputed
+    assert compare.compare_systems(paths, n_resamples=100, computed=computed) == recomputed

@@ -97,3 +97,43 @@ def test_the_csv_example_runs_as_shipped(tmp_path, tiny_causal_dir, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "tuned vs base-0shot (n = 10)" in out and "(paired-bootstrap)" in out
     assert (tmp_path / "custom-csv-freeze" / "report.html").is_file()
+
+
+def test_run_hands_each_evaluations_statistics_to_compare(tmp_path, tiny_causal_dir, monkeypatch, capsys):
+    """`run` computes each system's metric statistics once (compare takes the evaluation's), and the comparison
+    it writes equals the one compare computes from the files alone."""
+    from collections import Counter
+    from pathlib import Path
+
+    from tunebench.evaluate.compare import compare_systems
+    from tunebench.evaluate.metrics.classification import MacroF1
+
+    calls: Counter = Counter()
+    real = MacroF1.stats
+
+    def spy(self, predictions, references):
+        calls[tuple(predictions)] += 1
+        return real(self, predictions, references)
+
+    monkeypatch.setattr(MacroF1, "stats", spy)
+    example = Path(__file__).resolve().parents[1] / "examples" / "custom_template_csv.yaml"
+    assert main(["run", str(example), "--set", f"model.ref={tiny_causal_dir}", "--set", "train.max_steps=1",
+                 "--set", f"output_dir={tmp_path}", "--set", "eval.bootstrap=100"]) == 0
+    run_dir = tmp_path / "custom-csv-freeze"
+    systems = ["base-0shot", "tuned"]
+    predictions = {s: tuple(json.loads(line)["prediction"]
+                            for line in (run_dir / "eval" / s / "predictions.jsonl").read_text().splitlines())
+                   for s in systems}
+    assert len(predictions["tuned"]) == 10
+    # once per system: in its evaluation, not again in compare; every other call scores the majority-label
+    # baseline, whose predictions are the majority label repeated
+    expected = Counter(predictions.values())  # the tiny model may answer alike as base and tuned
+    assert all(calls[predictions[s]] == expected[predictions[s]] for s in systems), calls
+    others = [c for c in calls if c not in predictions.values()]
+    assert others and all(len(set(c)) == 1 and len(c) == 10 for c in others), others
+    written = json.loads((run_dir / "compare" / "comparison.json").read_text())
+    monkeypatch.setattr(MacroF1, "stats", real)
+    recomputed = compare_systems([run_dir], baseline="base-0shot", n_resamples=100, seed=42)
+    assert written == json.loads(json.dumps(recomputed))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "tuned vs base-0shot (n = 10)" in out and "small test set (n = 10 < 50)" in out

@@ -160,10 +160,10 @@ def test_compare_refuses_systems_scored_at_different_precisions(loaded, tmp_path
             dataclasses.replace(loaded, model=model), EXAMPLES[:3], cfg=_cfg(), system={"name": name},
             progress=False))
     with pytest.raises(ConfigError, match="fp32 was scored at precision fp32 and bf16 at bf16"):
-        compare_systems([tmp_path / "fp32", tmp_path / "bf16"], tmp_path / "cmp", n_resamples=50)
+        compare_systems([tmp_path / "fp32", tmp_path / "bf16"], n_resamples=50)
     assert main(["compare", str(tmp_path / "fp32"), str(tmp_path / "bf16"), "--out", str(tmp_path / "c2"),
                  "--resamples", "50"]) == 2
-    same = compare_systems([tmp_path / "fp32", tmp_path / "fp32b"], tmp_path / "ok", n_resamples=50)
+    same = compare_systems([tmp_path / "fp32", tmp_path / "fp32b"], n_resamples=50)
     assert "|precision:fp32|" in same["systems"]["fp32b"]["metrics"]["rouge1"]["signature"]
 
 

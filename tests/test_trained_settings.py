@@ -72,7 +72,11 @@ def test_eval_of_a_run_uses_its_prompt_format_and_stores_the_exact_prompt(tmp_pa
                                         add_generation_prompt=True) for e in test]
     assert [r["prompt"] for r in _rows(tmp_path / "chat")] == expected
 
-    comparison = compare_systems([tmp_path / "as-trained", tmp_path / "chat"], tmp_path / "cmp", n_resamples=20)
+    comparison = compare_systems([tmp_path / "as-trained", tmp_path / "chat"], n_resamples=20)
+    from tunebench.pipeline import write_comparison
+    from tunebench.rundir import CompareDir
+
+    write_comparison(CompareDir(tmp_path / "cmp"), comparison)
     assert comparison["test_set"]["same_prompts"] is False
     assert comparison["test_set"]["same_prompt_format"] is False
     assert comparison["test_set"]["prompt_formats"]["chat"]["prompt_format"] == "chat"

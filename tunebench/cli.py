@@ -155,6 +155,7 @@ def _run_config_file(adapter: Path) -> Path | None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tunebench.evaluate.score import render_score_table
     from tunebench.pipeline import evaluate_reference
+    from tunebench.report.terminal import diagnostics_tables
 
     cfg = _model_config(args)
     shots = args.shots if args.shots is not None else [0]
@@ -174,6 +175,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if len(shots) > 1:
             print(f"{k}-shot:")
         _print(render_score_table(scores["metrics"]))
+        for table in diagnostics_tables(scores.get("diagnostics"), out.name):
+            _print(table)
         print(f"predictions: {EvalDir(out).predictions}")
     return 0
 
@@ -196,7 +199,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from tunebench.evaluate.metrics import MetricSettings, check_metric_names
     from tunebench.evaluate.metrics.base import check_tokenizers
-    from tunebench.evaluate.score import render_score_table, score_files
+    from tunebench.evaluate.score import render_score_table, score_and_diagnose
+    from tunebench.report.terminal import diagnostics_tables
 
     check_metric_names(args.metric, "--metric")
     try:
@@ -205,12 +209,14 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     settings = MetricSettings(stem=not args.no_stem, bleu_tokenize=args.bleu_tokenize,
                               rouge_tokenize=args.rouge_tokenize, language=args.language)
-    result = score_files(Path(args.pred), Path(args.ref) if args.ref else None, args.metric,
-                         bootstrap=args.resamples, seed=args.seed, settings=settings)
+    result, diagnostics = score_and_diagnose(Path(args.pred), Path(args.ref) if args.ref else None, args.metric,
+                                             bootstrap=args.resamples, seed=args.seed, settings=settings)
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     else:
         _print(render_score_table(result))
+        for table in diagnostics_tables(diagnostics, Path(args.pred).name):
+            _print(table)
     return 0
 
 

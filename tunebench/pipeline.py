@@ -1,14 +1,15 @@
 """The whole job as plain function calls on plain data: train → evaluate → compare → bench → report.
 
-Evaluation, benchmark scoring and the HELM view return their rows and scores; this module is where they are
-written (`write_evaluation`, `write_bench_task`, `write_benchmarks`, `write_helm`), at the paths `RunDir` names,
-on the main process only. Each stage is skipped when its output is already there, so a killed `tunebench run`
+Evaluation, comparison, benchmark scoring and the HELM view return their rows and scores; this module is where they
+are written (`write_evaluation`, `write_comparison`, `write_bench_task`, `write_benchmarks`, `write_helm`), at the
+paths `RunDir` names, on the main process only. Each stage is skipped when its output is already there, so a killed `tunebench run`
 picks up where it stopped (training itself resumes from its last checkpoint, benchmarks from their last task).
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Mapping
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,7 @@ from tunebench.rundir import BENCH_SCHEMA, BenchDir, CompareDir, EvalDir, RunDir
 if TYPE_CHECKING:
     from tunebench.bench.helm.runner import HelmResults
     from tunebench.bench.runner import BenchResults
+    from tunebench.evaluate.metrics import MetricStats
     from tunebench.evaluate.run_eval import Evaluation
 
 DEMO_CONFIG = Path(str(resources.files("tunebench") / "configs" / "demo.yaml"))
@@ -150,8 +152,9 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
 
 def evaluate_into(out: EvalDir, cfg: RunConfig, loaded, examples, splits, system: dict[str, Any], shots: int,
                   split: str | None = None, *, rank: int = 0, world_size: int = 1,
-                  precision: tuple[str | None, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Evaluate one system and write its folder (main process only); returns scores.json's content.
+                  precision: tuple[str | None, dict[str, Any]] | None = None) -> Evaluation:
+    """Evaluate one system and write its folder (main process only); returns the Evaluation (its statistics
+    go on to compare).
 
     precision: (name, record) from `evaluate.parity.decide_precision`, shared by the systems of one comparison;
     None decides for this model alone (eval.precision: probe and parity gate).
@@ -175,7 +178,7 @@ def evaluate_into(out: EvalDir, cfg: RunConfig, loaded, examples, splits, system
                           precision_record=record if cfg.eval.precision is not None else None)
     if is_main(rank):
         write_evaluation(out, evaluation)
-    return evaluation.scores
+    return evaluation
 
 
 def evaluate_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: str | None, split: str | None,
@@ -195,7 +198,7 @@ def evaluate_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: 
     loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None)
     system = {"name": out_dir.name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
     return evaluate_into(EvalDir(out_dir), cfg, loaded, examples, splits, system, shots, split,
-                         rank=rank, world_size=world_size)
+                         rank=rank, world_size=world_size).scores
 
 
 def parity_reference(cfg: RunConfig, *, data_dir: str | Path | None, adapter: str | None, precision: str,
@@ -244,13 +247,21 @@ def _evaluate_tasks(cfg: RunConfig, *, data_dir: Path | None, adapter: str | Non
             _log(f"task {task.name}: evaluating on {len(examples)} {split or cfg.eval.split} examples")
         out[task.name] = evaluate_into(EvalDir(out_dir).task(task.name), task_cfg, loaded, examples, task.splits,
                                        {**system, "task": task.name}, shots, split, rank=rank,
-                                       world_size=world_size)
+                                       world_size=world_size).scores
     return {"tasks": out}
 
 
+def write_comparison(out: CompareDir, comparison: dict[str, Any]) -> Path:
+    """comparison.json (compare_systems' result)."""
+    return atomic_write_json(out.comparison, comparison)
+
+
 def compare_paths(paths: list[Path], out_dir: Path, *, baseline: str | None = None, n_resamples: int = 1000,
-                  seed: int = 0) -> Path:
+                  seed: int = 0, computed: Mapping[Path, Mapping[str, MetricStats]] | None = None) -> Path:
     """`tunebench compare`: paired statistics over evaluations, plus the forgetting table when both ran benches.
+
+    computed: statistics evaluations of this process already hold (Evaluation.stats by eval dir), handed to
+    compare_systems so they are not computed again.
 
     Two benchmark folders (`tunebench bench --out` of the base model, then of the tuned one) give the forgetting
     table alone: out_dir/forgetting.json, whose path is returned. Multi-task runs (RUN/tasks/<task>/eval/) or
@@ -272,10 +283,11 @@ def compare_paths(paths: list[Path], out_dir: Path, *, baseline: str | None = No
 
     per_task = _task_paths(paths)
     for task, task_paths in per_task.items():
-        compare_systems(task_paths, CompareDir(out_dir).task(task).path, baseline=baseline,
-                        n_resamples=n_resamples, seed=seed)
+        write_comparison(CompareDir(out_dir).task(task), compare_systems(task_paths, baseline=baseline,
+                                                                         n_resamples=n_resamples, seed=seed))
     if not per_task:
-        compare_systems(paths, out_dir, baseline=baseline, n_resamples=n_resamples, seed=seed)
+        write_comparison(CompareDir(out_dir), compare_systems(paths, baseline=baseline, n_resamples=n_resamples,
+                                                              seed=seed, computed=computed))
     bench_dirs = _bench_dirs(paths)
     if len(bench_dirs) == 2:
         from tunebench.bench.forgetting import forgetting_table
@@ -463,6 +475,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
     systems.append(("tuned", str(run_dir), 0))
     models = _OneModel(cfg)
     precision = None
+    computed: dict[Path, Any] = {}  # each evaluation's statistics, for compare (resumed ones are recomputed)
     if cfg.data.multitask:
         _evaluate_run_tasks(cfg, prepared, systems, models, rank=rank, world_size=world_size)
     else:
@@ -479,8 +492,8 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
                                       world_size)
             log(f"evaluating {name} on {len(examples)} {cfg.eval.split} examples")
             system = {"name": name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
-            evaluate_into(out, cfg, models.get(adapter), examples, prepared, system, shots, rank=rank,
-                          world_size=world_size, precision=precision)
+            computed[out.path] = evaluate_into(out, cfg, models.get(adapter), examples, prepared, system, shots,
+                                               rank=rank, world_size=world_size, precision=precision).stats
 
     if cfg.bench.enabled and cfg.bench.tasks:
         from tunebench.bench.spec import resolve_tasks
@@ -517,7 +530,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
         _forgetting_only(run, n_resamples=cfg.eval.bootstrap, seed=cfg.seed)
     else:
         compare_paths([run_dir], run.compare_dir.path, baseline=systems[0][0], n_resamples=cfg.eval.bootstrap,
-                      seed=cfg.seed)
+                      seed=cfg.seed, computed=computed)
     log("writing the report")
     paths = write_report(run_dir)
     barrier(world_size)
@@ -598,8 +611,9 @@ def single_vs_multi(single: RunDir, multi: RunDir, task: str, steps: int, *, n_r
         if not all(d.scores.is_file() for d in pair):
             continue
         out = multi.single_vs_multi_dir.task(task_dir.name)
-        doc = compare_systems([d.path for d in pair], out.path, baseline=labels[0], labels=labels,
-                              n_resamples=n_resamples, seed=seed)
+        doc = compare_systems([d.path for d in pair], baseline=labels[0], labels=labels, n_resamples=n_resamples,
+                              seed=seed)
+        write_comparison(out, doc)
         base = next((read_json(d.scores)["metrics"] for d in task_dir.evaluations() if d.name == "base-0shot"), {})
         (comp,) = doc["comparisons"]
         for metric, m in comp["metrics"].items():

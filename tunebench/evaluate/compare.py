@@ -1,11 +1,11 @@
 """`tunebench compare`: paired statistics between evaluations of the same test set.
 
 Each system is an eval dir (predictions.jsonl + scores.json); a run dir stands for every eval/<system>/ in it.
-Scores are recomputed from predictions.jsonl so that every number in comparison.json comes from one
-computation with one seed: all systems and metrics share the same bootstrap resample indices, which is what
-makes the deltas paired. Comparisons are refused when the test sets (ids + references), the metric
-signatures or the precisions the systems were scored at differ, because such numbers do not measure the same
-thing.
+Scores come from predictions.jsonl (or the statistics the evaluation computed from it and handed on) so that
+every number in comparison.json comes from one computation with one seed: all systems and metrics share the same
+bootstrap resample indices, which is what makes the deltas paired. Comparisons are refused when the test sets
+(ids + references), the metric signatures or the precisions the systems were scored at differ, because such
+numbers do not measure the same thing. The stage returns comparison.json's content; tunebench.pipeline writes it.
 """
 
 from __future__ import annotations
@@ -30,9 +30,16 @@ from tunebench.evaluate.metrics import (
 from tunebench.evaluate.metrics.signature import parse_signature, with_precision, without_precision
 from tunebench.evaluate.score import ScoringInputs, hash_test_set, load_scoring_inputs
 from tunebench.evaluate.stats import approximate_randomization_stats, bootstrap_ci, paired_bootstrap_stats
-from tunebench.io import atomic_write_json
+from tunebench.evaluate.verdicts import (
+    BOOTSTRAP,
+    RANDOMIZATION,
+    SMALL_TEST_SET,
+    decide,
+    diagnostics,
+    verdict_test,
+)
 from tunebench.rundir import COMPARE_SCHEMA as SCHEMA
-from tunebench.rundir import CompareDir, EvalDir, RunDir
+from tunebench.rundir import EvalDir, RunDir
 
 log = logging.getLogger(__name__)
 N_EXAMPLES_SHOWN = 5
@@ -248,20 +255,29 @@ def _pair(
     names: list[str],
     n_resamples: int,
     seed: int,
+    degenerate: Mapping[str, Any],
 ) -> dict[str, Any]:
+    """One baseline/candidate pair: per metric the bootstrap delta and interval, both paired tests' p-values,
+    the test that decides (tunebench.evaluate.verdicts.verdict_test) and the verdict; win/tie/loss; examples."""
     metrics, wtl = {}, {}
     for m in names:
         a, b = stats[base.name][m], stats[cand.name][m]
         bs = paired_bootstrap_stats(a.stats, b.stats, a.score_fn, n_resamples=n_resamples, seed=seed)
         ar = approximate_randomization_stats(a.stats, b.stats, a.score_fn, n_trials=n_resamples, seed=seed)
+        p_values = {BOOTSTRAP: bs["p_value"], RANDOMIZATION: ar["p_value"]}
+        test = verdict_test(p_values, len(a.stats))
         metrics[m] = {
             "baseline": a.score(),
             "candidate": b.score(),
             "delta": bs["delta"],
             "ci95": bs["ci95"],
-            "p_value": bs["p_value"],
-            "method": bs["method"],
+            "ci95_method": BOOTSTRAP,
+            "p_value": p_values[test],
+            "method": test,
+            "p_values": p_values,
             "p_value_ar": ar["p_value"],
+            "verdict": decide(bs["delta"], p_values[test], candidate_degenerate=degenerate.get(cand.name) is not None,
+                              higher_is_better=a.metric.higher_is_better),
             "n_resamples": n_resamples,
         }
         d = _per_example(b) - _per_example(a)
@@ -308,7 +324,6 @@ def _system_stats(
 
 def compare_systems(
     paths: list[Path],
-    out_dir: Path,
     *,
     baseline: str | None = None,
     metrics: list[str] | None = None,
@@ -320,10 +335,14 @@ def compare_systems(
     """Compare every system against the baseline (default: the first; base-0shot in a run dir).
 
     `computed`: statistics the evaluations already computed (tunebench.evaluate.metrics.compute_metric_stats
-    over the rows of predictions.jsonl, in file order), keyed by eval dir; a system's are used instead of being
-    recomputed when they cover the compared metrics with the signatures compare would give them.
+    over the rows of predictions.jsonl, in file order; `Evaluation.stats`), keyed by eval dir; a system's are
+    used instead of being recomputed when they cover the compared metrics with the signatures compare would give
+    them. Returns comparison.json's content (schema tunebench.compare/1, docs/formats.md); the caller writes it
+    (tunebench.pipeline.compare_paths). Each system carries its diagnostics (degenerate outputs, per-label
+    breakdown and majority-label baseline: tunebench.evaluate.verdicts); on a small test set each verdict uses
+    the more conservative paired test, and a gain of degenerate outputs is never called a gain.
+    Raises DataError for fewer than two systems, an unknown baseline, different test sets or signatures.
     `labels`: system names, one per path (for eval dirs whose own names repeat, e.g. two runs' `tuned`).
-    Writes out_dir/comparison.json (schema tunebench.compare/1, docs/formats.md) and returns its content.
     """
     systems = load_systems(paths, labels)
     if len(systems) < 2:
@@ -335,6 +354,7 @@ def compare_systems(
     base = names_by[baseline] if baseline else systems[0]
     test_set = _check_test_sets(systems)
     precisions = _check_precisions(systems)
+    test_set["small"] = test_set["n"] < SMALL_TEST_SET
     if not test_set["same_prompt_format"]:
         listed = ", ".join(f"{n}: {f['prompt_format']}" + (f" (system prompt {f['system_prompt']!r})"
                                                             if f["system_prompt"] else "")
@@ -346,7 +366,9 @@ def compare_systems(
     inputs = {s.name: _aligned(s, order) for s in systems}
     stats = {s.name: _system_stats(s, inputs[s.name], names, settings, (computed or {}).get(Path(s.path)))
              for s in systems}
-    result = {
+    checks = {s.name: diagnostics(inputs[s.name].predictions, inputs[s.name].references, names) for s in systems}
+    degenerate = {name: d["degenerate"] for name, d in checks.items() if d["degenerate"] is not None}
+    return {
         "schema": SCHEMA,
         "test_set": test_set,
         "seed": seed,
@@ -364,12 +386,12 @@ def compare_systems(
                     }
                     for m, ms in stats[s.name].items()
                 },
+                "diagnostics": checks[s.name],
             }
             for s in systems
         },
         "comparisons": [
-            _pair(base, s, stats, inputs, names, n_resamples, seed) for s in systems if s.name != base.name
+            _pair(base, s, stats, inputs, names, n_resamples, seed, degenerate)
+            for s in systems if s.name != base.name
         ],
     }
-    atomic_write_json(CompareDir(Path(out_dir)).comparison, result)
-    return result

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from tunebench import software_versions
 from tunebench.config import EvalConfig
@@ -19,13 +19,19 @@ from tunebench.errors import DataError
 from tunebench.processes import check_rank, is_main, map_sharded
 from tunebench.rundir import EVAL_SCHEMA as SCHEMA
 
+if TYPE_CHECKING:
+    from tunebench.evaluate.metrics import MetricStats
+
 
 @dataclass
 class Evaluation:
-    """One evaluation's output: predictions.jsonl's rows (one per example, in order) and scores.json's content."""
+    """One evaluation's output: predictions.jsonl's rows (one per example, in order), scores.json's content, and
+    the per-example statistics of every metric (rows in predictions.jsonl's order), which `compare` takes
+    instead of computing them again (compare_systems(computed=...))."""
 
     predictions: list[dict[str, Any]]
     scores: dict[str, Any]
+    stats: dict[str, MetricStats] = field(default_factory=dict)
 
 
 def test_set_hash(examples: Iterable[Example | Mapping[str, Any]]) -> str:
@@ -68,7 +74,9 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
 ) -> Evaluation:
-    """Evaluate `loaded` (a models.load.LoadedModel) on `examples`; returns the predictions and scores.
+    """Evaluate `loaded` (a models.load.LoadedModel) on `examples`; returns the predictions, scores (with the
+    outputs' diagnostics: degenerate outputs, per-label breakdown and majority-label baseline,
+    tunebench.evaluate.verdicts) and the metrics' statistics.
 
     Examples are scored as given: the caller applies eval.limit (the CLI's --limit may differ) and names the
     split when it is not `cfg.split`. shots > 0 prepends that many demonstrations drawn from `demos` (the
@@ -85,6 +93,7 @@ def evaluate(
     from tunebench.evaluate.generate import generate_texts
     from tunebench.evaluate.metrics import compute_metric_stats, per_example_rows, summarize
     from tunebench.evaluate.metrics.signature import with_precision
+    from tunebench.evaluate.verdicts import diagnostics
     from tunebench.models.precision import model_precision
 
     examples = list(examples)
@@ -147,10 +156,11 @@ def evaluate(
             "software": software_versions(),
         },
         "metrics": metrics,
+        "diagnostics": diagnostics(predictions, references, list(stats)),
         "examples_per_s": len(examples) / wall_s if wall_s > 0 else None,
         "gen_time_s": wall_s,
         "mean_new_tokens": sum(r.n_new_tokens for r in results) / len(results),
         "prompts_cut": sum(1 for r in results if r.n_cut_tokens),
         "fewshot": fewshot.stats,
     }
-    return Evaluation(rows, scores)
+    return Evaluation(rows, scores, stats)

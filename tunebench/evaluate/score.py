@@ -143,11 +143,31 @@ def score_files(
     """Scores keyed by metric (scores.json's `metrics` shape, docs/formats.md) for two JSONL files.
 
     `settings` (tokenizers, target language; default: from `stem`) go to every metric."""
+    return score_and_diagnose(pred_path, ref_path, metrics, stem=stem, bootstrap=bootstrap, seed=seed,
+                              settings=settings)[0]
+
+
+def score_and_diagnose(
+    pred_path: Path,
+    ref_path: Path | None,
+    metrics: Sequence[str] | str,
+    *,
+    stem: bool = True,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    settings: MetricSettings | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """score_files' scores and the predictions' diagnostics (scores.json's `diagnostics`: degenerate outputs,
+    per-label breakdown and majority-label baseline; tunebench.evaluate.verdicts)."""
+    from tunebench.evaluate.metrics import expand_metrics_any
+    from tunebench.evaluate.verdicts import diagnostics
+
     inputs = load_scoring_inputs(pred_path, ref_path)
-    return score_corpus(
+    scores = score_corpus(
         inputs.predictions, inputs.references, metrics, stem=stem, bootstrap=bootstrap, seed=seed,
         settings=settings,
     )
+    return scores, diagnostics(inputs.predictions, inputs.references, expand_metrics_any(metrics))
 
 
 def _fmt(value: float, name: str) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunebench.evaluate.verdicts import SMALL_TEST_SET
 from tunebench.report import tables
 from tunebench.report.markdown import render_markdown
 from tunebench.report.plots import pick_distribution_metric, render_plots
@@ -37,9 +38,11 @@ def render_html(results: dict[str, Any], plots: dict[str, bytes] | None = None) 
     context = {
         "r": results,
         "alpha": tables.ALPHA,
+        "small_n": SMALL_TEST_SET,
         "test_set": tables.describe_test_set(results),
-        "headline": tables.headline(results) if results["comparisons"] else [],
+        "headline": tables.headline(results),
         "systems": tables.system_table(results),
+        "labels": tables.label_tables(results),
         "comparisons": tables.comparison_tables(results),
         "training": tables.training_rows(results),
         "bench": tables.bench_table(results), "bench_note": tables.BENCH_NOTE,

@@ -10,6 +10,7 @@ import html
 import re
 from typing import Any
 
+from tunebench.evaluate.verdicts import SMALL_TEST_SET
 from tunebench.report import tables as t
 
 PROMPT_CHARS = 600  # prompts are long dialogues; the HTML report shows them whole
@@ -50,12 +51,15 @@ def _examples(title: str, examples: list[dict[str, Any]], baseline: str, candida
 
 
 def _comparisons(results: dict[str, Any], level: str = "##") -> list[str]:
-    lines = [f"{level} Comparisons", "", f"Significant: p < {t.ALPHA} (paired test named in the 'test' column).", ""]
+    lines = [f"{level} Comparisons", "", f"Significant: p < {t.ALPHA} by the paired test named in the 'test' column "
+             f"(on a test set of fewer than {SMALL_TEST_SET} examples the more conservative of the paired bootstrap "
+             "and approximate randomization); the 95% CI of Δ is the paired bootstrap's.", ""]
     for comp in t.comparison_tables(results):
         lines += [f"{level}# {cell(comp['title'])}", ""]
-        headers = ["metric", comp["baseline"], comp["candidate"], "Δ", "95% CI", "p-value", "test", "verdict"]
+        headers = ["metric", comp["baseline"], comp["candidate"], "Δ", "95% CI", "p-value", "test", "verdict",
+                   "other tests (p)"]
         lines += _table(headers, [[r["metric"], r["baseline"], r["candidate"], r["delta"], r["ci"], r["p"],
-                                   r["method"], r["verdict"]] for r in comp["rows"]])
+                                   r["method"], r["verdict"], r["other_tests"]] for r in comp["rows"]])
         if comp["win_tie_loss"]:
             lines += ["#### Win / tie / loss per example", ""]
             lines += _table(["metric", f"win ({comp['candidate']} better)", "tie", "loss"],
@@ -69,8 +73,16 @@ def _comparisons(results: dict[str, Any], level: str = "##") -> list[str]:
 def _systems(results: dict[str, Any], level: str = "##") -> list[str]:
     table = t.system_table(results)
     lines = [f"{level} Systems (score [95% CI])", ""]
-    return lines + _table(["metric", *table["systems"]],
-                          [[r["metric"], *r["cells"]] for r in table["rows"]] + [["n", *table["n"]]])
+    lines += _table(["metric", *table["systems"], *([table["baseline"]] if table["baseline"] else [])],
+                    [[r["metric"], *r["cells"]] for r in table["rows"]] + [["n", *table["n"]]])
+    for labels in t.label_tables(results):
+        lines += [f"{level}# Per-label breakdown: {cell(labels['system'])}", "",
+                  f"Majority label: {cell(labels['majority_label'])}; predictions that are no test label: "
+                  f"{labels['outside']}.", ""]
+        lines += _table(["label", "precision", "recall", "F1", "support", "predicted"],
+                        [[r["label"], r["precision"], r["recall"], r["f1"], r["support"], r["predicted"]]
+                         for r in labels["rows"]])
+    return lines
 
 
 def _tasks(results: dict[str, Any]) -> list[str]:
@@ -151,8 +163,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     test_set = t.describe_test_set(results)
     if test_set:
         lines += [f"Test set: {cell(test_set)}", ""]
-    if results["comparisons"]:
-        lines += ["## Headline", ""] + [f"- {cell(h)}" for h in t.headline(results)] + [""]
+    headline = t.headline(results)
+    if headline:
+        lines += ["## Headline", ""] + [f"- {cell(h)}" for h in headline] + [""]
     if results["systems"]:
         lines += _systems(results)
     if results["comparisons"]:

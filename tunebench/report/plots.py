@@ -16,8 +16,9 @@ from tunebench.train.progress import loss_curves_png  # one loss-curve plotter, 
 
 # Preferred per-example metric for the distribution plot: ROUGE-L first, as the summarization headline.
 DIST_METRICS = ("rougeL", "rougeLsum", "rouge1", "rouge2")
-VERDICT_COLORS = {"gain": "#2a9d55", "loss": "#c8453b", "n.s.": "#9aa3ad"}
-VERDICT_LABELS = {"gain": "significant gain", "loss": "significant loss", "n.s.": "not significant"}
+VERDICT_COLORS = {"gain": "#2a9d55", "loss": "#c8453b", "n.s.": "#9aa3ad", "degenerate": "#e0a800"}
+VERDICT_LABELS = {"gain": "significant gain", "loss": "significant loss", "n.s.": "not significant",
+                  "degenerate": "degenerate outputs"}
 
 
 def _figure(width: float, height: float) -> Any:
@@ -69,7 +70,7 @@ def delta_chart_png(comparisons: list[dict[str, Any]]) -> bytes | None:
     for k in range(len(metrics), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
     handles = [Patch(color=VERDICT_COLORS[v], label=VERDICT_LABELS[v]) for v in VERDICT_COLORS]
-    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
     return _png(fig)
 
 

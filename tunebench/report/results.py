@@ -186,6 +186,7 @@ def _eval_system(reader: _Reader, eval_dir: EvalDir) -> dict[str, Any]:
     check_keys(doc, {"top level": ("metrics",), "metrics.<metric>": ("score", "ci95", "signature")},
                str(scores_path), "re-run `tunebench eval`")
     preds = eval_dir.predictions
+    rows = reader.jsonl(preds) if preds.is_file() else []
     return {
         "path": str(eval_dir.path),
         "info": doc.get("system"),
@@ -193,8 +194,20 @@ def _eval_system(reader: _Reader, eval_dir: EvalDir) -> dict[str, Any]:
         "generation": doc.get("generation"),
         "examples_per_s": doc.get("examples_per_s"),
         "metrics": doc["metrics"],
-        "per_example": _per_example(reader.jsonl(preds)) if preds.is_file() else {},
+        "diagnostics": doc.get("diagnostics") or _diagnostics(rows, list(doc["metrics"])),
+        "per_example": _per_example(rows),
     }
+
+
+def _diagnostics(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any] | None:
+    """The outputs' diagnostics of an evaluation whose scores.json predates them, from its predictions.jsonl."""
+    rows = [r for r in rows if isinstance(r.get("prediction"), str) and isinstance(r.get("references"), list)
+            and r["references"] and all(isinstance(x, str) for x in r["references"])]
+    if not rows:
+        return None
+    from tunebench.evaluate.verdicts import diagnostics
+
+    return diagnostics([r["prediction"] for r in rows], [r["references"] for r in rows], metrics)
 
 
 def _resolve_system_dir(raw: str | None, compare_dir: Path) -> EvalDir | None:
@@ -232,7 +245,8 @@ def _comparisons(reader: _Reader, compare_dir: Path, systems: dict[str, Any]) ->
         else:
             metrics = {m: {"ci95": None, "signature": None, **v} for m, v in entry["metrics"].items()}
             systems[name] = {"path": entry.get("path"), "info": None, "test_set": doc.get("test_set"),
-                             "generation": None, "examples_per_s": None, "metrics": metrics, "per_example": {}}
+                             "generation": None, "examples_per_s": None, "metrics": metrics,
+                             "diagnostics": entry.get("diagnostics"), "per_example": {}}
     comparisons = []
     for comp in doc["comparisons"]:
         examples = comp.get("examples") or {}

@@ -9,8 +9,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-ALPHA = 0.05  # significance level for marking comparisons (the p-values themselves are reported as-is)
+from tunebench.evaluate.verdicts import ALPHA, VERDICTS, describe_degenerate, small_set_note
+
 DASH = "—"
+VERDICT_WORDS = {"gain": "significant gain", "loss": "significant loss", "n.s.": "not significant",
+                 "degenerate": "not a gain: degenerate outputs"}
 LIST_CELL_MAX = 8  # longer lists (per-instance values) are summarized by their length, not spelled out
 
 
@@ -79,7 +82,11 @@ def flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def verdict(entry: dict[str, Any]) -> str:
-    """'gain', 'loss' or 'n.s.': the stage's own `significant` flag when given, else p < ALPHA."""
+    """'gain', 'loss', 'n.s.' or 'degenerate': the verdict compare recorded (tunebench.evaluate.verdicts: the
+    conservative test on small sets, degenerate outputs); for older files the stage's own `significant` flag when
+    given, else p < ALPHA."""
+    if entry.get("verdict") in VERDICTS:
+        return str(entry["verdict"])
     p, delta = entry.get("p_value"), entry.get("delta")
     significant = entry.get("significant")
     if significant is None:
@@ -89,13 +96,26 @@ def verdict(entry: dict[str, Any]) -> str:
     return "gain" if delta > 0 else "loss"
 
 
+def _labels(system: dict[str, Any]) -> dict[str, Any] | None:
+    return (system.get("diagnostics") or {}).get("labels")
+
+
+def majority_baselines(results: dict[str, Any]) -> dict[str, float]:
+    """{label metric: the score of always answering the most frequent test label} (empty when no system is
+    scored on labels); every system of a report shares its test set, so the first system's baseline is theirs."""
+    found = next((_labels(s) for s in results["systems"].values() if _labels(s)), None)
+    return dict(found["majority_baseline"]) if found else {}
+
+
 def system_table(results: dict[str, Any]) -> dict[str, Any]:
     """Scores with 95% intervals, one row per metric and one column per system, plus each system's n; a metric
-    that counts unparseable outputs (seqeval) gets a row with the counts."""
+    that counts unparseable outputs (seqeval) gets a row with the counts; for a classification task a last column
+    holds each label metric's majority-label baseline (`baseline` is None otherwise)."""
     systems = list(results["systems"])
     metrics: list[str] = []
     for system in results["systems"].values():
         metrics.extend(m for m in system["metrics"] if m not in metrics)
+    majority = majority_baselines(results)
     rows = []
     for metric in metrics:
         cells = []
@@ -103,16 +123,52 @@ def system_table(results: dict[str, Any]) -> dict[str, Any]:
             m = results["systems"][name]["metrics"].get(metric)
             d = digits_for(m.get("score")) if m else 4
             cells.append(DASH if m is None else f"{fmt_num(m.get('score'), d)} {fmt_ci(m.get('ci95'), d)}")
+        if majority:
+            cells.append(fmt_num(majority[metric], 4) if metric in majority else DASH)
         rows.append({"metric": metric, "cells": cells})
         counted = [results["systems"][name]["metrics"].get(metric) or {} for name in systems]
         if any("unparseable" in m for m in counted):  # NER: outputs that were no entity list, scored as none
             rows.append({"metric": f"{metric}: unparseable outputs",
-                         "cells": [fmt_num(m["unparseable"]) if "unparseable" in m else DASH for m in counted]})
+                         "cells": [fmt_num(m["unparseable"]) if "unparseable" in m else DASH for m in counted]
+                         + ([DASH] if majority else [])})
     sizes = []
     for name in systems:
         ns = sorted({m.get("n") for m in results["systems"][name]["metrics"].values() if m.get("n") is not None})
         sizes.append(", ".join(fmt_num(n) for n in ns) or DASH)
-    return {"systems": systems, "rows": rows, "n": sizes}
+    if majority:
+        sizes.append(DASH)
+    return {"systems": systems, "rows": rows, "n": sizes,
+            "baseline": "majority-label baseline" if majority else None}
+
+
+def label_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per system of a classification task: precision, recall, F1, support and times predicted per gold label,
+    the majority label, and how many predictions were no gold label at all."""
+    tables = []
+    for name, system in results["systems"].items():
+        labels = _labels(system)
+        if not labels:
+            continue
+        rows = [{"label": label, **{k: fmt_num(float(v[k]), 4) for k in ("precision", "recall", "f1")},
+                 "support": fmt_num(int(v["support"])), "predicted": fmt_num(int(v["predicted"]))}
+                for label, v in labels["per_label"].items()]
+        tables.append({"system": name, "rows": rows, "majority_label": str(labels["majority_label"]),
+                       "outside": fmt_num(int(labels.get("outside_labels") or 0))})
+    return tables
+
+
+def degenerate_lines(results: dict[str, Any]) -> list[str]:
+    """One warning per system whose outputs are degenerate (tunebench.evaluate.verdicts.degenerate_outputs)."""
+    return [f"⚠ {describe_degenerate(name, flag)}." for name, system in results["systems"].items()
+            if (flag := (system.get("diagnostics") or {}).get("degenerate"))]
+
+
+def fmt_tests(m: dict[str, Any]) -> str:
+    """The p-values of the tests that did not decide the verdict, each named: `0.0010 (paired-bootstrap)`."""
+    others = {test: p for test, p in (m.get("p_values") or {}).items() if test != m.get("method")}
+    if not others and m.get("p_value_ar") is not None and m.get("method") != "approximate-randomization":
+        others = {"approximate-randomization": m["p_value_ar"]}
+    return "; ".join(f"{fmt_p(p)} ({test})" for test, p in others.items()) or DASH
 
 
 def _example(ex: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +189,7 @@ def comparison_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"metric": metric, "baseline": fmt_num(m["baseline"], d),
                          "candidate": fmt_num(m["candidate"], d), "delta": fmt_signed(m["delta"], d),
                          "ci": fmt_ci(m["ci95"], d), "p": fmt_p(m["p_value"]), "method": str(m["method"]),
-                         "verdict": verdict(m)})
+                         "other_tests": fmt_tests(m), "verdict": verdict(m)})
         wtl = [{"metric": metric, "win": fmt_num(c.get("win")), "tie": fmt_num(c.get("tie")),
                 "loss": fmt_num(c.get("loss"))} for metric, c in comp["win_tie_loss"].items()]
         examples = comp["examples"]
@@ -148,15 +204,23 @@ def comparison_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def headline(results: dict[str, Any]) -> list[str]:
-    """One sentence per comparison and metric: the number a reader came for; then one on forgetting."""
-    lines = []
+    """What a reader must know first: degenerate outputs, a small test set, then one sentence per comparison and
+    metric (each p-value with its test, the majority-label baseline beside a label metric); then forgetting."""
+    lines = degenerate_lines(results)
+    test_set = results.get("test_set") or {}
+    if results["comparisons"] and test_set.get("small"):
+        note = small_set_note(int(test_set["n"]))
+        lines.append(note[0].upper() + note[1:] + ".")
+    majority = majority_baselines(results)
     for comp in results["comparisons"]:
         for metric, m in comp["metrics"].items():
-            word = {"gain": "significant gain", "loss": "significant loss", "n.s.": "not significant"}[verdict(m)]
+            word = VERDICT_WORDS[verdict(m)]
             d = digits_for(m["baseline"], m["candidate"])
+            test = f", {m['method']}" if m.get("method") else ""
+            beside = f"; majority-label baseline {fmt_num(majority[metric], d)}" if metric in majority else ""
             lines.append(f"{comp['candidate']} vs {comp['baseline']}, {metric}: {fmt_num(m['baseline'], d)} → "
                          f"{fmt_num(m['candidate'], d)} (Δ {fmt_signed(m['delta'], d)}, 95% CI "
-                         f"{fmt_ci(m['ci95'], d)}, p = {fmt_p(m['p_value'])}): {word}")
+                         f"{fmt_ci(m['ci95'], d)}, p = {fmt_p(m['p_value'])}{test}{beside}): {word}")
     forgetting = forgetting_headline(results)
     if forgetting is not None:
         lines.append(forgetting)

@@ -10,7 +10,18 @@ from __future__ import annotations
 from statistics import NormalDist
 from typing import Any
 
-from tunebench.report.tables import DASH, digits_for, fmt_ci, fmt_num, fmt_p, fmt_signed, verdict
+from tunebench.evaluate.verdicts import describe_degenerate, small_set_note
+from tunebench.report.tables import (
+    DASH,
+    VERDICT_WORDS,
+    digits_for,
+    fmt_ci,
+    fmt_num,
+    fmt_p,
+    fmt_signed,
+    fmt_tests,
+    verdict,
+)
 
 Z95 = NormalDist().inv_cdf(0.975)  # two-sided 95% normal quantile (1.95996...)
 
@@ -57,20 +68,54 @@ def train_table(summary: dict[str, Any], output: str | None) -> Any:
     return _table("training", ["", ""], rows)
 
 
+def warning_lines(systems: dict[str, Any], test_set: dict[str, Any] | None) -> list[str]:
+    """Degenerate outputs (one line per system) and, for a small comparison, how its verdicts were made."""
+    lines = [f"⚠ {describe_degenerate(name, flag)}" for name, s in systems.items()
+             if (flag := (s.get("diagnostics") or {}).get("degenerate"))]
+    if test_set and test_set.get("small"):
+        lines.append(small_set_note(int(test_set["n"])))
+    return lines
+
+
 def comparison_table(comparison: dict[str, Any]) -> list[Any]:
-    """One table per baseline/candidate pair: scores, Δ with its 95% CI, and each p-value with its test named."""
-    tables = []
+    """Warnings first (degenerate outputs, a small test set), then one table per baseline/candidate pair: scores,
+    Δ with its 95% CI, the deciding p-value with its test named, the other tests' p-values, and the verdict."""
+    from rich.text import Text
+
+    tables: list[Any] = [Text(line, style="bold yellow")
+                         for line in warning_lines(comparison.get("systems") or {}, comparison.get("test_set"))]
     n = (comparison.get("test_set") or {}).get("n")
     for comp in comparison.get("comparisons", []):
         rows = []
         for metric, m in comp["metrics"].items():
             d = digits_for(m["baseline"], m["candidate"])
             rows.append([metric, fmt_num(m["baseline"], d), fmt_num(m["candidate"], d), fmt_signed(m["delta"], d),
-                         fmt_ci(m["ci95"], d), f"{fmt_p(m['p_value'])} ({m.get('method', DASH)})", verdict(m)])
+                         fmt_ci(m["ci95"], d), f"{fmt_p(m['p_value'])} ({m.get('method', DASH)})", fmt_tests(m),
+                         VERDICT_WORDS[verdict(m)]])
         title = f"{comp['candidate']} vs {comp['baseline']}" + (f" (n = {n})" if n else "")
-        tables.append(_table(title, ["metric", "baseline", "candidate", "Δ", "95% CI of Δ", "p (test)", "verdict"],
-                             rows))
+        tables.append(_table(title, ["metric", "baseline", "candidate", "Δ", "95% CI of Δ", "p (test)",
+                                     "other tests: p (test)", "verdict"], rows))
     return tables
+
+
+def diagnostics_tables(diagnostics: dict[str, Any] | None, name: str = "predictions") -> list[Any]:
+    """After an evaluation's or a score's table: the degenerate-output warning, the majority-label baseline of each
+    label metric, and the per-label breakdown (tunebench.evaluate.verdicts.diagnostics' content)."""
+    from rich.text import Text
+
+    if not diagnostics:
+        return []
+    out: list[Any] = []
+    if diagnostics.get("degenerate"):
+        out.append(Text(f"⚠ {describe_degenerate(name, diagnostics['degenerate'])}", style="bold yellow"))
+    labels = diagnostics.get("labels")
+    if labels:
+        baseline = ", ".join(f"{m} {fmt_num(v, 4)}" for m, v in labels["majority_baseline"].items())
+        rows = [[label, fmt_num(v["precision"], 4), fmt_num(v["recall"], 4), fmt_num(v["f1"], 4),
+                 fmt_num(v["support"]), fmt_num(v["predicted"])] for label, v in labels["per_label"].items()]
+        out.append(_table(f"per label (majority label {labels['majority_label']!r}: {baseline})",
+                          ["label", "precision", "recall", "F1", "support", "predicted"], rows))
+    return out
 
 
 def forgetting_table(rows: list[dict[str, Any]] | dict[str, Any]) -> Any:

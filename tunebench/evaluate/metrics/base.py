@@ -75,7 +75,9 @@ class Metric(ABC):
     win/tie/loss); `aggregation`, 'mean' (the score is the mean of the per-example values) or 'corpus' (computed
     from summed sufficient statistics); `inputs`, 'text' (a generated text against references), 'choice' (a
     chosen option index against the gold index, for multiple-choice benchmarks) or 'document' (a scored
-    document's log-likelihood sums, for perplexity tasks: evaluate/metrics/perplexity.py).
+    document's log-likelihood sums, for perplexity tasks: evaluate/metrics/perplexity.py); `on_labels`, whether it
+    compares class labels (a classification task's metric: its evaluations get a per-label breakdown and the
+    majority-label baseline, tunebench.evaluate.verdicts).
     """
 
     name: ClassVar[str]
@@ -84,6 +86,7 @@ class Metric(ABC):
     has_per_example: ClassVar[bool] = True
     aggregation: ClassVar[Literal["mean", "corpus"]] = "mean"
     inputs: ClassVar[Literal["text", "choice", "document"]] = "text"
+    on_labels: ClassVar[bool] = False
 
     def __init__(self, settings: MetricSettings | None = None) -> None:
         self.settings = settings or MetricSettings()

@@ -123,6 +123,7 @@ class Accuracy(Metric):
     """1 where the prediction's label equals any reference label (casefolded, punctuation stripped)."""
 
     name = "accuracy"
+    on_labels = True
 
     def stats(self, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
         return accuracy(predictions, references)[:, None]
@@ -136,6 +137,7 @@ class MacroF1(Metric):
     """Macro-averaged F1 over the gold labels; a corpus metric with no per-example value."""
 
     name = "macro_f1"
+    on_labels = True
     has_per_example = False
     aggregation = "corpus"
 
