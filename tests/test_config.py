@@ -159,9 +159,17 @@ def test_builtin_template_brings_its_metrics_and_generation_length(tmp_path):
                     "{max_new_tokens: 3}}\n")
     cfg = load_config(path)  # what the config says wins
     assert cfg.eval.metrics == ["exact_match"] and cfg.eval.generation.max_new_tokens == 3
-    custom = "data: {template: {prompt: '{{ text }}', completion: '{{ label }}'}}\n"
+    custom = "data: {template: {prompt: '{{ text }}', completion: '{{ summary }}'}}\n"
     path.write_text(custom)
-    assert load_config(path).eval.metrics == ["rouge", "bleu"]  # a custom template keeps the general defaults
+    assert load_config(path).eval.metrics == ["rouge", "bleu"]  # a custom template keeps the general defaults...
+    for completion in ("'{{ label }}'", "'{{label}}'", "' {{- label -}} '"):
+        path.write_text(f"data: {{template: {{prompt: '{{{{ text }}}}', completion: {completion}}}}}\n")
+        cfg = load_config(path)  # ... unless its completion is the label: a classification task (issue 15)
+        assert cfg.eval.metrics == ["accuracy", "macro_f1"] and cfg.eval.generation.max_new_tokens == 8, completion
+    path.write_text("data: {template: {prompt: '{{ text }}', completion: 'Label: {{ label }}'}}\n")
+    assert load_config(path).eval.metrics == ["rouge", "bleu"]  # more than the label: not taken for one
+    path.write_text("data: {template: {prompt: '{{ text }}', completion: '{{ label }}'}}\neval: {metrics: [bleu]}\n")
+    assert load_config(path).eval.metrics == ["bleu"]
 
 
 def test_relative_source_resolves_beside_the_config_file(tmp_path, monkeypatch):

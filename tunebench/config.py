@@ -546,19 +546,29 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _template_eval_defaults(self) -> RunConfig:
-        """A built-in template brings its metrics and generation length unless the config sets them."""
+        """A built-in template brings its metrics and generation length unless the config sets them; a custom
+        template whose completion is the `label` field is scored like the built-in classification templates."""
         tpl = self.data.template
-        if tpl.prompt is not None or tpl.name is None:
-            return self
-        from tunebench.data.templates import BUILTIN_TEMPLATES
+        from tunebench.data.templates import (
+            BUILTIN_TEMPLATES,
+            LABEL_MAX_NEW_TOKENS,
+            LABEL_METRICS,
+            completes_with_label,
+        )
 
-        builtin = BUILTIN_TEMPLATES.get(tpl.name)
-        if builtin is None:
-            return self
-        if builtin.metrics and "metrics" not in self.eval.model_fields_set:
-            self.eval.metrics = list(builtin.metrics)
-        if builtin.max_new_tokens is not None and "max_new_tokens" not in self.eval.generation.model_fields_set:
-            self.eval.generation.max_new_tokens = builtin.max_new_tokens
+        if tpl.prompt is not None:
+            if not completes_with_label(tpl.completion):
+                return self
+            metrics, max_new_tokens = LABEL_METRICS, LABEL_MAX_NEW_TOKENS
+        else:
+            builtin = BUILTIN_TEMPLATES.get(tpl.name or "")
+            if builtin is None:
+                return self
+            metrics, max_new_tokens = builtin.metrics, builtin.max_new_tokens
+        if metrics and "metrics" not in self.eval.model_fields_set:
+            self.eval.metrics = list(metrics)
+        if max_new_tokens is not None and "max_new_tokens" not in self.eval.generation.model_fields_set:
+            self.eval.generation.max_new_tokens = max_new_tokens
         return self
 
     @property

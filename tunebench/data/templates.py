@@ -8,6 +8,7 @@ field the data lacks is an error naming the template, the field and the record i
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,20 @@ class BuiltinTemplate:
     reference: str | None = None
 
 
+LABEL_METRICS = ("accuracy", "macro_f1")
+"""How a task whose completion is a class label is scored (tunebench.evaluate.verdicts adds the per-label breakdown
+and the majority-label baseline)."""
+LABEL_MAX_NEW_TOKENS = 8
+"""Generation length of a label completion: a word or two."""
+_LABEL_COMPLETION = re.compile(r"\s*\{\{-?\s*label\s*-?\}\}\s*")
+
+
+def completes_with_label(completion: str | None) -> bool:
+    """Whether a custom completion template is just the `label` field (`{{ label }}`), the field every built-in
+    classification template completes with: such a task is scored as a classification task."""
+    return completion is not None and _LABEL_COMPLETION.fullmatch(completion) is not None
+
+
 EMOTION_LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 _EMOTION_OPTIONS = "OPTIONS:\n- " + "\n- ".join(EMOTION_LABELS)
 _ENTITY_TYPES = ", ".join(CONLL2003_TYPES.values())
@@ -68,8 +83,8 @@ BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
             "Classify the sentiment of this review.\n\nReview: {{ text }}",
         ),
         "{{ label }}",
-        metrics=("accuracy", "macro_f1"),
-        max_new_tokens=8,
+        metrics=LABEL_METRICS,
+        max_new_tokens=LABEL_MAX_NEW_TOKENS,
     ),
     "nli": BuiltinTemplate(
         "Natural language inference: premise, hypothesis -> label (entailment / neutral / contradiction).",
@@ -81,8 +96,8 @@ BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
             "Premise: {{ premise }}\nHypothesis: {{ hypothesis }}",
         ),
         "{{ label }}",
-        metrics=("accuracy", "macro_f1"),
-        max_new_tokens=8,
+        metrics=LABEL_METRICS,
+        max_new_tokens=LABEL_MAX_NEW_TOKENS,
     ),
     "translation": BuiltinTemplate(
         "Translation: source, target_lang -> target.",
@@ -161,8 +176,8 @@ BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
             "{{ text }}\n\nHow does the author feel? Answer with one of: " + ", ".join(EMOTION_LABELS) + ".",
         ),
         "{{ label }}",
-        metrics=("accuracy", "macro_f1"),
-        max_new_tokens=8,
+        metrics=LABEL_METRICS,
+        max_new_tokens=LABEL_MAX_NEW_TOKENS,
     ),
     "alpaca": BuiltinTemplate(
         "General instructions (Alpaca): instruction, optional input -> output.",

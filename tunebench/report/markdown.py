@@ -123,7 +123,7 @@ def _benchmarks(results: dict[str, Any]) -> list[str]:
                          for r in bench["rows"]])
     if results["forgetting"]:
         lines += ["## Forgetting (tuned vs base)", ""]
-        lines += _table(["task", "metric", "base", "tuned", "Δ", "95% CI", "p-value", "chance",
+        lines += _table(["task", "metric", "base", "tuned", "Δ", "95% CI", "p-value (paired-bootstrap)", "chance",
                          "min. detectable drop", "verdict"],
                         [[r["task"], r["metric"], r["base"], r["tuned"], r["delta"], r["ci"], r["p"], r["chance"],
                           r["mde"], ("YES ⚠ " if r["drop"] else "") + r["status"]] for r in t.forgetting_rows(results)])

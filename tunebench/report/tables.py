@@ -355,7 +355,7 @@ def forgetting_headline(results: dict[str, Any]) -> str | None:
     drops = [r for r in rated if r.get("significant_drop")]
     if drops:
         named = ", ".join(f"{r['task']} {r['metric']} ({fmt_signed(r['delta'], digits_for(r['base']))}, "
-                          f"p = {fmt_p(r['p_value'])})" for r in drops)
+                          f"p = {fmt_p(r['p_value'])}, paired-bootstrap)" for r in drops)
         return f"Forgetting: significant drop on {named}{skipped}."
     if not measurable:
         return ("Forgetting: no row of the suite can measure a drop at this size (bases at chance or too few "
