@@ -16,6 +16,7 @@ from tunebench.errors import ConfigError, TunebenchError
 from tunebench.processes import current_process, is_main
 
 _PARTIAL = "results.partial.json"  # tunebench.bench.runner.PARTIAL, not imported: the CLI starts fast
+_SWEEP_METHODS = ("full", "lora", "freeze", "adapter", "ia3", "prompt_tuning")  # tunebench.sweep.DEFAULT_METHODS
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -271,6 +272,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tunebench.sweep import check_against, check_methods
+
+    methods = check_methods(args.methods)  # usage errors before anything loads
+    check_against(args.against, methods)
+    from tunebench.pipeline import run_sweep
+    from tunebench.report.sweep import sweep_table
+
+    doc = run_sweep(args.config, args.overrides, methods, data_dir=args.data_dir, out=args.out,
+                    against=args.against)
+    _print(sweep_table(doc))
+    print(f"report: {Path(doc['dir']) / 'report.html'}")
+    print(f"TensorBoard: tensorboard --logdir {doc['dir']}")
+    failed = [r for r in doc["rows"] if r["status"] != "done"]
+    for row in failed:
+        print(f"error: {row['error']}", file=sys.stderr)
+    return max((int(r["exit_code"]) for r in failed), default=0)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from tunebench.config import load_config
     from tunebench.pipeline import DEMO_CONFIG, run_all
@@ -467,6 +487,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--single-task", default=None, metavar="TASK",
                    help="also train TASK alone (a task of data.tasks) for the mixture run's optimizer steps, "
                    "into <name>-single-TASK, and report both side by side")
+
+    p = add("sweep", cmd_sweep, "train and evaluate several methods (full, lora, adapter, ...) on the same data, "
+            "steps and evaluation, against one shared base; one report",
+            "finished methods are kept; rerun the same command to finish the others")
+    _add_config_args(p)
+    p.add_argument("--methods", type=_csv, default=list(_SWEEP_METHODS), metavar="M[,M...]",
+                   help="methods of the methods table to compare")
+    p.add_argument("--against", default=None, metavar="M",
+                   help="also compare every method with this one (paired deltas on the same examples)")
+    p.add_argument("--out", default=None, help="sweep folder (default: OUTPUT_DIR/NAME-sweep of the config)")
 
     p = add("demo", cmd_demo, "the whole job on the built-in config (default model, DialogSum, LoRA)",
             "finished stages are kept; rerun `tunebench demo` to continue")

@@ -78,15 +78,21 @@ def plain_mode(*, directory: bool = False) -> int:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text to a temporary file beside `path`, fsync, then rename over it (mode as a plain open gives)."""
+    """Write text (UTF-8) to a temporary file beside `path`, fsync, then rename over it (mode as a plain open
+    gives)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write bytes to a temporary file beside `path`, fsync, then rename over it (mode as a plain open gives)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     try:
         os.fchmod(fd, plain_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -435,12 +435,14 @@ def bench_reference(cfg: RunConfig, *, tasks: list[str], data_dir: str | Path | 
 
 
 def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0,
-            world_size: int = 1) -> dict[str, Path]:
+            world_size: int = 1, base: RunDir | None = None) -> dict[str, Path]:
     """`tunebench run`: train, evaluate base (zero/few-shot) and tuned, compare, benchmark, report.
 
     `rank` of `world_size` processes (`accelerate launch`): training is data-parallel, evaluation and benchmarks
     are sharded and gathered, and the main process alone writes the run directory and reports progress; the
-    others return an empty dict.
+    others return an empty dict. base: where the base model's evaluations and benchmarks live (default: the run
+    directory itself); a sweep passes its shared `base/` folder, so the base is evaluated once for every method
+    (whichever comes first).
     """
     from tunebench.train.loop import train
 
@@ -450,6 +452,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
     resolved = resolve_data_dir(data_dir, cfg)
     run_dir = cfg.run_dir
     run = RunDir(run_dir)
+    home = base or run  # the base systems' folders
     # Every split and benchmark the run needs is checked before minutes of training, not after.
     # Bad data fails here, before anything in the run dir changes.
     prepared = _task_set(cfg, resolved) if cfg.data.multitask else _splits(cfg, resolved)
@@ -480,7 +483,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
         _evaluate_run_tasks(cfg, prepared, systems, models, rank=rank, world_size=world_size)
     else:
         for name, adapter, shots in systems:
-            out = run.eval_dir(name)
+            out = (run if adapter else home).eval_dir(name)
             if out.scores.is_file():
                 log(f"evaluation {name} already done")
                 continue
@@ -501,7 +504,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
 
         drift = any(s.output_type == "perplexity" for s in resolve_tasks(cfg.bench.tasks, resolved))
         for name, adapter in (("tuned", str(run_dir)), ("base", None)):
-            bench_dir = run.bench_dir(name)
+            bench_dir = (run if adapter else home).bench_dir(name)
             if bench_dir.results.is_file():
                 log(f"benchmarks for {name} already done")
                 continue
@@ -528,9 +531,11 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
             compare_paths([task_dir.path], task_dir.compare_dir.path, baseline=systems[0][0],
                           n_resamples=cfg.eval.bootstrap, seed=cfg.seed)
         _forgetting_only(run, n_resamples=cfg.eval.bootstrap, seed=cfg.seed)
-    else:
+    elif base is None:
         compare_paths([run_dir], run.compare_dir.path, baseline=systems[0][0], n_resamples=cfg.eval.bootstrap,
                       seed=cfg.seed, computed=computed)
+    else:
+        _compare_with_base(cfg, run, base, [name for name, adapter, _ in systems if adapter is None])
     log("writing the report")
     paths = write_report(run_dir)
     barrier(world_size)
@@ -694,6 +699,20 @@ def _forgetting_only(run: RunDir, *, n_resamples: int, seed: int) -> None:
                           forgetting_table(base_dir, tuned_dir, n_resamples=n_resamples, seed=seed))
 
 
+def _compare_with_base(cfg: RunConfig, run: RunDir, base: RunDir, base_systems: list[str]) -> None:
+    """A run's comparison against base evaluations kept elsewhere (a sweep's shared base): comparison.json over
+    the base systems and the run's tuned one, forgetting.json from the base's and the run's benchmarks."""
+    paths = [base.eval_dir(name).path.resolve() for name in base_systems] + [run.eval_dir("tuned").path.resolve()]
+    compare_paths(paths, run.compare_dir.path, baseline=base_systems[0], n_resamples=cfg.eval.bootstrap,
+                  seed=cfg.seed)
+    base_bench, tuned_bench = base.bench_dir("base"), run.bench_dir("tuned")
+    if base_bench.results.is_file() and tuned_bench.results.is_file():
+        from tunebench.bench.forgetting import forgetting_table
+
+        atomic_write_json(run.compare_dir.forgetting, forgetting_table(
+            base_bench.path.resolve(), tuned_bench.path.resolve(), n_resamples=cfg.eval.bootstrap, seed=cfg.seed))
+
+
 # What each later stage wrote, by the config section it depends on (compare and the report are always redone).
 STAGE_OUTPUTS = {"eval": (RunDir.eval_root.name, RunDir.tasks_root.name), "bench": (RunDir.bench_root.name,)}
 # Keys of a stage section that leave that stage's outputs unchanged (used only by the always-redone compare).
@@ -749,3 +768,192 @@ def _prepare_run_dir(cfg: RunConfig) -> None:
     except OSError as exc:
         raise TunebenchError(f"output directory {run_dir} is not writable ({exc.strerror}); "
                              "set output_dir or --set output_dir=PATH") from None
+
+
+# ---- the method sweep: every method trained and evaluated like `run`, against one shared base
+
+
+def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str], *,
+              data_dir: str | Path | None = None, out: str | Path | None = None,
+              against: str | None = None) -> dict[str, Any]:
+    """`tunebench sweep`: train and evaluate `methods` on the same data, seed, step budget and evaluation, each in
+    `SWEEP/<method>/`, against the base model evaluated and benchmarked once in `SWEEP/base/`; then sweep.json,
+    the pairwise comparison against `against` (SWEEP/compare/) and report.html.
+
+    Resumable: a method whose run finished is only read back; a killed one resumes from its last checkpoint; a
+    method that fails (e.g. one that does not apply to the model) is recorded as failed with its one-sentence
+    error and the others still run. Each method trains in a fresh process, so its peak memory and speed are its
+    own. Raises ConfigError for an unknown method in --methods or --against (before anything runs).
+    Returns sweep.json's content.
+    """
+    from tunebench import sweep as sw
+    from tunebench.config import load_config
+    from tunebench.rundir import SweepDir
+
+    methods = sw.check_methods(methods)
+    sw.check_against(against, methods)
+    cfg = load_config(config, overrides)
+    if cfg.data.multitask:
+        from tunebench.errors import ConfigError
+
+        raise ConfigError("data.tasks: a sweep compares methods on one task; give a single-task config (a mixture "
+                          "sweep is not supported yet)")
+    sweep = SweepDir(Path(out or sw.default_sweep_dir(cfg)).expanduser().resolve())
+    resolved = resolve_data_dir(data_dir, cfg)
+    _eval_examples(cfg, _splits(cfg, resolved))  # bad data fails here, before any training
+    if cfg.bench.enabled and cfg.bench.tasks:
+        from tunebench.bench.spec import resolve_tasks
+
+        resolve_tasks(cfg.bench.tasks, resolved)
+    _prepare_base_dir(sw.base_config(config, overrides, sweep))
+    lr_source = "config" if sw.config_sets_lr(config, overrides) else "method default"
+    eta, rows = sw.Eta(len(methods)), []
+
+    def document(pairwise: list[dict[str, Any]]) -> dict[str, Any]:
+        return sw.sweep_document(sweep, config=None if config is None else str(config), methods=methods,
+                                 against=against, rows=rows, pairwise=pairwise, cfg=cfg)
+
+    _log(f"sweep of {len(methods)} methods ({', '.join(methods)}) → {sweep.path}")
+    for i, method in enumerate(methods, 1):
+        run = sweep.run(method)
+        was_done = _method_finished(run, cfg)
+        eta.start()
+        _log(f"[{i}/{len(methods)}] {method}: " + ("finished earlier, reading it back" if was_done else
+                                                    f"starting → {run.path}"))
+        lr = None
+        try:
+            method_cfg = sw.method_config(config, overrides, method, sweep)
+            lr = method_cfg.train.lr
+            _prepare_run_dir(method_cfg)
+            if not run.train_summary.is_file():
+                _train_in_subprocess(method, run, resolved)
+            run_all(method_cfg, data_dir=resolved, base=sweep.base)
+            took = eta.finish(ran=not was_done)
+            row = sw.method_row(method, run, lr=lr, lr_source=lr_source, seconds=took)
+        except TunebenchError as exc:
+            took = eta.finish(ran=True)
+            row = sw.failed_row(method, exc, exc.exit_code, lr=lr, lr_source=lr_source)
+        rows.append(row)
+        line = sw.headline(row, sw.primary_task_metric(rows), sw.primary_forgetting(rows))
+        _log(f"[{i}/{len(methods)}] {method} {'done' if row['status'] == 'done' else 'failed'} in "
+             f"{sw.format_duration(took)}: {line}; {eta.text()}")
+        atomic_write_json(sweep.sweep_json, document([]))  # what is finished so far, for a killed sweep
+    doc = document(_pairwise(sweep, rows, against, cfg))
+    write_sweep_report(sweep, doc)
+    return doc
+
+
+def write_sweep_report(sweep: Any, doc: dict[str, Any]) -> dict[str, Path]:
+    """sweep.json, the gain-vs-forgetting chart and report.html of a sweep folder, all rendered first."""
+    from tunebench.io import atomic_write_bytes
+    from tunebench.report.sweep import gain_forgetting_png, render_sweep_html
+
+    chart = gain_forgetting_png(doc)
+    html = render_sweep_html(doc, chart)
+    paths = {"sweep": atomic_write_json(sweep.sweep_json, doc)}
+    if chart is not None:
+        paths["chart"] = atomic_write_bytes(sweep.chart, chart)
+    paths["html"] = atomic_write_text(sweep.report_html, html)
+    return paths
+
+
+def _method_finished(run: RunDir, cfg: RunConfig) -> bool:
+    """Every stage of a sweep method's run is there (training, tuned evaluation, benchmarks, comparison)."""
+    needed = [run.train_summary, run.eval_dir("tuned").scores, run.compare_dir.comparison]
+    if cfg.bench.enabled and cfg.bench.tasks:
+        needed.append(run.bench_dir("tuned").results)
+    return all(p.is_file() for p in needed)
+
+
+class _MethodFailed(TunebenchError):
+    """A sweep method's training process failed; `exit_code` is the one it exited with."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _train_in_subprocess(method: str, run: RunDir, data_dir: Path | None) -> None:
+    """`tunebench train RUN/config.yaml --resume` in a fresh process, its progress passed through to stderr.
+
+    A process per method makes the recorded peak memory that method's own (the peak RSS of a process never goes
+    down, so methods trained one after another in one process would all report the largest). Raises
+    _MethodFailed with the child's one-sentence error (and its exit code) when training fails, KeyboardInterrupt
+    when it was interrupted (its checkpoint is kept: rerunning the sweep resumes it).
+    """
+    import codecs
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "tunebench", "train", str(run.config), "--resume"]
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    decoder, tail = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
+    try:
+        assert proc.stderr is not None
+        while chunk := os.read(proc.stderr.fileno(), 65536):
+            text = decoder.decode(chunk)
+            sys.stderr.write(text)
+            tail = (tail + text)[-8192:]
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.wait()  # the child got the same Ctrl-C: let it save its checkpoint
+        raise
+    if code == 0:
+        return
+    if code == 130:
+        raise KeyboardInterrupt
+    errors = [line[len("error: "):] for line in tail.splitlines() if line.startswith("error: ")]
+    message = errors[-1] if errors else f"training exited with status {code} (its output is above)"
+    raise _MethodFailed(f"method '{method}': {message}", code if code in (1, 2) else 1)
+
+
+def _prepare_base_dir(cfg: RunConfig) -> None:
+    """A sweep's shared base folder: record the config; a change of what the base's results depend on (seed,
+    model, data and eval for evaluations; seed, model and bench for benchmarks) removes those results first."""
+    import shutil
+
+    from tunebench.train.rundir import config_changes, read_saved_config
+
+    run = RunDir(cfg.run_dir)
+    saved = read_saved_config(run.config) if run.config.is_file() else None
+    changed = [k for k in config_changes(saved, cfg) if k.split(".")[0] != "train" and k not in COMPARE_ONLY_KEYS] \
+        if saved is not None else []
+    if saved is not None and not changed:
+        return
+    sections = {k.split(".")[0] for k in changed}
+    for folder, depends in ((run.eval_root, {"seed", "model", "data", "eval"}),
+                            (run.bench_root, {"seed", "model", "bench"})):
+        if sections & depends and folder.exists():
+            _log(f"the base model's settings changed ({', '.join(changed[:4])}): redoing {folder}")
+            shutil.rmtree(folder)
+    atomic_write_text(run.config, dump_config(cfg))
+
+
+def _pairwise(sweep: Any, rows: list[dict[str, Any]], against: str | None, cfg: RunConfig) -> list[dict[str, Any]]:
+    """Each finished method against `against`: task-metric deltas (paired bootstrap over the same test examples,
+    SWEEP/compare/comparison.json) and benchmark deltas (paired over the same benchmark examples; KL rows left
+    out, since both measure drift from the base, not from each other)."""
+    done = [r["method"] for r in rows if r["status"] == "done"]
+    if against is None or against not in done or len(done) < 2:
+        return []
+    from tunebench.bench.forgetting import forgetting_table
+    from tunebench.evaluate.compare import compare_systems
+
+    others = [m for m in done if m != against]
+    paths = [sweep.run(m).eval_dir("tuned").path for m in (against, *others)]
+    doc = compare_systems(paths, baseline=f"{against}/tuned", n_resamples=cfg.eval.bootstrap, seed=cfg.seed)
+    write_comparison(sweep.compare_dir, doc)
+    out = []
+    for comp in doc["comparisons"]:
+        method = comp["candidate"].split("/")[0]
+        a_bench, m_bench = sweep.run(against).bench_dir("tuned"), sweep.run(method).bench_dir("tuned")
+        bench = []
+        if a_bench.results.is_file() and m_bench.results.is_file():
+            bench = [r for r in forgetting_table(a_bench.path, m_bench.path, n_resamples=cfg.eval.bootstrap,
+                                                 seed=cfg.seed) if r["metric"] != "kl"]
+        out.append({"baseline": against, "candidate": method, "metrics": comp["metrics"],
+                    "win_tie_loss": comp.get("win_tie_loss"), "benchmarks": bench})
+    return out

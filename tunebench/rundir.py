@@ -20,6 +20,7 @@ BENCH_SCHEMA = "tunebench.bench/1"
 HELM_SCHEMA = "tunebench.helm/1"
 COMPARE_SCHEMA = "tunebench.compare/1"
 RESULTS_SCHEMA = "tunebench.results/1"
+SWEEP_SCHEMA = "tunebench.sweep/1"
 
 # The folders a training run's final output may live in: a PEFT adapter, or a full model.
 TRAINED_OUTPUTS = ("adapter", "model")  # RunDir.adapter, RunDir.model
@@ -136,6 +137,7 @@ class RunDir:
     config = _Entry("config.yaml", "The resolved config, every default filled in.")
     data_stats = _Entry("data_stats.json")
     train_log = _Entry("train_log.jsonl")
+    tensorboard = _Entry("tensorboard", "TensorBoard event files of training (main process only).")
     loss_curve = _Entry("loss_curve.png")
     checkpoints = _Entry("checkpoints", "`step-N/` folders and best.json; their contents are train/checkpoint.py's.")
     adapter = _Entry("adapter", "The trained PEFT adapter (methods saved as adapters).")
@@ -200,3 +202,36 @@ class RunDir:
         if path.parent.name == cls.checkpoints.name:
             candidates.append(path.parent.parent)
         return next((cls(p) for p in candidates if cls(p).config.is_file()), None)
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """`tunebench sweep --out`: one run directory per method, the base model's shared evaluations, the report.
+
+    `<method>/` is a full `RunDir` (trained with that method, its own tuned evaluation, benchmarks and comparison
+    against the shared base); `base/` is a `RunDir` holding only the base model's `eval/` and `bench/`, computed
+    once for every method; `compare/` holds the method-vs-method comparison (`--against`).
+    """
+
+    path: Path
+    BASE = "base"
+    sweep_json = _Entry("sweep.json", "Rewritten after every method, so it always describes the finished ones.")
+    report_html = _Entry("report.html")
+    chart = _Entry("gain_vs_forgetting.png")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def base(self) -> RunDir:
+        return RunDir(self.path / self.BASE)
+
+    def run(self, method: str) -> RunDir:
+        """The run directory of one method (`<sweep>/<method>/`)."""
+        if method in (self.BASE, "compare"):
+            raise ValueError(f"a method cannot be named {method!r} inside a sweep folder")
+        return RunDir(self.path / method)
+
+    @property
+    def compare_dir(self) -> CompareDir:
+        return CompareDir(self.path / "compare")

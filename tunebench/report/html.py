@@ -1,6 +1,6 @@
 """report.html, one self-contained file (inline CSS, charts as base64 PNG data URIs), and render_report.
 
-The template is rendered by Jinja2 with autoescape forced on (its `.j2` suffix would slip past
+The template is rendered by Jinja2's immutable sandbox with autoescape forced on (its `.j2` suffix would slip past
 select_autoescape) and StrictUndefined, so model output and data text are always escaped and a template
 typo fails loudly instead of printing nothing. The page's Content-Security-Policy allows no scripts and no
 network requests, so even a file edited by hand cannot phone home.
@@ -23,10 +23,11 @@ TEMPLATE = "report.html.j2"
 
 
 def _environment() -> Any:
-    from jinja2 import Environment, PackageLoader, StrictUndefined
+    from jinja2 import PackageLoader, StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = Environment(loader=PackageLoader("tunebench.report", "templates"), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = ImmutableSandboxedEnvironment(loader=PackageLoader("tunebench.report", "templates"), autoescape=True,
+                                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(num=tables.fmt_num, value=tables.fmt_value)
     return env
 

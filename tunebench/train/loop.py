@@ -54,7 +54,7 @@ from tunebench.train.batches import (
 from tunebench.train.fast_paths import keep_lora_input_dtype, release_free_memory
 from tunebench.train.gen_eval import gen_eval_generation, gen_eval_set, run_gen_eval
 from tunebench.train.loss import base_model, completion_loss_sum, supports_logits_to_keep, target_count
-from tunebench.train.progress import ProgressBar, Throughput, TrainLog, write_loss_curve
+from tunebench.train.progress import ProgressBar, TensorBoardLog, Throughput, TrainLog, write_loss_curve
 from tunebench.train.rundir import prepare_run_dir, relative_drop
 from tunebench.train.schedule import build_optimizer, build_scheduler, total_optimizer_steps
 
@@ -249,6 +249,7 @@ class Recipe:
         if self.resumed_from is None:
             if self.is_main:
                 self.log.flush()
+                self.tensorboard = TensorBoardLog(self.paths.tensorboard, purge_step=0)
             return
         saved, rngs = ckpt.load_checkpoint(self.resumed_from, model=self.model, optimizer=self.optimizer,
                                            scheduler=self.scheduler)
@@ -260,6 +261,7 @@ class Recipe:
         ckpt.restore_rng(rngs[self.rank])
         if self.is_main:
             self.log = TrainLog.resume(self.log.path, self.state.step)
+            self.tensorboard = TensorBoardLog(self.paths.tensorboard, purge_step=self.state.step + 1)
 
     # ------------------------------------------------------------------ the loop
 
@@ -443,6 +445,7 @@ class Recipe:
             summary = self.summary()
             atomic_write_json(self.paths.train_summary, summary)
             write_loss_curve(self.log, self.paths.loss_curve, title=self.cfg.name)
+            self.tensorboard.close()
         summary = broadcast_object_list([summary])[0]
         self.accelerator.wait_for_everyone()
         return TrainResult(self.run_dir, output_dir, st.step, self.total_steps, self.interrupted, st.stopped_early,
@@ -451,6 +454,7 @@ class Recipe:
     def _log(self, row: dict[str, Any]) -> None:
         if self.is_main:
             self.log.append(row)
+            self.tensorboard.append(row)
 
 
 def train(

@@ -1,7 +1,10 @@
-"""What a run tells the user while and after it trains: the JSONL log, the progress bar and the loss curve.
+"""What a run tells the user while and after it trains: the JSONL log, TensorBoard events, the progress bar and
+the loss curve.
 
 The log is rewritten atomically on every row (a few thousand short lines at most), so a killed run never leaves
-a half-written line, and a resumed run can drop the rows logged after its last checkpoint.
+a half-written line, and a resumed run can drop the rows logged after its last checkpoint. The same rows go to
+TensorBoard event files (`torch.utils.tensorboard.SummaryWriter`), so `tensorboard --logdir` over a sweep folder
+shows every method's curves together.
 """
 
 from __future__ import annotations
@@ -41,6 +44,41 @@ class TrainLog:
         """(steps, values) of every row that has `key`."""
         picked = [(r["step"], r[key]) for r in self.rows if r.get(key) is not None]
         return [s for s, _ in picked], [v for _, v in picked]
+
+
+# train_log.jsonl key -> TensorBoard tag; `gen_metric` rows add `gen/<metric>` (the validation generation metric).
+TENSORBOARD_TAGS = {"loss": "train/loss", "val_loss": "val/loss", "lr": "train/lr",
+                    "tokens_per_s": "train/tokens_per_s", "grad_norm": "train/grad_norm"}
+
+
+class TensorBoardLog:
+    """TensorBoard event files of one run: every numeric row `TrainLog` gets, as scalars at its `step`.
+
+    A resumed run passes `purge_step` (its checkpoint's step + 1): TensorBoard then drops the events an earlier,
+    killed process wrote after that checkpoint, as `TrainLog.resume` drops those rows. Only the main process
+    writes (the caller creates this there alone).
+    """
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def append(self, row: dict[str, Any]) -> None:
+        step = row.get("step")
+        if not isinstance(step, int):
+            return
+        for key, tag in TENSORBOARD_TAGS.items():
+            if _is_num(row.get(key)):
+                self.writer.add_scalar(tag, row[key], step)
+        for name, value in (row.get("gen_metric") or {}).items():
+            if _is_num(value):
+                self.writer.add_scalar(f"gen/{name}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class Throughput:

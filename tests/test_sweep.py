@@ -1,0 +1,269 @@
+"""`tunebench sweep` on a tiny model: one table row per method, the base evaluated once, resumable, bad methods.
+
+The sweep runs lora, full and adapter; adapter is given a reduction factor that leaves no hidden unit, so it is the
+method that does not apply to the model: it fails with its sentence while the others finish.
+"""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from tunebench.cli import main
+
+METHODS = "lora,full,adapter"
+
+
+class Spies:
+    """Records the sweep's evaluations, benchmark runs and training processes, and lets them run."""
+
+    def __init__(self, monkeypatch):
+        import tunebench.pipeline as pipeline
+
+        self.evaluated, self.benched, self.trained = [], [], []
+        evaluate_into, bench_loaded, train = pipeline.evaluate_into, pipeline.bench_loaded, pipeline._train_in_subprocess
+
+        def spy_evaluate(out, cfg, loaded, examples, splits, system, shots, *args, **kwargs):
+            self.evaluated.append((system["name"], out.path.parent.parent.name))
+            return evaluate_into(out, cfg, loaded, examples, splits, system, shots, *args, **kwargs)
+
+        def spy_bench(cfg, loaded, out_dir, *args, **kwargs):
+            self.benched.append((out_dir.name, out_dir.parent.parent.name))
+            return bench_loaded(cfg, loaded, out_dir, *args, **kwargs)
+
+        def spy_train(method, run, data_dir):
+            self.trained.append(method)
+            return train(method, run, data_dir)
+
+        monkeypatch.setattr(pipeline, "evaluate_into", spy_evaluate)
+        monkeypatch.setattr(pipeline, "bench_loaded", spy_bench)
+        monkeypatch.setattr(pipeline, "_train_in_subprocess", spy_train)
+
+
+@pytest.fixture(scope="module")
+def sweep_setup(tmp_path_factory, tiny_causal_dir, data_dir):
+    root = tmp_path_factory.mktemp("sweep")
+    cfg = {
+        "name": "tiny",
+        "output_dir": str(root / "runs"),
+        "seed": 5,
+        "model": {"ref": str(tiny_causal_dir)},
+        "data": {"source": "dialogsum", "splits": {"train": "validation", "validation": None, "test": "test"},
+                 "fractions": {"validation": 0.2}, "limits": {"train": 12, "validation": 6, "test": 6},
+                 "max_length": 192},
+        "train": {"lora": {"r": 4, "alpha": 8}, "adapter": {"reduction_factor": 128}, "batch_size": 4,
+                  "max_steps": 3, "eval_every": 3, "save_every": 3, "log_every": 1},
+        "eval": {"limit": 6, "shots": [0], "bootstrap": 100, "generation": {"max_new_tokens": 8, "batch_size": 6}},
+        "bench": {"tasks": ["sst2"], "limit": 6, "shots": 0},  # LM drift rows: tests/test_pipeline.py
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    sweep_dir = root / "sweep"
+    with pytest.MonkeyPatch.context() as mp:
+        spies = Spies(mp)
+        code = main(["sweep", str(path), "--methods", METHODS, "--against", "lora", "--out", str(sweep_dir),
+                     "--data-dir", str(data_dir)])
+    return {"root": root, "config": path, "dir": sweep_dir, "code": code, "spies": spies}
+
+
+def _doc(sweep_dir):
+    return json.loads((sweep_dir / "sweep.json").read_text())
+
+
+def test_sweep_evaluates_and_benchmarks_the_base_once(sweep_setup):
+    spies = sweep_setup["spies"]
+    assert spies.evaluated.count(("base-0shot", "base")) == 1
+    assert sorted(spies.evaluated) == [("base-0shot", "base"), ("tuned", "full"), ("tuned", "lora")]
+    assert sorted(spies.benched) == [("base", "base"), ("tuned", "full"), ("tuned", "lora")]
+    assert spies.trained == ["lora", "full", "adapter"]
+    for method in ("lora", "full"):  # every method's comparison points at the one shared base evaluation
+        comparison = json.loads((sweep_setup["dir"] / method / "compare/comparison.json").read_text())
+        base_path = comparison["systems"]["base-0shot"]["path"]
+        assert base_path == str((sweep_setup["dir"] / "base/eval/base-0shot").resolve())
+
+
+def test_sweep_table_rows(sweep_setup, tiny_causal_dir):
+    from transformers import AutoModelForCausalLM
+
+    sweep_dir = sweep_setup["dir"]
+    doc = _doc(sweep_dir)
+    assert doc["schema"] == "tunebench.sweep/1" and doc["methods"] == ["lora", "full", "adapter"]
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert rows["lora"]["status"] == rows["full"]["status"] == "done"
+    # learning rates: each method's documented default, since the config sets none (README "Methods")
+    assert (rows["full"]["lr"], rows["lora"]["lr"]) == (2e-5, 2e-4)
+    assert rows["lora"]["lr_source"] == "method default"
+    # full fine-tuning trains every parameter of the model
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_causal_dir).parameters())
+    assert rows["full"]["trainable_params"] == rows["full"]["total_params"] == n_params
+    assert rows["full"]["trainable_pct"] == 100.0
+    lora = rows["lora"]
+    assert 0 < lora["trainable_params"] < n_params
+    assert lora["trainable_pct"] == pytest.approx(100 * lora["trainable_params"] / lora["total_params"], abs=1e-4)
+    for method in ("lora", "full"):
+        row = rows[method]
+        assert row["steps"] == 3 and row["tokens_per_s"] > 0 and row["peak_rss_gib"] > 0
+        # the task delta is tuned minus base, read independently from the two evaluations' scores.json
+        base = json.loads((sweep_dir / "base/eval/base-0shot/scores.json").read_text())["metrics"]
+        tuned = json.loads((sweep_dir / method / "eval/tuned/scores.json").read_text())["metrics"]
+        for metric, entry in row["task"].items():
+            assert entry["delta"] == pytest.approx(tuned[metric]["score"] - base[metric]["score"], abs=1e-9)
+            assert entry["ci95"][0] <= entry["delta"] <= entry["ci95"][1]
+        forgetting = json.loads((sweep_dir / method / "compare/forgetting.json").read_text())
+        assert [(f["task"], f["metric"], f["delta"]) for f in row["forgetting"]] == [
+            (f["task"], f["metric"], f["delta"]) for f in forgetting]
+        assert ("sst2", "acc") in {(f["task"], f["metric"]) for f in row["forgetting"]}
+    assert doc["task_metric"] == "rougeL"
+    assert doc["forgetting_measure"] == ["sst2", "acc_norm"]  # acc_norm before acc, as lm-eval headlines
+    # pairwise: full against lora, on the same examples
+    (pair,) = doc["pairwise"]
+    assert (pair["baseline"], pair["candidate"]) == ("lora", "full")
+    lora_tuned = json.loads((sweep_dir / "lora/eval/tuned/scores.json").read_text())["metrics"]
+    full_tuned = json.loads((sweep_dir / "full/eval/tuned/scores.json").read_text())["metrics"]
+    assert pair["metrics"]["rougeL"]["delta"] == pytest.approx(
+        full_tuned["rougeL"]["score"] - lora_tuned["rougeL"]["score"], abs=1e-9)
+    assert {b["task"] for b in pair["benchmarks"]} == {"sst2"}
+    assert all(b["metric"] != "kl" for b in pair["benchmarks"])
+
+
+def test_method_that_does_not_apply_fails_alone(sweep_setup, capsys):
+    assert sweep_setup["code"] == 2  # the adapter's ConfigError; the other methods finished
+    row = next(r for r in _doc(sweep_setup["dir"])["rows"] if r["method"] == "adapter")
+    assert row["status"] == "failed" and row["exit_code"] == 2
+    assert row["error"].startswith("method 'adapter': train.adapter.reduction_factor 128")
+    assert "\n" not in row["error"] and "Traceback" not in row["error"]
+    html = (sweep_setup["dir"] / "report.html").read_text()
+    assert "failed:" in html and "reduction_factor 128" in html
+
+
+def test_report_html_and_chart(sweep_setup):
+    sweep_dir = sweep_setup["dir"]
+    html = (sweep_dir / "report.html").read_text()
+    assert html.count("<tr><td>lora</td>") == 1 and html.count("<tr><td>full</td>") == 1
+    assert "data:image/png;base64," in html and "full vs lora" in html
+    assert (sweep_dir / "gain_vs_forgetting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (sweep_dir / "lora/report.html").is_file()
+
+
+def test_tensorboard_events_match_the_train_log(sweep_setup):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = sweep_setup["dir"] / "full"
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "val/loss"} <= set(tags)
+    for tag, key in (("train/loss", "loss"), ("val/loss", "val_loss"), ("train/lr", "lr")):
+        logged = [(r["step"], r[key]) for r in log if r.get(key) is not None]
+        scalars = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in scalars] == [s for s, _ in logged]
+        assert [v for _, v in scalars] == pytest.approx([v for _, v in logged], rel=1e-6)
+
+
+def test_rerun_finishes_only_the_missing_methods(sweep_setup, data_dir, monkeypatch):
+    sweep_dir = sweep_setup["dir"]
+    kept = [sweep_dir / "lora" / rel for rel in ("train_summary.json", "eval/tuned/scores.json",
+                                                 "bench/tuned/results.json")]
+    before = [p.stat().st_mtime_ns for p in kept]
+    base_scores = (sweep_dir / "base/eval/base-0shot/scores.json").stat().st_mtime_ns
+    shutil.rmtree(sweep_dir / "full")  # the sweep was killed before full's run existed
+    (sweep_dir / "sweep.json").unlink()
+    spies = Spies(monkeypatch)
+    code = main(["sweep", str(sweep_setup["config"]), "--methods", METHODS, "--against", "lora",
+                 "--out", str(sweep_dir), "--data-dir", str(data_dir)])
+    assert code == 2
+    assert spies.evaluated == [("tuned", "full")] and spies.benched == [("tuned", "full")]
+    assert spies.trained == ["full", "adapter"]  # lora finished; the failed adapter is tried again
+    assert [p.stat().st_mtime_ns for p in kept] == before
+    assert (sweep_dir / "base/eval/base-0shot/scores.json").stat().st_mtime_ns == base_scores
+    assert [r["status"] for r in _doc(sweep_dir)["rows"]] == ["done", "done", "failed"]
+
+
+def test_unknown_method_is_a_usage_error(tmp_path, capsys):
+    code = main(["sweep", "--methods", "lora,lorra", "--out", str(tmp_path / "s"), str(tmp_path / "none.yaml")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--methods" in err and "did you mean 'lora'" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+    assert main(["sweep", "--methods", "lora,full", "--against", "ia3", str(tmp_path / "none.yaml")]) == 2
+    assert "--against: 'ia3' is not one of" in capsys.readouterr().err
+
+
+def test_cli_default_methods_are_the_sweep_modules():
+    from tunebench.cli import _SWEEP_METHODS
+    from tunebench.models.methods import METHODS as TABLE
+    from tunebench.sweep import DEFAULT_METHODS
+
+    assert _SWEEP_METHODS == DEFAULT_METHODS and set(DEFAULT_METHODS) <= set(TABLE)
+
+
+def _fake_run(root, method, *, trainable, total, tuned_rouge, base_rouge, acc_base, acc_tuned):
+    """A finished run directory written by hand: the files method_row reads."""
+    from tunebench.rundir import RunDir
+
+    run = RunDir(root / method)
+    run.compare_dir.path.mkdir(parents=True)
+    run.train_summary.write_text(json.dumps({"trainable_params": trainable, "total_params": total,
+                                             "peak_rss_gib": 1.5, "train_time_s": 30.0, "tokens_per_s": 400.0,
+                                             "steps": 10, "train_tokens": 12000, "device": "cpu"}))
+    delta = tuned_rouge - base_rouge
+    run.compare_dir.comparison.write_text(json.dumps({"comparisons": [{
+        "baseline": "base-0shot", "candidate": "tuned",
+        "metrics": {"rougeL": {"baseline": base_rouge, "candidate": tuned_rouge, "delta": delta,
+                               "ci95": [delta - 0.01, delta + 0.01], "p_value": 0.01}}}]}))
+    d = acc_tuned - acc_base
+    run.compare_dir.forgetting.write_text(json.dumps([
+        {"task": "piqa", "metric": "acc", "n": 100, "base": acc_base, "tuned": acc_tuned, "delta": d,
+         "ci95": [d - 0.02, d + 0.02], "p_value": 0.3, "higher_is_better": True, "significant_drop": False,
+         "status": "no significant drop"}]))
+    return run
+
+
+def test_method_row_and_report_from_files(tmp_path):
+    from tunebench.report.sweep import gain_forgetting_png, render_sweep_html
+    from tunebench.rundir import SweepDir
+    from tunebench.sweep import failed_row, headline, method_row, primary_forgetting, primary_task_metric
+
+    sweep = SweepDir(tmp_path)
+    lora = _fake_run(tmp_path, "lora", trainable=1_000, total=200_000, tuned_rouge=0.31, base_rouge=0.21,
+                     acc_base=0.70, acc_tuned=0.68)
+    full = _fake_run(tmp_path, "full", trainable=200_000, total=200_000, tuned_rouge=0.36, base_rouge=0.21,
+                     acc_base=0.70, acc_tuned=0.61)
+    rows = [method_row("lora", lora, lr=2e-4, lr_source="method default"),
+            method_row("full", full, lr=2e-5, lr_source="method default"),
+            failed_row("prompt_tuning", "method 'prompt_tuning': <b>PEFT</b> refuses & stops", 2)]
+    assert rows[0]["trainable_pct"] == 0.5 and rows[1]["trainable_pct"] == 100.0
+    assert rows[0]["task"]["rougeL"]["delta"] == pytest.approx(0.10)
+    assert rows[1]["forgetting"][0]["delta"] == pytest.approx(-0.09)
+    assert primary_task_metric(rows) == "rougeL" and primary_forgetting(rows) == ("piqa", "acc")
+    line = headline(rows[1], "rougeL", ("piqa", "acc"))
+    assert "rougeL +0.1500 [0.1400, 0.1600] vs base" in line and "piqa acc -0.0900" in line
+    doc = {"schema": "tunebench.sweep/1", "tunebench_version": "x", "created": "now", "dir": str(sweep.path),
+           "methods": ["lora", "full", "prompt_tuning"], "against": "lora", "rows": rows, "pairwise": [],
+           "shared": {"model": "m", "seed": 1, "max_steps": 10, "epochs": 1.0, "batch_size": 8, "grad_accum": 1,
+                      "eval_split": "test", "eval_limit": 100, "bench_tasks": ["piqa"], "base_dir": "base"},
+           "task_metric": "rougeL", "forgetting_measure": ["piqa", "acc"]}
+    chart = gain_forgetting_png(doc)
+    assert chart[:4] == b"\x89PNG"
+    html = render_sweep_html(doc, chart)
+    assert "&lt;b&gt;PEFT&lt;/b&gt; refuses &amp; stops" in html and "<b>PEFT</b>" not in html
+    assert "200,000 (100%)" in html and "1,000 (0.5%)" in html and "+0.1500 [0.1400, 0.1600]" in html
+    assert "(method default)" in html
+
+
+def test_eta_counts_only_methods_that_ran(monkeypatch):
+    import tunebench.sweep as sw
+
+    clock = iter([0.0, 100.0, 100.0, 100.5, 100.5, 400.0])
+    monkeypatch.setattr(sw.time, "perf_counter", lambda: next(clock))
+    eta = sw.Eta(4)
+    eta.start()
+    assert eta.finish(ran=True) == 100.0
+    eta.start()
+    eta.finish(ran=False)  # finished by an earlier invocation: no time, no estimate
+    assert eta.text() == "2 method(s) left, ETA ~3m20s"
+    eta.start()
+    eta.finish(ran=True)  # 299.5 s
+    assert eta.text() == "1 method(s) left, ETA ~3m20s"  # mean of 100 and 299.5 s

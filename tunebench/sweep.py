@@ -1,0 +1,254 @@
+"""`tunebench sweep`: one config trained with several methods (full, lora, adapter, ...) and compared, as data.
+
+Every method gets the same data, seed, optimizer-step budget and evaluation: its config is the user's config with
+`train.method` set, and its learning rate is the methods table's `default_lr` unless the config sets `train.lr`
+(recorded per method with where it came from). This module holds the sweep's data and nothing that writes:
+the checked method list, each method's config, each method's row read back from its finished run directory
+(`method_row`), the progress lines with their ETA, and the `sweep.json` document. `pipeline.run_sweep` runs the
+stages and writes; `report/sweep.py` renders the report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tunebench import __version__
+from tunebench.config import RunConfig, apply_overrides, load_config
+from tunebench.errors import ConfigError, TunebenchError
+from tunebench.io import read_json, read_yaml_mapping
+from tunebench.rundir import SWEEP_SCHEMA, RunDir, SweepDir
+
+# The methods a sweep runs when --methods is not given (issue 11's comparison).
+DEFAULT_METHODS = ("full", "lora", "freeze", "adapter", "ia3", "prompt_tuning")
+# The task metric a row's headline and the chart use, first found (summaries: ROUGE-L).
+PRIMARY_TASK_METRICS = ("rougeL", "rougeLsum", "accuracy", "exact_match", "bleu", "rouge1")
+# The forgetting measure the headline and the chart use, first found among the rows every method has:
+# language-model drift first (word perplexity of a perplexity task), then benchmark accuracy.
+PRIMARY_FORGETTING_METRICS = ("word_perplexity", "acc_norm", "acc")
+
+
+def check_methods(names: list[str], option: str = "--methods") -> list[str]:
+    """The methods named, each once, in the given order. ConfigError naming `option` for an unknown name (with
+    did-you-mean and the known names) or an empty list."""
+    from tunebench.evaluate.metrics.base import unknown_name_message
+    from tunebench.models.methods import method_names  # torch-free
+
+    known = method_names()
+    if not names:
+        raise ConfigError(f"{option}: name at least one method; known methods: {', '.join(known)}")
+    for name in names:
+        if name not in known:
+            raise ConfigError(unknown_name_message(option, name, known, "method"))
+    return list(dict.fromkeys(names))
+
+
+def check_against(against: str | None, methods: list[str]) -> None:
+    """`--against M` must be one of the sweep's methods (ConfigError naming the option otherwise)."""
+    if against is not None and against not in methods:
+        raise ConfigError(f"--against: '{against}' is not one of the sweep's --methods ({', '.join(methods)})")
+
+
+def config_sets_lr(path: str | Path | None, overrides: list[str]) -> bool:
+    """Whether the user's config (file plus --set) sets `train.lr`; otherwise each method takes its default."""
+    tree = read_yaml_mapping(path, ConfigError, "the config", empty_ok=True) if path is not None else {}
+    apply_overrides(tree, list(overrides))
+    train = tree.get("train")
+    return isinstance(train, dict) and train.get("lr") is not None
+
+
+def method_config(path: str | Path | None, overrides: list[str], method: str, sweep: SweepDir) -> RunConfig:
+    """The user's config trained with `method`, its run directory `sweep/<method>/` (output_dir and name set).
+
+    An unset `train.lr` resolves to the method's own default (config validation asks the methods table).
+    Raises ConfigError for a config the method cannot take.
+    """
+    cfg = load_config(path, [*overrides, f"train.method={method}"])
+    run = sweep.run(method)
+    cfg.output_dir, cfg.name = str(run.path.parent), run.path.name
+    return cfg
+
+
+def base_config(path: str | Path | None, overrides: list[str], sweep: SweepDir) -> RunConfig:
+    """The user's config with its run directory at `sweep/base/`: where the base model's evaluations go."""
+    cfg = load_config(path, overrides)
+    cfg.output_dir, cfg.name = str(sweep.path), sweep.base.path.name
+    return cfg
+
+
+def default_sweep_dir(cfg: RunConfig) -> Path:
+    """`<output_dir>/<name>-sweep` for a config's name and output_dir."""
+    return Path(cfg.output_dir) / f"{cfg.name}-sweep"
+
+
+def _primary(names: list[str], preferred: tuple[str, ...]) -> str | None:
+    return next((m for m in preferred if m in names), names[0] if names else None)
+
+
+def _comparison_to_base(run: RunDir) -> dict[str, Any] | None:
+    """The tuned-vs-base entry of a method's comparison.json (baseline: the first base system)."""
+    doc = read_json(run.compare_dir.comparison, what="the method's comparison",
+                    fix="rerun the sweep to redo it")
+    return next((c for c in doc.get("comparisons", []) if c.get("candidate") == "tuned"), None)
+
+
+def _forgetting_rows(run: RunDir) -> list[dict[str, Any]]:
+    path = run.compare_dir.forgetting
+    if not path.is_file():
+        return []
+    doc = read_json(path, what="the method's forgetting table", fix="rerun the sweep to redo it")
+    rows = doc.get("rows") if isinstance(doc, dict) else doc
+    return rows if isinstance(rows, list) else []
+
+
+def method_row(method: str, run: RunDir, *, lr: float, lr_source: str, seconds: float | None = None) -> dict[str, Any]:
+    """One row of the sweep table, read from a method's finished run directory.
+
+    Sizes (trainable parameters: count and % of the model's parameters), cost (peak resident memory in GiB,
+    training seconds of the optimizer steps and training tokens per second, from train_summary.json), the
+    learning rate used and where it came from, the task metrics against the base model (base, tuned, delta,
+    paired-bootstrap 95% interval, p: comparison.json) and the forgetting rows (LM drift and benchmark deltas with
+    95% intervals: forgetting.json). Raises DataError naming a file that cannot be read.
+    """
+    summary = read_json(run.train_summary, what="the training summary", fix="rerun the sweep to train it again")
+    comparison = _comparison_to_base(run) or {}
+    trainable, total = summary.get("trainable_params"), summary.get("total_params")
+    task = {m: {k: v.get(k) for k in ("baseline", "candidate", "delta", "ci95", "p_value")}
+            for m, v in (comparison.get("metrics") or {}).items()}
+    forgetting = [{k: r.get(k) for k in ("task", "metric", "n", "base", "tuned", "delta", "relative_delta", "ci95",
+                                         "p_value", "higher_is_better", "significant_drop", "status")}
+                  for r in _forgetting_rows(run)]
+    return {
+        "method": method, "status": "done", "error": None, "exit_code": 0, "run_dir": run.path.name,
+        "lr": lr, "lr_source": lr_source,
+        "trainable_params": trainable, "total_params": total,
+        "trainable_pct": round(100.0 * trainable / total, 4) if trainable and total else None,
+        "peak_rss_gib": summary.get("peak_rss_gib"), "train_time_s": summary.get("train_time_s"),
+        "tokens_per_s": summary.get("tokens_per_s"), "steps": summary.get("steps"),
+        "train_tokens": summary.get("train_tokens"), "device": summary.get("device"),
+        "baseline": comparison.get("baseline"), "task": task, "forgetting": forgetting,
+        "seconds": None if seconds is None else round(seconds, 1),
+    }
+
+
+def failed_row(method: str, error: TunebenchError | str, exit_code: int, *, lr: float | None = None,
+               lr_source: str | None = None) -> dict[str, Any]:
+    """The row of a method that did not finish: its one-sentence error and the exit code it would have had."""
+    return {"method": method, "status": "failed", "error": str(error), "exit_code": exit_code, "run_dir": method,
+            "lr": lr, "lr_source": lr_source, "task": {}, "forgetting": []}
+
+
+def primary_task_metric(rows: list[dict[str, Any]]) -> str | None:
+    """The task metric the headline and chart use: the first of PRIMARY_TASK_METRICS every finished row has."""
+    done = [r for r in rows if r["status"] == "done"]
+    shared = [m for m in (done[0]["task"] if done else {}) if all(m in r["task"] for r in done)]
+    return _primary(shared, PRIMARY_TASK_METRICS)
+
+
+def primary_forgetting(rows: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """(task, metric) of the forgetting measure the headline and chart use: a row every finished method has,
+    by PRIMARY_FORGETTING_METRICS, never the KL row (a drift without a direction of better)."""
+    done = [r for r in rows if r["status"] == "done"]
+    if not done:
+        return None
+    keys = [(f["task"], f["metric"]) for f in done[0]["forgetting"] if f["metric"] != "kl"]
+    shared = [k for k in keys if all(any((f["task"], f["metric"]) == k for f in r["forgetting"]) for r in done)]
+    for metric in PRIMARY_FORGETTING_METRICS:
+        for key in shared:
+            if key[1] == metric:
+                return key
+    return shared[0] if shared else None
+
+
+def forgetting_entry(row: dict[str, Any], key: tuple[str, str] | None) -> dict[str, Any] | None:
+    if key is None:
+        return None
+    return next((f for f in row["forgetting"] if (f["task"], f["metric"]) == key), None)
+
+
+def _fmt(x: Any) -> str:
+    from tunebench.report.tables import fmt_num
+
+    return fmt_num(x)
+
+
+def headline(row: dict[str, Any], task_metric: str | None, forgetting: tuple[str, str] | None) -> str:
+    """A method's end-of-run line: task delta with its 95% interval, the forgetting measure, cost."""
+    from tunebench.report.tables import fmt_ci, fmt_signed
+
+    if row["status"] != "done":
+        return f"FAILED (exit {row['exit_code']}): {row['error']}"
+    parts = []
+    t = row["task"].get(task_metric) if task_metric else None
+    if t:
+        parts.append(f"{task_metric} {fmt_signed(t['delta'])} {fmt_ci(t['ci95'])} vs base")
+    f = forgetting_entry(row, forgetting)
+    if f:
+        rel = f.get("relative_delta")
+        parts.append(f"{f['task']} {f['metric']} {fmt_signed(f['delta'])}"
+                     + (f" ({100 * rel:+.1f}%)" if rel is not None else "") + f" {fmt_ci(f['ci95'])}")
+    if row.get("tokens_per_s") is not None:
+        parts.append(f"{_fmt(row['tokens_per_s'])} tok/s")
+    if row.get("trainable_pct") is not None:
+        parts.append(f"{row['trainable_pct']:.3g}% trainable")
+    return ", ".join(parts) if parts else "done"
+
+
+def format_duration(seconds: float) -> str:
+    """'42s', '3m05s', '1h02m'."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@dataclass
+class Eta:
+    """Overall ETA of a sweep: the mean time of the methods run so far in this invocation, times those left
+    (methods finished by an earlier invocation take no time and do not count)."""
+
+    remaining: int
+    durations: list[float] = field(default_factory=list)
+    started: float = 0.0
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def finish(self, ran: bool) -> float:
+        """Close the current method; `ran`: it did work now (not only found finished). Returns its seconds."""
+        took = time.perf_counter() - self.started
+        self.remaining -= 1
+        if ran:
+            self.durations.append(took)
+        return took
+
+    def text(self) -> str:
+        if self.remaining <= 0:
+            return "sweep finished"
+        if not self.durations:
+            return f"{self.remaining} method(s) left"
+        eta = sum(self.durations) / len(self.durations) * self.remaining
+        return f"{self.remaining} method(s) left, ETA ~{format_duration(eta)}"
+
+
+def sweep_document(sweep: SweepDir, *, config: str | None, methods: list[str], against: str | None,
+                   rows: list[dict[str, Any]], pairwise: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
+    """sweep.json's content (schema tunebench.sweep/1, docs/formats.md): settings, one row per method, pairwise."""
+    return {
+        "schema": SWEEP_SCHEMA, "tunebench_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "dir": str(sweep.path), "config": config, "methods": methods, "against": against,
+        "shared": {"model": cfg.model.ref, "seed": cfg.seed, "max_steps": cfg.train.max_steps,
+                   "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
+                   "eval_split": cfg.eval.split, "eval_limit": cfg.eval.limit, "bench_tasks": list(cfg.bench.tasks)
+                   if cfg.bench.enabled else [], "base_dir": sweep.base.path.name},
+        "task_metric": primary_task_metric(rows),
+        "forgetting_measure": list(primary_forgetting(rows) or []) or None,
+        "rows": rows,
+        "pairwise": pairwise,
+    }
