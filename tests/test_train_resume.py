@@ -127,3 +127,26 @@ def test_resume_with_another_process_count_exits_2_and_keeps_the_checkpoint(tmp_
                                           r"number of processes \(accelerate launch --num_processes 2\)"):
         train(cfg, data_dir=data_dir, resume=True, progress=False)
     assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in step.iterdir()} == before
+
+
+def test_tensorboard_events_of_a_resumed_run_match_its_log(tmp_path, tiny_causal_dir, data_dir, monkeypatch,
+                                                          uninterrupted):
+    """Steps logged after the last checkpoint by the killed process are purged, as train_log.jsonl drops them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_cfg(tmp_path, tiny_causal_dir, name="tb", save_every=2, **RUN)
+
+    def crash() -> None:
+        raise RuntimeError("simulated power cut")
+
+    stop_at_training_call(monkeypatch, 6, crash)  # inside step 4: step 3 was logged, the last checkpoint is step 2
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(cfg, data_dir=data_dir, progress=False)
+    monkeypatch.undo()
+    train(cfg, data_dir=data_dir, resume=True, progress=False)
+    events = EventAccumulator(str(cfg.run_dir / "tensorboard"))
+    events.Reload()
+    scalars = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in scalars] == [1, 2, 3, 4, 5]
+    assert [v for _, v in scalars] == pytest.approx(losses(uninterrupted), rel=1e-6)
+    assert [e.step for e in events.Scalars("val/loss")] == [0, 2, 4, 5]
