@@ -1,17 +1,22 @@
-"""Training throughput: tunebench's loop against Hugging Face `Trainer` + PEFT on the same model, data and LoRA.
+"""Training throughput: tunebench's loop against Hugging Face `Trainer` (+ PEFT) on the same model, data and method.
 
-    python speed/train_throughput.py [--steps 12] [--examples 96] [--batch-size 8] [--data-dir DIR] [--compile]
+    python speed/train_throughput.py [--methods lora,full,ia3,...] [--steps 12] [--examples 96] [--batch-size 8]
+                                     [--data-dir DIR] [--compile] [--ablate]
     python speed/train_throughput.py --precisions   # ours only: tokens/s in fp32 and bf16, and what auto picked
 
 Both trainers get the same tokenized DialogSum dev dialogues (chat template, completion-only labels), the same
-LoRA (all-linear, r16, alpha 32, dropout 0.05), batch size, learning rate, warmup and number of steps. The
-reference is a plain `Trainer` set-up: DataCollatorForSeq2Seq padding, bf16 autocast when the CPU has native
-bf16, fp32 weights, the model's own loss. Each trainer runs in its own subprocess so its peak RSS is its own.
+method applied to the model by the methods table (LoRA: all-linear, r16, alpha 32, dropout 0.05; every other
+method its config defaults), batch size, learning rate (LoRA 5e-4, the others their methods-table default),
+warmup and number of steps. The reference is a plain `Trainer` set-up: DataCollatorForSeq2Seq padding, bf16
+autocast when the CPU has native bf16, fp32 weights, the model's own loss; it is "Trainer + PEFT" for the
+methods PEFT implements (lora, ia3, prompt_tuning, prefix_tuning) and plain `Trainer` on the same prepared model
+for the others (full; freeze and the bottleneck adapter, which PEFT does not have). Each trainer runs in its own
+subprocess so its peak RSS is its own.
 
 Throughput counts real (non-padding) tokens per second of training. Model FLOP/s use the standard estimate
-for LoRA, 4 * N * tokens (forward 2N, backward 2N for the activation gradients through the frozen weights; the
-frozen weight gradients, 2N of full fine-tuning's 6N, are not computed; LoRA's own and attention's L^2 terms
-are left out), with N every parameter a token passes through, the tied output head included -- the same
+4 * N + 2 * T per token (forward 2N and the backward pass's activation gradients 2N through every weight a token
+passes through, N, the tied output head included; weight gradients 2T for the T trainable parameters only: 6N
+for full fine-tuning, about 4N for LoRA; adapters' own and attention's L^2 terms are left out) -- the same
 nominal count for both trainers, whatever work each actually skips. The peak is a measured bf16 matmul rate.
 """
 
@@ -35,13 +40,15 @@ LR, WARMUP_RATIO = 5e-4, 0.06
 
 
 def run_config(args: argparse.Namespace, out: Path) -> Any:
+    """The run config of `args.method`: LoRA at its measured settings, other methods at their defaults."""
     from tunebench.config import config_from_dict
 
     return config_from_dict({
         "name": "bench", "output_dir": str(out), "seed": 0, "model": {"ref": args.model},
         "data": {**DATA_KEYS, "limits": {"train": args.examples, "test": 1}},
-        "train": {"method": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
-                  "batch_size": args.batch_size, "max_steps": args.steps, "lr": LR, "warmup_ratio": WARMUP_RATIO,
+        "train": {"method": args.method, "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
+                  "batch_size": args.batch_size, "max_steps": args.steps,
+                  "lr": LR if args.method == "lora" else None, "warmup_ratio": WARMUP_RATIO,
                   "scheduler": "linear", "eval_every": None, "save_every": None, "log_every": 1,
                   "compile": args.compile, "bf16": args.bf16},
     })
@@ -102,8 +109,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         extra = switch_off(args.without, cfg) if args.without else {}
         s = train(cfg, data_dir=resolve_data_dir(args.data_dir, cfg), progress=False, **extra).summary
     return {"tokens": s["train_tokens"], "train_s": s["train_time_s"], "cpu_s": s["train_cpu_s"],
-            "peak_rss_gib": s["peak_rss_gib"], "params": s["total_params"], "bf16": s["bf16"],
-            "precision": s["precision"]}
+            "peak_rss_gib": s["peak_rss_gib"], "params": s["total_params"], "trainable": s["trainable_params"],
+            "bf16": s["bf16"], "precision": s["precision"]}
 
 
 def run_hf(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,7 +132,7 @@ def run_hf(args: argparse.Namespace) -> dict[str, Any]:
                                     format_prompt=loaded.format_prompt, max_length=cfg.data.max_length)
         dataset = [{"input_ids": r.input_ids, "attention_mask": [1] * len(r.input_ids), "labels": r.labels}
                    for r in rows]
-        model = apply_method(loaded.model, cfg.train)  # PEFT LoRA, fp32 weights
+        model = apply_method(loaded.model, cfg.train)  # the same method (PEFT's where PEFT has it), fp32 weights
         model.train()
         counted = {"tokens": 0}
         pad = DataCollatorForSeq2Seq(loaded.tokenizer, model=None, padding=True, label_pad_token_id=-100)
@@ -138,7 +145,7 @@ def run_hf(args: argparse.Namespace) -> dict[str, Any]:
         bf16 = bf16_native(torch.device("cpu"))
         targs = TrainingArguments(
             output_dir=out, use_cpu=True, bf16=bf16, per_device_train_batch_size=args.batch_size,
-            max_steps=args.steps, learning_rate=LR, warmup_steps=warmup_steps(args.steps, WARMUP_RATIO),
+            max_steps=args.steps, learning_rate=cfg.train.lr, warmup_steps=warmup_steps(args.steps, WARMUP_RATIO),
             lr_scheduler_type="linear", max_grad_norm=1.0, weight_decay=0.0, seed=0, logging_steps=1,
             save_strategy="no", report_to="none", disable_tqdm=True, remove_unused_columns=False,
             dataloader_num_workers=0, torch_compile=args.compile,
@@ -147,8 +154,10 @@ def run_hf(args: argparse.Namespace) -> dict[str, Any]:
         start, cpu_start = time.perf_counter(), time.process_time()
         trainer.train()
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    trainable, total = parameter_counts(model)
     return {"tokens": counted["tokens"], "train_s": round(elapsed, 2), "cpu_s": round(cpu, 2),
-            "peak_rss_gib": round(peak_rss_bytes() / 2**30, 3), "params": parameter_counts(model)[1], "bf16": bf16}
+            "peak_rss_gib": round(peak_rss_bytes() / 2**30, 3), "params": total, "trainable": trainable,
+            "bf16": bf16, "peft": hasattr(model, "peft_config")}
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
@@ -163,9 +172,10 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> floa
 
 
 def in_subprocess(which: str, args: argparse.Namespace, without: str | None = None,
-                  bf16: str | None = None) -> dict[str, Any]:
+                  bf16: str | None = None, method: str = "lora") -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--only", which, "--steps", str(args.steps), "--examples", str(args.examples),
-           "--batch-size", str(args.batch_size), "--model", args.model, "--bf16", bf16 or args.bf16]
+           "--batch-size", str(args.batch_size), "--model", args.model, "--bf16", bf16 or args.bf16,
+           "--method", method]
     cmd += ["--compile"] if args.compile else []
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
@@ -218,9 +228,15 @@ def main() -> None:
                         help="ours only, once per precision (train.bf16 off, on, auto): tokens/s of each and which "
                         "one auto picked")
     parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="train.bf16 of our trainer")
+    parser.add_argument("--methods", type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
+                        default=["lora"], help="methods to measure, e.g. full,lora,freeze,adapter,ia3,prompt_tuning")
+    parser.add_argument("--method", default="lora", help=argparse.SUPPRESS)
     parser.add_argument("--only", choices=["ours", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--without", choices=sorted(LEVERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from tunebench.sweep import check_methods
+
+    args.methods = check_methods(args.methods)
     if args.only:
         print(json.dumps(run_ours(args) if args.only == "ours" else run_hf(args)))
         return
@@ -228,27 +244,35 @@ def main() -> None:
     if args.precisions:
         compare_precisions(args)
         return
-    results = {name: in_subprocess(name, args) for name in ("hf", "ours")}
     peak_bf16, peak_fp32 = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
-    print(f"{args.steps} steps, batch {args.batch_size}, {args.examples} DialogSum dialogues, LoRA r16 all-linear, "
+    print(f"{args.steps} steps, batch {args.batch_size}, {args.examples} DialogSum dialogues, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     print(f"measured matmul peak: bf16 {peak_bf16 / 1e9:.1f} GFLOP/s, fp32 {peak_fp32 / 1e9:.1f} GFLOP/s")
-    print(f"{'trainer':<20}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'tok/CPU-s':>11}{'GFLOP/s':>9}"
-          f"{'of peak':>9}{'peak RSS':>10}")
-    for name, label in (("hf", "HF Trainer + PEFT"), ("ours", "tunebench")):
-        r = results[name]
-        rate, per_cpu = r["tokens"] / r["train_s"], r["tokens"] / r["cpu_s"]
-        flops = 4 * r["params"] * rate
-        r.update(tokens_per_s=rate, tokens_per_cpu_s=per_cpu)
-        print(f"{label:<20}{r['tokens']:>8}{r['train_s']:>9.1f}{rate:>10.1f}{per_cpu:>11.1f}{flops / 1e9:>9.1f}"
-              f"{flops / peak_bf16:>9.1%}{r['peak_rss_gib']:>6.2f} GiB")
-    ratio = results["ours"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
-    cpu_ratio = results["ours"]["tokens_per_cpu_s"] / results["hf"]["tokens_per_cpu_s"]
-    print(f"speed-up of tunebench over HF Trainer: {ratio:.2f}x in tokens/s, {cpu_ratio:.2f}x in tokens per "
-          "CPU-second (target >= 1.5x)")
+    print(f"{'method':<15}{'trainer':<20}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'tok/CPU-s':>11}{'GFLOP/s':>9}"
+          f"{'of peak':>9}{'peak RSS':>10}{'speed-up':>10}{'CPU-s':>8}  load", flush=True)
+    measured: dict[str, dict[str, Any]] = {}
+    for method in args.methods:
+        results = measured[method] = {name: in_subprocess(name, args, method=method) for name in ("hf", "ours")}
+        labels = {"hf": "HF Trainer + PEFT" if results["hf"].get("peft") else "HF Trainer", "ours": "tunebench"}
+        for name in ("hf", "ours"):
+            r = results[name]
+            rate, per_cpu = r["tokens"] / r["train_s"], r["tokens"] / r["cpu_s"]
+            flops = (4 * r["params"] + 2 * r["trainable"]) * rate
+            r.update(tokens_per_s=rate, tokens_per_cpu_s=per_cpu)
+            ratios = ""
+            if name == "ours":
+                ratio = rate / results["hf"]["tokens_per_s"]
+                cpu_ratio = per_cpu / results["hf"]["tokens_per_cpu_s"]
+                ratios = f"{ratio:>9.2f}x{cpu_ratio:>7.2f}x"
+            print(f"{method:<15}{labels[name]:<20}{r['tokens']:>8}{r['train_s']:>9.1f}{rate:>10.1f}{per_cpu:>11.1f}"
+                  f"{flops / 1e9:>9.1f}{flops / peak_bf16:>9.1%}{r['peak_rss_gib']:>6.2f} GiB{ratios:>18}"
+                  f"  {os.getloadavg()[0]:.1f}", flush=True)
+    print("speed-up: tunebench over the HF Trainer reference in tokens/s, and in tokens per CPU-second "
+          "(target >= 1.5x)")
     if args.ablate:
         # On a shared machine wall time swings with other load; CPU time per token is the steadier measure.
-        base = results["ours"]["tokens_per_cpu_s"]
+        lora = measured["lora"]["ours"] if "lora" in measured else in_subprocess("ours", args)  # levers of LoRA
+        base = lora["tokens"] / lora["cpu_s"]
         print(f"\n{'ours without':<20}{'tokens/s':>10}{'tok/CPU-s':>11}{'vs all on':>11}{'peak RSS':>10}  what changes")
         for lever, what in LEVERS.items():
             r = in_subprocess("ours", args, without=lever)
