@@ -250,7 +250,9 @@ def test_method_row_and_report_from_files(tmp_path):
     html = render_sweep_html(doc, chart)
     assert "&lt;b&gt;PEFT&lt;/b&gt; refuses &amp; stops" in html and "<b>PEFT</b>" not in html
     assert "200,000 (100%)" in html and "1,000 (0.5%)" in html and "+0.1500 [0.1400, 0.1600]" in html
-    assert "(method default)" in html
+    assert "(method default)" in html and "1.50 GiB" in html
+    rows[1]["peak_gpu_gib"] = 7.25  # trained on a GPU: the allocator's peak is the memory shown
+    assert "7.25 GiB GPU" in render_sweep_html(doc, None)
 
 
 def test_eta_counts_only_methods_that_ran(monkeypatch):

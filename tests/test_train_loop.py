@@ -31,6 +31,7 @@ def test_causal_model_overfits_and_writes_the_run_dir(tmp_path, tiny_causal_dir,
     assert summary["final_val_loss"] < summary["initial_val_loss"]
     assert summary["best_step"] == 12 and summary["output_weights"] == "best (step 12)"
     assert summary["tokens_per_s"] > 0 and summary["peak_rss_gib"] > 0
+    assert (summary["peak_gpu_gib"] is None) == (not summary["device"].startswith("cuda"))
     stats = json.loads((run / "data_stats.json").read_text())
     assert stats["sizes"]["train"] == 4 and stats["tokenized"]["train"]["kept"] == 4
     assert result.output_dir == run / "model" and not result.interrupted

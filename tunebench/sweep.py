@@ -107,8 +107,8 @@ def _forgetting_rows(run: RunDir) -> list[dict[str, Any]]:
 def method_row(method: str, run: RunDir, *, lr: float, lr_source: str, seconds: float | None = None) -> dict[str, Any]:
     """One row of the sweep table, read from a method's finished run directory.
 
-    Sizes (trainable parameters: count and % of the model's parameters), cost (peak resident memory in GiB,
-    training seconds of the optimizer steps and training tokens per second, from train_summary.json), the
+    Sizes (trainable parameters: count and % of the model's parameters), cost (peak resident memory in GiB, and
+    the peak of torch's CUDA allocator when the method trained on a GPU, training seconds of the optimizer steps and training tokens per second, from train_summary.json), the
     learning rate used and where it came from, the task metrics against the base model (base, tuned, delta,
     paired-bootstrap 95% interval, p: comparison.json) and the forgetting rows (LM drift and benchmark deltas with
     95% intervals: forgetting.json). Raises DataError naming a file that cannot be read.
@@ -126,7 +126,8 @@ def method_row(method: str, run: RunDir, *, lr: float, lr_source: str, seconds: 
         "lr": lr, "lr_source": lr_source,
         "trainable_params": trainable, "total_params": total,
         "trainable_pct": round(100.0 * trainable / total, 4) if trainable and total else None,
-        "peak_rss_gib": summary.get("peak_rss_gib"), "train_time_s": summary.get("train_time_s"),
+        "peak_rss_gib": summary.get("peak_rss_gib"), "peak_gpu_gib": summary.get("peak_gpu_gib"),
+        "train_time_s": summary.get("train_time_s"),
         "tokens_per_s": summary.get("tokens_per_s"), "steps": summary.get("steps"),
         "train_tokens": summary.get("train_tokens"), "device": summary.get("device"),
         "baseline": comparison.get("baseline"), "task": task, "forgetting": forgetting,

@@ -48,6 +48,13 @@ def _with_direction(entry: dict[str, Any] | None, metric: str) -> dict[str, Any]
         return entry
 
 
+def _memory(row: dict[str, Any]) -> str:
+    """Peak memory of a method's training: GPU memory (torch's allocator) on a GPU, else resident memory."""
+    if _is_num(row.get("peak_gpu_gib")):
+        return f"{row['peak_gpu_gib']:.2f} GiB GPU"
+    return f"{row['peak_rss_gib']:.2f} GiB" if _is_num(row.get("peak_rss_gib")) else DASH
+
+
 def sweep_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The table's rows as strings: one per method (failed ones with their error), shared by terminal and HTML."""
     task_metrics = [m for r in doc["rows"] for m in r["task"]]
@@ -65,7 +72,7 @@ def sweep_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({
             **base,
             "trainable": f"{fmt_num(trainable)} ({pct:.3g}%)" if trainable is not None and pct is not None else DASH,
-            "memory": f"{r['peak_rss_gib']:.2f} GiB" if _is_num(r.get("peak_rss_gib")) else DASH,
+            "memory": _memory(r),
             "time": format_duration(r["train_time_s"]) if _is_num(r.get("train_time_s")) else DASH,
             "tokens_per_s": fmt_num(r.get("tokens_per_s")),
             "task": [{"metric": m, **_delta_cell(_with_direction(r["task"].get(m), m))} for m in task_metrics],

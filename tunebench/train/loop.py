@@ -415,6 +415,8 @@ class Recipe:
             "train_cpu_s": round(st.train_cpu_s, 2), "threads": torch.get_num_threads(),
             "wall_time_s": round(time.perf_counter() - self.wall_start, 2),
             "peak_rss_gib": round(peak_rss_bytes() / 2**30, 3),
+            "peak_gpu_gib": (round(torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30, 3)
+                             if self.accelerator.device.type == "cuda" else None),
             "initial_val_loss": st.initial_val_loss, "final_val_loss": st.last_val_loss,
             "val_loss_drop": relative_drop(st.initial_val_loss, st.last_val_loss),
             "best_val_loss": min(self.log.series("val_loss")[1], default=None),
