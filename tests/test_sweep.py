@@ -191,7 +191,7 @@ def test_unknown_method_is_a_usage_error(tmp_path, capsys):
     assert "--against: 'ia3' is not one of" in capsys.readouterr().err
 
 
-def test_cli_default_methods_are_the_sweep_modules():
+def test_cli_default_methods_match_the_sweep_module():
     from tunebench.cli import _SWEEP_METHODS
     from tunebench.models.methods import METHODS as TABLE
     from tunebench.sweep import DEFAULT_METHODS
