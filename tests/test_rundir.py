@@ -27,7 +27,8 @@ def test_every_documented_path_is_named_by_the_run_dir(tmp_path):
     run = RunDir(tmp_path)
     named = {
         "config.yaml": run.config, "data_stats.json": run.data_stats, "train_log.jsonl": run.train_log,
-        "loss_curve.png": run.loss_curve, "checkpoints/": run.checkpoints, "adapter/": run.adapter,
+        "loss_curve.png": run.loss_curve, "tensorboard/": run.tensorboard, "checkpoints/": run.checkpoints,
+        "adapter/": run.adapter,
         "model/": run.model, "train_summary.json": run.train_summary, "eval/<system>/": run.eval_dir("<system>").path,
         "bench/<system>/": run.bench_dir("<system>").path, "compare/forgetting.json": run.compare_dir.forgetting,
         "compare/comparison.json": run.compare_dir.comparison, "results.json": run.results,
@@ -79,3 +80,16 @@ def test_around_does_not_climb_out_of_an_unrelated_folder(tmp_path):
     (tmp_path / "elsewhere" / "adapter").mkdir(parents=True)
     assert RunDir.around(tmp_path / "elsewhere" / "adapter") is None
     assert RunDir.around(tmp_path / "elsewhere") is None
+
+
+def test_sweep_dir_names_its_runs_and_files(tmp_path):
+    from tunebench.rundir import SweepDir
+
+    sweep = SweepDir(str(tmp_path))
+    assert sweep.base == RunDir(tmp_path / "base") and sweep.run("lora") == RunDir(tmp_path / "lora")
+    assert sweep.compare_dir == CompareDir(tmp_path / "compare")
+    assert (sweep.sweep_json, sweep.report_html, sweep.chart) == (
+        tmp_path / "sweep.json", tmp_path / "report.html", tmp_path / "gain_vs_forgetting.png")
+    for taken in ("base", "compare"):
+        with pytest.raises(ValueError, match=taken):
+            sweep.run(taken)
