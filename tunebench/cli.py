@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
             "steps and evaluation, against one shared base; one report",
             "finished methods are kept; rerun the same command to finish the others")
     _add_config_args(p)
-    p.add_argument("--methods", type=_csv, default=list(_SWEEP_METHODS), metavar="M[,M...]",
+    p.add_argument("--methods", type=_csv, default=",".join(_SWEEP_METHODS), metavar="M[,M...]",
                    help="methods of the methods table to compare")
     p.add_argument("--against", default=None, metavar="M",
                    help="also compare every method with this one (paired deltas on the same examples)")
