@@ -218,3 +218,14 @@ def test_old_scores_without_diagnostics_are_diagnosed_from_predictions(tmp_path:
     del scores["diagnostics"]
     (d / "scores.json").write_text(json.dumps(scores))
     assert build_results(d)["systems"]["tuned"]["diagnostics"]["degenerate"]["count"] == 10
+
+
+def test_the_task_summary_names_the_test_of_each_p_value():
+    from tunebench.report.tables import task_summary_rows
+
+    metric = {"baseline": 0.5, "candidate": 0.7, "delta": 0.2, "ci95": [0.05, 0.35], "p_value": 0.042,
+              "method": "approximate-randomization", "higher_is_better": True}
+    results = {"tasks": {"emotion": {"comparisons": [{"candidate": "tuned", "baseline": "base-0shot",
+                                                      "metrics": {"accuracy": metric}}]}}}
+    (row,) = task_summary_rows(results)
+    assert row["p"] == "0.0420 (approximate-randomization)"

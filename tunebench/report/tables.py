@@ -163,6 +163,11 @@ def degenerate_lines(results: dict[str, Any]) -> list[str]:
             if (flag := (system.get("diagnostics") or {}).get("degenerate"))]
 
 
+def fmt_named_p(m: dict[str, Any]) -> str:
+    """The deciding p-value with the test it comes from: `0.0420 (approximate-randomization)`."""
+    return f"{fmt_p(m['p_value'])} ({m['method']})" if m.get("method") else fmt_p(m["p_value"])
+
+
 def fmt_tests(m: dict[str, Any]) -> str:
     """The p-values of the tests that did not decide the verdict, each named: `0.0010 (paired-bootstrap)`."""
     others = {test: p for test, p in (m.get("p_values") or {}).items() if test != m.get("method")}
@@ -238,7 +243,7 @@ def task_summary_rows(results: dict[str, Any]) -> list[dict[str, str]]:
             d = digits_for(m["baseline"], m["candidate"])
             rows.append({"task": task, "metric": metric, "baseline": fmt_num(m["baseline"], d),
                          "candidate": fmt_num(m["candidate"], d),
-                         "delta": f"{fmt_signed(m['delta'], d)} {fmt_ci(m['ci95'], d)}", "p": fmt_p(m["p_value"]),
+                         "delta": f"{fmt_signed(m['delta'], d)} {fmt_ci(m['ci95'], d)}", "p": fmt_named_p(m),
                          "verdict": verdict(m), "pair": f"{comp['candidate']} vs {comp['baseline']}"})
     return rows
 
