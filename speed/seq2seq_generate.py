@@ -74,7 +74,8 @@ def main() -> None:
                 if str(f).endswith(".gguf"))
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = build_model(args.kind, tok, args.d_model, args.layers)
-    data = DataConfig.model_validate({"source": "dialogsum", "limits": {"test": args.n}})
+    data = DataConfig.model_validate({"source": "dialogsum", "limits": {"test": args.n},
+                                      "splits": {"train": "validation", "validation": None, "test": "test"}})
     prompts = [e.prompt for e in build_splits(data, resolve_data_dir(args.data_dir, None), 0).test][: args.n]
     encoded = encode_prompts(tok, prompts)
     eos = [tok.eos_token_id, *(range(args.eos_every, len(tok), args.eos_every) if args.eos_every else [])]
