@@ -13,8 +13,10 @@ log-likelihoods in fp32; seeded sampling draws per batch, so sampled outputs dep
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
+
+from tunebench.errors import ConfigError
 
 MAIN_RANK = 0
 T = TypeVar("T")
@@ -126,3 +128,39 @@ def from_main(fn: Callable[[], T], rank: int = 0, world_size: int = 1) -> T:
         return fn()
     return gather([fn()] if is_main(rank) else [], world_size)[0]
 
+
+FSDP_REQUEST_ENV = "ACCELERATE_USE_FSDP"  # what `accelerate launch` sets for `distributed_type: FSDP`
+
+
+def check_sharding(method: Any, state: Any, env: Mapping[str, str] | None = None) -> None:
+    """Refuse, before anything is written, an FSDP launch that cannot train `method` (a `Method` row).
+
+    state: Accelerate's state (`Accelerator.state`: `distributed_type`, and `fsdp_plugin` under FSDP); env: the
+    environment (default `os.environ`). Raises ConfigError (exit 2), one sentence naming the setting, when
+    - FSDP was asked for (`distributed_type: FSDP` in the accelerate config, which `accelerate launch` passes as
+      ACCELERATE_USE_FSDP=true) but Accelerate did not set it up: Accelerate 1.15 turns FSDP on only for
+      accelerator processes (accelerate/state.py, `AcceleratorState.__init__`: the FSDP branch is inside
+      `elif self.distributed_type in [DistributedType.MULTI_GPU, ...]`), so CPU processes would train with DDP
+      instead of what was asked; or
+    - FSDP1 runs with flat parameters (`fsdp_use_orig_params: false`, Accelerate's default) and the method's row
+      says `fsdp_needs_orig_params` (torch would refuse the wrap with a traceback; see `Method`).
+    DeepSpeed ZeRO keeps frozen weights apart from the trainable ones it partitions (PEFT's DeepSpeed guide trains
+    LoRA under ZeRO-3), so it needs no such check.
+    """
+    from accelerate.utils import DistributedType
+
+    env = os.environ if env is None else env
+    is_fsdp = state.distributed_type == DistributedType.FSDP
+    if not is_fsdp and env.get(FSDP_REQUEST_ENV, "false").lower() == "true":
+        kind = str(state.distributed_type).split(".")[-1]
+        raise ConfigError(f"distributed_type: FSDP (ACCELERATE_USE_FSDP=true) was asked for but Accelerate runs "
+                          f"this launch as {kind}, not FSDP: it shards only processes on GPUs or other "
+                          "accelerators started by accelerate launch, so launch there or drop FSDP from the "
+                          "accelerate config")
+    if not is_fsdp:
+        return
+    plugin = state.fsdp_plugin
+    if getattr(plugin, "fsdp_version", 1) == 1 and not plugin.use_orig_params and method.fsdp_needs_orig_params:
+        raise ConfigError(f"train.method '{method.name}' mixes trainable and frozen weights in one FSDP unit, "
+                          "which FSDP1 shards only with fsdp_use_orig_params: true in the accelerate config "
+                          "(FSDP_USE_ORIG_PARAMS=true) or with fsdp_version: 2")

@@ -57,6 +57,14 @@ class Method:
     peft_input_casting: the method's layers are PEFT tuner layers whose float32 input cast the trainer may switch
       off during CPU bf16 training (`train/fast_paths.py: keep_lora_input_dtype`).
     default_lr: the AdamW peak learning rate `train.lr` takes when the config leaves it unset (README: "Methods").
+    fsdp_needs_orig_params: trainable and frozen weights of this method can sit in the same FSDP unit (a LoRA or
+      IA3 layer inside a frozen projection, adapter layers inside a frozen block, a soft prompt or prefix beside
+      the frozen embeddings, top blocks or named modules of a frozen model). FSDP1 flattens each unit into one
+      parameter of one `requires_grad`, so it can shard such a method only with the original parameters kept
+      (Accelerate's `fsdp_use_orig_params: true`); with flat parameters torch refuses the wrap ("Must flatten
+      tensors with uniform `requires_grad` when `use_orig_params=False`", torch/distributed/fsdp). PEFT's FSDP
+      guide states the same need. FSDP2 and DeepSpeed ZeRO shard parameter by parameter and have no such limit.
+      `tests/test_fsdp_methods.py` checks each row against torch's FSDP on two CPU processes.
     """
 
     name: str
@@ -73,6 +81,7 @@ class Method:
     merge: Callable[[Any], Any] | None = None
     peft_input_casting: bool = False
     default_lr: float = 2e-4
+    fsdp_needs_orig_params: bool = True
 
     def __post_init__(self) -> None:
         if self.mergeable != (self.merge is not None):
@@ -353,6 +362,7 @@ def peft_method(
         save=save or _save_peft, reload=_reload_peft, recognises=recognises, attached=attached,
         disabled=_disabled_peft,
         merge=_merge_peft if mergeable else None, peft_input_casting=peft_input_casting, default_lr=default_lr,
+        fsdp_needs_orig_params=True,  # every PEFT tuner trains new weights inside or beside frozen modules
     )
 
 
@@ -500,7 +510,7 @@ def _is_bottleneck_dir(out_dir: Path) -> bool:
 
 register(Method(
     name="full", description="every weight trains", apply=_full, output="model", mergeable=False,
-    freezes_base=False, save=_save_model, recognises=_is_model_dir, default_lr=2e-5,
+    freezes_base=False, save=_save_model, recognises=_is_model_dir, default_lr=2e-5, fsdp_needs_orig_params=False,
 ))
 _LORA_ROW = peft_method(
     "lora", "LORA", _lora_config, mergeable=True, peft_input_casting=True, default_lr=2e-4, save=_save_lora,
@@ -511,12 +521,13 @@ register(replace(_LORA_ROW, apply=_apply_lora))
 register(Method(
     name="freeze", description="only the top transformer blocks and named modules train", apply=_freeze,
     output="model", mergeable=False, freezes_base=True, save=_save_model, default_lr=2e-5,
+    fsdp_needs_orig_params=True,
 ))
 register(Method(
     name="adapter", description="bottleneck adapter layers, Houlsby or Pfeiffer placement (models/bottleneck.py)",
     apply=_apply_bottleneck, output="adapter", mergeable=False, freezes_base=True, save=_save_bottleneck,
     reload=_reload_bottleneck, recognises=_is_bottleneck_dir, attached=_bottleneck_attached,
-    disabled=_disabled_bottleneck, default_lr=1e-4,
+    disabled=_disabled_bottleneck, default_lr=1e-4, fsdp_needs_orig_params=True,
 ))
 _IA3_ROW = peft_method(
     "ia3", "IA3", _ia3_config, mergeable=True, default_lr=3e-3,

@@ -43,6 +43,7 @@ from tunebench.models import apply_method, get_method, load_model, parameter_cou
 from tunebench.models.device import accelerate_cpu, load_dtype, resolve_device
 from tunebench.models.load import capped_max_length, load_model_config
 from tunebench.models.precision import resolve_bf16
+from tunebench.processes import check_sharding
 from tunebench.rundir import RunDir
 from tunebench.train import checkpoint as ckpt
 from tunebench.train.batches import (
@@ -156,6 +157,7 @@ class Recipe:
         self.use_bf16, self.precision = self._choose_precision(device)
         self.accelerator = Accelerator(mixed_precision="bf16" if self.use_bf16 else "no", cpu=accelerate_cpu(device))
         acc = self.accelerator
+        check_sharding(get_method(self.tc.method), acc.state)  # before anything is written
         self.rank, self.world, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
         tc = self.tc
         self.grad_accum = accumulation_steps(tc.batch_size, tc.grad_accum, tc.global_batch_size, self.world,
