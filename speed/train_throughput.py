@@ -3,6 +3,7 @@
     python speed/train_throughput.py [--methods lora,full,ia3,...] [--steps 12] [--examples 96] [--batch-size 8]
                                      [--data-dir DIR] [--compile] [--ablate]
     python speed/train_throughput.py --precisions   # ours only: tokens/s in fp32 and bf16, and what auto picked
+    python speed/train_throughput.py --processes 1,2  # ours only: 1 process against 2 (gloo), same global batch
 
 Both trainers get the same tokenized DialogSum dev dialogues (chat template, completion-only labels), the same
 method applied to the model by the methods table (LoRA: all-linear, r16, alpha 32, dropout 0.05; every other
@@ -18,6 +19,13 @@ Throughput counts real (non-padding) tokens per second of training. Model FLOP/s
 passes through, N, the tied output head included; weight gradients 2T for the T trainable parameters only: 6N
 for full fine-tuning, about 4N for LoRA; adapters' own and attention's L^2 terms are left out) -- the same
 nominal count for both trainers, whatever work each actually skips. The peak is a measured bf16 matmul rate.
+
+`--processes 1,2` runs our trainer alone, once per process count, each run launched by torchrun (the launcher
+`accelerate launch --multi_gpu` wraps; gloo on the CPU) except the one-process run, all with the same global batch:
+`--batch-size` examples per process and micro-batch, times the largest process count (the one-process run
+accumulates that many micro-batches per step), so every run takes the same optimizer steps on the same examples.
+The machine's cores are split evenly between the processes (OMP_NUM_THREADS). tokens/s counts every process's
+tokens over the main process's wall time of the steps.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ def run_config(args: argparse.Namespace, out: Path) -> Any:
         "name": "bench", "output_dir": str(out), "seed": 0, "model": {"ref": args.model},
         "data": {**DATA_KEYS, "limits": {"train": args.examples, "test": 1}},
         "train": {"method": args.method, "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
-                  "batch_size": args.batch_size, "max_steps": args.steps,
+                  "batch_size": args.batch_size, "max_steps": args.steps, "global_batch_size": args.global_batch,
                   "lr": LR if args.method == "lora" else None, "warmup_ratio": WARMUP_RATIO,
                   "scheduler": "linear", "eval_every": None, "save_every": None, "log_every": 1,
                   "compile": args.compile, "bf16": args.bf16},
@@ -104,11 +112,12 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     from tunebench.config import resolve_data_dir
     from tunebench.train.loop import train
 
-    with tempfile.TemporaryDirectory() as out:
-        cfg = run_config(args, Path(out))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = run_config(args, Path(args.out or tmp))  # several processes share the parent's folder
         extra = switch_off(args.without, cfg) if args.without else {}
         s = train(cfg, data_dir=resolve_data_dir(args.data_dir, cfg), progress=False, **extra).summary
-    return {"tokens": s["train_tokens"], "train_s": s["train_time_s"], "cpu_s": s["train_cpu_s"],
+    return {"processes": s["num_processes"], "grad_accum": s["grad_accum"], "global_batch": s["global_batch_size"],
+            "threads": s["threads"], "tokens": s["train_tokens"], "train_s": s["train_time_s"], "cpu_s": s["train_cpu_s"],
             "peak_rss_gib": s["peak_rss_gib"], "params": s["total_params"], "trainable": s["trainable_params"],
             "bf16": s["bf16"], "precision": s["precision"]}
 
@@ -172,11 +181,22 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> floa
 
 
 def in_subprocess(which: str, args: argparse.Namespace, without: str | None = None,
-                  bf16: str | None = None, method: str = "lora") -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--only", which, "--steps", str(args.steps), "--examples", str(args.examples),
+                  bf16: str | None = None, method: str = "lora", processes: int = 1,
+                  global_batch: int | None = None) -> dict[str, Any]:
+    """One trainer's run in a fresh process (torchrun with `processes` > 1); its summary figures."""
+    launcher = [sys.executable]
+    if processes > 1:
+        import socket
+
+        with socket.socket() as sock:  # a free port for the process group
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(port)]
+    cmd = [*launcher, __file__, "--only", which, "--steps", str(args.steps), "--examples", str(args.examples),
            "--batch-size", str(args.batch_size), "--model", args.model, "--bf16", bf16 or args.bf16,
            "--method", method]
     cmd += ["--compile"] if args.compile else []
+    cmd += ["--global-batch", str(global_batch)] if global_batch else []
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     if without:
@@ -185,7 +205,10 @@ def in_subprocess(which: str, args: argparse.Namespace, without: str | None = No
     # Both trainers run with the same OpenMP wait policy (ours sets PASSIVE when imported first); an empty value
     # makes libgomp fall back to its default spinning.
     env["OMP_WAIT_POLICY"] = "" if without == "omp_passive" else env.get("OMP_WAIT_POLICY", "PASSIVE")
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if global_batch:  # a process-count comparison: the cores split evenly between the processes
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+    with tempfile.TemporaryDirectory() as out:
+        done = subprocess.run([*cmd, "--out", out], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         sys.exit(f"{which} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -215,6 +238,25 @@ def compare_precisions(args: argparse.Namespace) -> None:
           f"setting ({runs[fastest]['precision']['picked']}; target >= 95%)")
 
 
+def compare_processes(args: argparse.Namespace) -> None:
+    """Our trainer on 1 and on N CPU processes with the same global batch: tokens/s of each, and N over 1."""
+    global_batch = args.batch_size * max(args.processes)
+    print(f"{args.steps} steps, global batch {global_batch} ({args.batch_size} per process and micro-batch), "
+          f"{args.examples} DialogSum dialogues, {args.method}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"{'processes':<11}{'threads':>8}{'accum':>7}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'vs 1':>7}"
+          f"{'peak RSS':>11}  load", flush=True)
+    first = None
+    for n in args.processes:
+        r = in_subprocess("ours", args, method=args.method, processes=n, global_batch=global_batch)
+        rate = r["tokens"] / r["train_s"]
+        first = first or rate
+        print(f"{r['processes']:<11}{r['threads']:>8}{r['grad_accum']:>7}{r['tokens']:>8}{r['train_s']:>9.1f}"
+              f"{rate:>10.1f}{rate / first:>6.2f}x{r['peak_rss_gib']:>7.2f} GiB  {os.getloadavg()[0]:.1f}",
+              flush=True)
+    print("threads: per process; peak RSS: of the main process; vs 1: tokens/s over the first row's")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps each trainer runs")
@@ -230,7 +272,12 @@ def main() -> None:
     parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="train.bf16 of our trainer")
     parser.add_argument("--methods", type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
                         default=["lora"], help="methods to measure, e.g. full,lora,freeze,adapter,ia3,prompt_tuning")
+    parser.add_argument("--processes", type=lambda v: [int(n) for n in v.split(",") if n.strip()], default=None,
+                        metavar="N[,N...]", help="ours only: tokens/s of each process count (e.g. 1,2) with the same "
+                        "global batch (--batch-size per process x the largest count)")
     parser.add_argument("--method", default="lora", help=argparse.SUPPRESS)
+    parser.add_argument("--global-batch", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--only", choices=["ours", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--without", choices=sorted(LEVERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -238,7 +285,12 @@ def main() -> None:
 
     args.methods = check_methods(args.methods)
     if args.only:
-        print(json.dumps(run_ours(args) if args.only == "ours" else run_hf(args)))
+        result = run_ours(args) if args.only == "ours" else run_hf(args)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns the same summary
+            print(json.dumps(result))
+        return
+    if args.processes:
+        compare_processes(args)
         return
 
     if args.precisions:
