@@ -103,12 +103,13 @@ def test_limit_zero_means_all_in_eval_and_bench(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     from tunebench import pipeline
+    from tunebench.pipeline.stages import eval_examples
 
     cfg = load_config(None, ["eval.limit=2"])
     splits = SimpleNamespace(test=list(range(5)))
-    assert pipeline._eval_examples(cfg, splits, "test", 0) == [0, 1, 2, 3, 4]
-    assert pipeline._eval_examples(cfg, splits, "test", None) == [0, 1]
-    assert pipeline._eval_examples(cfg, splits, "test", 3) == [0, 1, 2]
+    assert eval_examples(cfg, splits, "test", 0) == [0, 1, 2, 3, 4]
+    assert eval_examples(cfg, splits, "test", None) == [0, 1]
+    assert eval_examples(cfg, splits, "test", 3) == [0, 1, 2]
     seen = {}
     from tunebench.bench.runner import BenchResults
 

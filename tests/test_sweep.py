@@ -19,10 +19,12 @@ class Spies:
     """Records the sweep's evaluations, benchmark runs and training processes, and lets them run."""
 
     def __init__(self, monkeypatch):
-        import tunebench.pipeline as pipeline
+        import tunebench.pipeline.run as run_stages
+        import tunebench.pipeline.sweep as sweep_stages
 
         self.evaluated, self.benched, self.trained = [], [], []
-        evaluate_into, bench_loaded, train = pipeline.evaluate_into, pipeline.bench_loaded, pipeline._train_in_subprocess
+        evaluate_into, bench_loaded = run_stages.evaluate_into, run_stages.bench_loaded
+        train = sweep_stages._train_in_subprocess
 
         def spy_evaluate(out, cfg, loaded, examples, splits, system, shots, *args, **kwargs):
             self.evaluated.append((system["name"], out.path.parent.parent.name))
@@ -36,9 +38,9 @@ class Spies:
             self.trained.append(method)
             return train(method, run, data_dir)
 
-        monkeypatch.setattr(pipeline, "evaluate_into", spy_evaluate)
-        monkeypatch.setattr(pipeline, "bench_loaded", spy_bench)
-        monkeypatch.setattr(pipeline, "_train_in_subprocess", spy_train)
+        monkeypatch.setattr(run_stages, "evaluate_into", spy_evaluate)  # where run_all (the sweep's runs) looks
+        monkeypatch.setattr(run_stages, "bench_loaded", spy_bench)
+        monkeypatch.setattr(sweep_stages, "_train_in_subprocess", spy_train)
 
 
 @pytest.fixture(scope="module")

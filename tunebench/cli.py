@@ -138,7 +138,7 @@ def _model_config(args: argparse.Namespace):
         cfg.model.ref = args.model
     elif args.adapter and run_config is None and "ref" not in cfg.model.model_fields_set:
         # A bare adapter dir: its adapter_config.json names the base. A run dir's own base model and prompt format
-        # are applied by the pipeline (pipeline._trained_settings), where an explicit config key still wins.
+        # are applied by the pipeline (pipeline.stages.trained_settings), where an explicit config key still wins.
         from tunebench.models.load import base_model_config
 
         base = base_model_config(Path(args.adapter), trust_remote_code=cfg.model.trust_remote_code)

@@ -4,8 +4,8 @@ Every method gets the same data, seed, optimizer-step budget and evaluation: its
 `train.method` set, and its learning rate is the methods table's `default_lr` unless the config sets `train.lr`
 (recorded per method with where it came from). This module holds the sweep's data and nothing that writes:
 the checked method list, each method's config, each method's row read back from its finished run directory
-(`method_row`), the progress lines with their ETA, and the `sweep.json` document. `pipeline.run_sweep` runs the
-stages and writes; `report/sweep.py` renders the report.
+(`method_row`), the progress lines with their ETA, and the `sweep.json` document. `pipeline/sweep.py`
+(`run_sweep`) runs the stages and `pipeline/write.py` writes; `report/sweep.py` renders the report.
 """
 
 from __future__ import annotations
