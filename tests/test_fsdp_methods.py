@@ -24,7 +24,7 @@ from train_helpers import free_port
 
 from tunebench.errors import ConfigError
 from tunebench.models.methods import METHODS, get_method
-from tunebench.processes import check_sharding
+from tunebench.processes import check_fsdp_device, check_sharding
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,12 +53,18 @@ def test_flat_fsdp1_is_refused_for_exactly_the_methods_the_table_marks():
     assert "full" not in refused and {"lora", "adapter", "prompt_tuning", "prefix_tuning"} <= set(refused)
 
 
-def test_fsdp_asked_for_where_accelerate_does_not_set_it_up_is_refused():
-    cpu_ddp = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU)
+def test_fsdp_asked_for_on_the_cpu_or_where_accelerate_does_not_set_it_up_is_refused():
+    asked = {"ACCELERATE_USE_FSDP": "true"}
+    with pytest.raises(ConfigError, match=r"^distributed_type: FSDP \(ACCELERATE_USE_FSDP=true\) cannot run on CPU "
+                                          r"processes"):
+        check_fsdp_device("cpu", env=asked)
+    check_fsdp_device("cuda", env=asked)
+    check_fsdp_device("cpu", env={"ACCELERATE_USE_FSDP": "false"})
+    one_process = SimpleNamespace(distributed_type=DistributedType.NO)  # e.g. on a GPU, without a launcher
     with pytest.raises(ConfigError, match=r"^distributed_type: FSDP \(ACCELERATE_USE_FSDP=true\) was asked for but "
-                                          r"Accelerate runs this launch as MULTI_CPU, not FSDP"):
-        check_sharding(get_method("full"), cpu_ddp, env={"ACCELERATE_USE_FSDP": "true"})
-    check_sharding(get_method("full"), cpu_ddp, env={"ACCELERATE_USE_FSDP": "false"})
+                                          r"Accelerate runs this launch as NO, not FSDP"):
+        check_sharding(get_method("full"), one_process, env=asked)
+    check_sharding(get_method("full"), one_process, env={})
 
 
 def _run_files(run_dir: Path) -> dict[str, str]:
@@ -85,11 +91,13 @@ def test_fsdp_refusals_exit_2_naming_the_setting_and_leave_the_run_untouched(tmp
     assert "checkpoints/step-1/trainable.safetensors" in before
     capsys.readouterr()
 
-    # asked for on CPU processes: Accelerate's real state is not FSDP
+    # asked for on the CPU (where Accelerate's FSDP plugin itself would raise)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_SYNC_MODULE_STATES", "true")
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "distributed_type: FSDP" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    monkeypatch.delenv("FSDP_SYNC_MODULE_STATES")
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
 
     # FSDP1 with flat parameters (Accelerate's default), as Accelerate's state says on GPUs
@@ -168,3 +176,33 @@ def test_the_methods_table_says_which_methods_fsdp1_shards_with_flat_parameters(
             assert "uniform `requires_grad`" in flat.get("error", ""), (name, flat)
         else:
             assert flat.get("loss") == pytest.approx(flat.get("want"), rel=1e-5), (name, flat)
+
+
+FSDP_CONFIG = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP", "num_processes": 2,
+               "num_machines": 1, "machine_rank": 0, "mixed_precision": "no",
+               "fsdp_config": {"fsdp_sharding_strategy": "FULL_SHARD", "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                               "fsdp_state_dict_type": "FULL_STATE_DICT", "fsdp_use_orig_params": True}}
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_an_fsdp_config_on_cpu_processes_is_one_sentence(tmp_path, tiny_causal_dir, data_dir):
+    """The user's command itself: `accelerate launch --config_file fsdp.yaml -m tunebench train` on two CPU
+    processes. A process says why in one sentence and exits 2 (the launcher then reports the failed processes)."""
+    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(FSDP_CONFIG))
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({
+        "name": "fsdp", "output_dir": str(tmp_path / "runs"), "model": {"ref": str(tiny_causal_dir)},
+        "data": {"source": "dialogsum", "splits": {"train": "validation", "validation": None, "test": "test"},
+                 "limits": {"train": 4, "test": 1}, "max_length": 96},
+        "train": {"method": "lora", "batch_size": 2, "max_steps": 1, "eval_every": None},
+    }))
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TUNEBENCH_DATA_DIR": str(data_dir)}
+    cmd = [str(accelerate), "launch", "--config_file", str(tmp_path / "fsdp.yaml"), "--main_process_port",
+           str(free_port()), "-m", "tunebench", "train", str(tmp_path / "cfg.yaml")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode != 0
+    sentence = "distributed_type: FSDP (ACCELERATE_USE_FSDP=true) cannot run on CPU processes"
+    # the launcher stops the other process when the first one exits, so one or both may have said it
+    assert sentence in done.stderr and "failed (exitcode: 2)" in done.stderr, done.stderr[-3000:]
+    assert "tunebench/cli.py" not in done.stderr and "no available devices" not in done.stderr
+    assert not (tmp_path / "runs").exists()

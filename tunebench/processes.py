@@ -132,16 +132,37 @@ def from_main(fn: Callable[[], T], rank: int = 0, world_size: int = 1) -> T:
 FSDP_REQUEST_ENV = "ACCELERATE_USE_FSDP"  # what `accelerate launch` sets for `distributed_type: FSDP`
 
 
+def fsdp_requested(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the launch asks for FSDP (`distributed_type: FSDP` in the accelerate config, passed on by
+    `accelerate launch` as ACCELERATE_USE_FSDP=true)."""
+    return (os.environ if env is None else env).get(FSDP_REQUEST_ENV, "false").lower() == "true"
+
+
+def check_fsdp_device(device_type: str, env: Mapping[str, str] | None = None) -> None:
+    """Refuse FSDP on the CPU before the Accelerator is made (`device_type`: "cpu", "cuda", ...).
+
+    Accelerate 1.15 cannot shard CPU processes: building its FSDP plugin with `fsdp_sync_module_states` (the
+    launcher's default) raises "There are currently no available devices found" (accelerate/utils/dataclasses.py,
+    `FullyShardedDataParallelPlugin.__post_init__`), and without it `AcceleratorState` keeps CPU processes
+    MULTI_CPU (DDP): the FSDP branch of `AcceleratorState.__init__` is only for GPUs and other accelerators.
+    Raises ConfigError (exit 2) naming `distributed_type: FSDP`.
+    """
+    if device_type == "cpu" and fsdp_requested(env):
+        raise ConfigError("distributed_type: FSDP (ACCELERATE_USE_FSDP=true) cannot run on CPU processes "
+                          "(Accelerate shards only on GPUs and other accelerators): launch on GPUs, or train CPU "
+                          "processes with DDP (accelerate launch --multi_gpu --num_processes N)")
+
+
 def check_sharding(method: Any, state: Any, env: Mapping[str, str] | None = None) -> None:
     """Refuse, before anything is written, an FSDP launch that cannot train `method` (a `Method` row).
 
     state: Accelerate's state (`Accelerator.state`: `distributed_type`, and `fsdp_plugin` under FSDP); env: the
     environment (default `os.environ`). Raises ConfigError (exit 2), one sentence naming the setting, when
-    - FSDP was asked for (`distributed_type: FSDP` in the accelerate config, which `accelerate launch` passes as
-      ACCELERATE_USE_FSDP=true) but Accelerate did not set it up: Accelerate 1.15 turns FSDP on only for
-      accelerator processes (accelerate/state.py, `AcceleratorState.__init__`: the FSDP branch is inside
-      `elif self.distributed_type in [DistributedType.MULTI_GPU, ...]`), so CPU processes would train with DDP
-      instead of what was asked; or
+    - FSDP was asked for (`fsdp_requested`) but Accelerate did not set it up, as for a process not started by a
+      launcher: Accelerate 1.15 turns FSDP on only for launched accelerator processes (accelerate/state.py,
+      `AcceleratorState.__init__`: the FSDP branch is inside `elif self.distributed_type in
+      [DistributedType.MULTI_GPU, ...]`), so the run would not be what was asked (CPU processes are refused
+      earlier, by `check_fsdp_device`); or
     - FSDP1 runs with flat parameters (`fsdp_use_orig_params: false`, Accelerate's default) and the method's row
       says `fsdp_needs_orig_params` (torch would refuse the wrap with a traceback; see `Method`).
     DeepSpeed ZeRO keeps frozen weights apart from the trainable ones it partitions (PEFT's DeepSpeed guide trains
@@ -149,9 +170,8 @@ def check_sharding(method: Any, state: Any, env: Mapping[str, str] | None = None
     """
     from accelerate.utils import DistributedType
 
-    env = os.environ if env is None else env
     is_fsdp = state.distributed_type == DistributedType.FSDP
-    if not is_fsdp and env.get(FSDP_REQUEST_ENV, "false").lower() == "true":
+    if not is_fsdp and fsdp_requested(env):
         kind = str(state.distributed_type).split(".")[-1]
         raise ConfigError(f"distributed_type: FSDP (ACCELERATE_USE_FSDP=true) was asked for but Accelerate runs "
                           f"this launch as {kind}, not FSDP: it shards only processes on GPUs or other "

@@ -43,7 +43,7 @@ from tunebench.models import apply_method, get_method, load_model, parameter_cou
 from tunebench.models.device import accelerate_cpu, load_dtype, resolve_device
 from tunebench.models.load import capped_max_length, load_model_config
 from tunebench.models.precision import resolve_bf16
-from tunebench.processes import check_sharding
+from tunebench.processes import check_fsdp_device, check_sharding
 from tunebench.rundir import RunDir
 from tunebench.train import checkpoint as ckpt
 from tunebench.train.batches import (
@@ -154,6 +154,7 @@ class Recipe:
 
     def _setup_processes(self) -> None:
         device = resolve_device(self.cfg.model.device)
+        check_fsdp_device(device.type)  # Accelerate's FSDP plugin would raise a traceback on the CPU
         self.use_bf16, self.precision = self._choose_precision(device)
         self.accelerator = Accelerator(mixed_precision="bf16" if self.use_bf16 else "no", cpu=accelerate_cpu(device))
         acc = self.accelerator
