@@ -266,3 +266,21 @@ def test_readme_own_data_walkthrough_config_works_as_written(tmp_path):
         expected_test, expected_val, 40 - expected_test - expected_val)
     assert cfg.eval.metrics == ["accuracy", "macro_f1"] and cfg.eval.generation.max_new_tokens == 8
     assert splits.train[0].completion in ("positive", "negative")
+
+
+def test_negative_bench_shots_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:  # as `-n -1` is
+        main(["bench", "--tasks", "sst2", "--shots", "-1", "--out", "never"])
+    assert exit_.value.code == 2
+    assert "argument --shots: expected a whole number >= 0, got '-1'" in capsys.readouterr().err
+    assert not Path("never").exists()
+
+
+def test_methods_did_you_mean_ignores_case(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\n")
+    assert main(["sweep", str(cfg), "--methods", "LoRA,full", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "--methods: unknown method 'LoRA'; did you mean 'lora'?" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+

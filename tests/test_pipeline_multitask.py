@@ -158,3 +158,18 @@ def test_single_task_must_name_a_task_of_the_mixture(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--single-task: 'dialogsum' is not a task of the mixture (data.tasks: emotion)" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_single_task_empty_is_refused_and_a_misspelt_one_gets_did_you_mean(tmp_path, capsys):
+    path = tmp_path / "mix.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "runs"), "data": {"tasks": [
+        {"name": "emotion", "source": "emotion", "template": {"name": "emotion"}},
+        {"name": "dialogsum", "source": "dialogsum"}]}}))
+    with pytest.raises(SystemExit) as exit_:  # an empty name used to run the mixture alone, without the twin
+        main(["run", str(path), "--single-task", ""])
+    assert exit_.value.code == 2
+    assert "--single-task: expected a name, got an empty value" in capsys.readouterr().err
+    assert main(["run", str(path), "--single-task", "dialogsumm"]) == 2
+    err = capsys.readouterr().err
+    assert "--single-task: 'dialogsumm' is not a task of the mixture" in err and "did you mean 'dialogsum'?" in err
+    assert not (tmp_path / "runs").exists()

@@ -271,3 +271,62 @@ def test_eta_counts_only_methods_that_ran(monkeypatch):
     eta.start()
     eta.finish(ran=True)  # 299.5 s
     assert eta.text() == "1 method(s) left, ETA ~3m20s"  # mean of 100 and 299.5 s
+
+
+def _lr_config(tmp_path, train):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"name": "lrs", "output_dir": str(tmp_path / "runs"), "train": train}))
+    return path
+
+
+def test_config_lr_applies_to_its_own_method_only(tmp_path):
+    """Issue 11: a rate tuned for the config's method is not given to the others (full would get 25x its rate)."""
+    from tunebench.rundir import SweepDir
+    from tunebench.sweep import method_config, method_lrs
+
+    methods = ["full", "lora", "ia3"]
+    path = _lr_config(tmp_path, {"lr": 5e-4})  # train.method unset: LoRA, the config's default method
+    # the other methods' rates: README's methods table (full 2e-5, ia3 3e-3)
+    assert method_lrs(path, [], methods) == {"full": (2e-5, "method default"), "lora": (5e-4, "config"),
+                                             "ia3": (3e-3, "method default")}
+    assert method_lrs(path, ["train.method=full", "train.lr=1e-5"], methods) == {
+        "full": (1e-5, "config"), "lora": (2e-4, "method default"), "ia3": (3e-3, "method default")}
+    assert method_lrs(path, [], methods, same_lr=True) == {
+        "full": (5e-4, "config (--same-lr)"), "lora": (5e-4, "config"), "ia3": (5e-4, "config (--same-lr)")}
+    assert method_lrs(_lr_config(tmp_path, {}), [], methods)["lora"] == (2e-4, "method default")
+    sweep = SweepDir(tmp_path / "sweep")
+    for method, (lr, _) in method_lrs(path, [], methods).items():  # the rate reaches the method's resolved config
+        cfg = method_config(path, [], method, sweep, lr)
+        assert (cfg.train.method, cfg.train.lr, cfg.name) == (method, lr, method)
+
+
+def test_sweep_start_lines_print_each_rate_and_same_lr_needs_a_rate(tmp_path, data_dir, capsys, monkeypatch):
+    import tunebench.sweep as sw
+    from tunebench.errors import ConfigError
+
+    path = _lr_config(tmp_path, {"lr": 5e-4, "method": "ia3"})
+    data = {"source": "dialogsum", "splits": {"train": "validation", "validation": None, "test": "test"},
+            "fractions": {"validation": 0.5}, "limits": {"train": 4, "validation": 2, "test": 2}}
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "data": data, "bench": {"enabled": False}}))
+
+    def no_training(path_, overrides, method, sweep, lr):  # stop each method before it loads a model
+        raise ConfigError(f"stopped {method} at lr {lr}")
+
+    monkeypatch.setattr(sw, "method_config", no_training)
+    main(["sweep", str(path), "--methods", "full,ia3", "--out", str(tmp_path / "s"), "--data-dir", str(data_dir)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert "full (lr 2e-05, method default): starting" in err and "ia3 (lr 0.0005, config): starting" in err
+    rows = _doc(tmp_path / "s")["rows"]
+    assert [(r["method"], r["lr"], r["lr_source"]) for r in rows] == [("full", 2e-5, "method default"),
+                                                                      ("ia3", 5e-4, "config")]
+    code = main(["sweep", str(_lr_config(tmp_path, {})), "--same-lr", "--out", str(tmp_path / "s2")])
+    assert code == 2 and not (tmp_path / "s2").exists()
+    err = capsys.readouterr().err
+    assert "--same-lr: the config sets no train.lr" in err and "Traceback" not in err
+
+
+def test_schema_table_says_the_lr_default_is_the_methods():
+    from tunebench.config import schema_rows
+
+    row = next(r for r in schema_rows() if r[0] == "train.lr")
+    assert row[2] == "the method's default"

@@ -55,6 +55,24 @@ def _limit(value: str) -> int:
     return n
 
 
+def _count(value: str) -> int:
+    """A whole number >= 0 (`bench --shots K`); argparse names the option in its message and exits 2."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
+    return n
+
+
+def _name(value: str) -> str:
+    """A non-empty name (`run --single-task TASK`): an empty one is a usage error, not a silent 'none'."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("expected a name, got an empty value")
+    return value.strip()
+
+
 def _add_limit(p: argparse.ArgumentParser, what: str, default: str) -> None:
     p.add_argument("-n", "--limit", type=_limit, default=None, metavar="N",
                    help=f"at most N {what}; 0 means all (default: {default})")
@@ -263,7 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tunebench.pipeline import run_all, run_single_vs_multi
 
     rank, world_size = current_process(cfg.model.device)
-    if args.single_task:
+    if args.single_task is not None:
         paths = run_single_vs_multi(cfg, args.single_task, data_dir=args.data_dir, rank=rank, world_size=world_size)
     else:
         paths = run_all(cfg, data_dir=args.data_dir, rank=rank, world_size=world_size)
@@ -281,7 +299,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tunebench.report.sweep import sweep_table
 
     doc = run_sweep(args.config, args.overrides, methods, data_dir=args.data_dir, out=args.out,
-                    against=args.against)
+                    against=args.against, same_lr=args.same_lr)
     _print(sweep_table(doc))
     print(f"report: {Path(doc['dir']) / 'report.html'}")
     print(f"TensorBoard: tensorboard --logdir {doc['dir']}")
@@ -484,18 +502,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", cmd_run, "train, evaluate base and tuned, compare, benchmark and report",
             "finished stages are kept; rerun the same command to continue")
     _add_config_args(p)
-    p.add_argument("--single-task", default=None, metavar="TASK",
+    p.add_argument("--single-task", type=_name, default=None, metavar="TASK",
                    help="also train TASK alone (a task of data.tasks) for the mixture run's optimizer steps, "
                    "into <name>-single-TASK, and report both side by side")
 
     p = add("sweep", cmd_sweep, "train and evaluate several methods (full, lora, adapter, ...) on the same data, "
             "steps and evaluation, against one shared base; one report",
             "finished methods are kept; rerun the same command to finish the others")
+    p.epilog = ("Learning rates: the config's train.lr applies to the config's own train.method only; every other "
+                "method uses its default from the methods table (README, Methods: full 2e-5, lora 2e-4, ...) unless "
+                "--same-lr. Each method's start line prints its rate and where it came from; sweep.json keeps "
+                "them (lr, lr_source).")
     _add_config_args(p)
     p.add_argument("--methods", type=_csv, default=",".join(_SWEEP_METHODS), metavar="M[,M...]",
                    help="methods of the methods table to compare")
     p.add_argument("--against", default=None, metavar="M",
                    help="also compare every method with this one (paired deltas on the same examples)")
+    p.add_argument("--same-lr", action="store_true",
+                   help="give every method the config's train.lr (default: only the config's train.method; the "
+                   "others their method default)")
     p.add_argument("--out", default=None, help="sweep folder (default: OUTPUT_DIR/NAME-sweep of the config)")
 
     p = add("demo", cmd_demo, "the whole job on the built-in config (default model, DialogSum, LoRA)",
@@ -513,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", type=_csv, default=None, metavar="T[,T...]",
                    help="tasks, e.g. mmlu,cb,rte,sst2,bbh:date_understanding (see --list)")
     _add_limit(p, "examples per task (a seeded subset)", "all")
-    p.add_argument("--shots", type=int, default=None, metavar="K",
+    p.add_argument("--shots", type=_count, default=None, metavar="K",
                    help="demonstrations per example for every task (default: each task's own)")
     p.add_argument("--helm", action="store_true", help="add the HELM-style metrics")
     p.add_argument("--reference", default=None, metavar="MODEL",

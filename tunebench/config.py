@@ -333,7 +333,8 @@ class TrainConfig(Section):
     )
     lr: float | None = Field(
         None, gt=0, description="Peak learning rate (AdamW); unset: the method's default (full and freeze 2e-5, "
-        "lora 2e-4, adapter 1e-4, ia3 3e-3, prompt_tuning 3e-2, prefix_tuning 1e-2)."
+        "lora 2e-4, adapter 1e-4, ia3 3e-3, prompt_tuning 3e-2, prefix_tuning 1e-2).",
+        json_schema_extra={"default_text": "the method's default"},  # resolved from train.method at load
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up linearly.")
@@ -602,7 +603,8 @@ def _type_name(annotation: Any) -> str:
 
 
 def schema_rows() -> list[tuple[str, str, str, str]]:
-    """(key path, type, default, description) of every config key, in file order; defaults as YAML text."""
+    """(key path, type, default, description) of every config key, in file order; defaults as YAML text, or a
+    field's `default_text` where its default depends on another key."""
     defaults = RunConfig().model_dump(mode="json")
     rows: list[tuple[str, str, str, str]] = []
 
@@ -613,8 +615,12 @@ def schema_rows() -> list[tuple[str, str, str, str]]:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, f"{path}.", values[name])
                 continue
-            default = yaml.safe_dump(values[name], default_flow_style=True, width=10**6).strip()
-            default = default.removesuffix("\n...").removesuffix("...").strip()
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            if "default_text" in extra:  # a default that depends on another key (train.lr: train.method's)
+                default = str(extra["default_text"])
+            else:
+                default = yaml.safe_dump(values[name], default_flow_style=True, width=10**6).strip()
+                default = default.removesuffix("\n...").removesuffix("...").strip()
             rows.append((path, _type_name(ann), default, field.description or ""))
 
     walk(RunConfig, "", defaults)

@@ -1,8 +1,9 @@
 """`tunebench sweep`: one config trained with several methods (full, lora, adapter, ...) and compared, as data.
 
 Every method gets the same data, seed, optimizer-step budget and evaluation: its config is the user's config with
-`train.method` set, and its learning rate is the methods table's `default_lr` unless the config sets `train.lr`
-(recorded per method with where it came from). This module holds the sweep's data and nothing that writes:
+`train.method` set. Its learning rate (issue 11) is the config's `train.lr` for the config's own `train.method`
+only: every other method takes the methods table's `default_lr` (a full-weight method needs a rate ~10x smaller
+than an adapter's), unless `--same-lr` asks for the config's rate for all; each row records the rate and its source. This module holds the sweep's data and nothing that writes:
 the checked method list, each method's config, each method's row read back from its finished run directory
 (`method_row`), the progress lines with their ETA, and the `sweep.json` document. `pipeline/sweep.py`
 (`run_sweep`) runs the stages and `pipeline/write.py` writes; `report/sweep.py` renders the report.
@@ -34,15 +35,16 @@ PRIMARY_FORGETTING_METRICS = ("word_perplexity", "acc_norm", "acc")
 def check_methods(names: list[str], option: str = "--methods") -> list[str]:
     """The methods named, each once, in the given order. ConfigError naming `option` for an unknown name (with
     did-you-mean and the known names) or an empty list."""
-    from tunebench.evaluate.metrics.base import unknown_name_message
+    from tunebench.errors import did_you_mean
     from tunebench.models.methods import method_names  # torch-free
 
     known = method_names()
     if not names:
         raise ConfigError(f"{option}: name at least one method; known methods: {', '.join(known)}")
     for name in names:
-        if name not in known:
-            raise ConfigError(unknown_name_message(option, name, known, "method"))
+        if name not in known:  # did-you-mean is case-insensitive: LoRA -> lora
+            raise ConfigError(f"{option}: unknown method '{name}'{did_you_mean(name, known)} known methods: "
+                              f"{', '.join(known)}")
     return list(dict.fromkeys(names))
 
 
@@ -52,21 +54,41 @@ def check_against(against: str | None, methods: list[str]) -> None:
         raise ConfigError(f"--against: '{against}' is not one of the sweep's --methods ({', '.join(methods)})")
 
 
-def config_sets_lr(path: str | Path | None, overrides: list[str]) -> bool:
-    """Whether the user's config (file plus --set) sets `train.lr`; otherwise each method takes its default."""
+LR_FROM_CONFIG = "config"  # the config's train.lr, for the config's own train.method
+LR_SAME = "config (--same-lr)"  # the config's train.lr given to another method because --same-lr asked
+LR_DEFAULT = "method default"  # the methods table's default_lr
+
+
+def method_lrs(path: str | Path | None, overrides: list[str], methods: list[str], *,
+               same_lr: bool = False) -> dict[str, tuple[float, str]]:
+    """Each method's learning rate and its source (LR_FROM_CONFIG, LR_SAME or LR_DEFAULT), from the user's config
+    (file plus --set): the config's `train.lr` applies to the config's `train.method` only (or to every method
+    with `same_lr`); the others take the methods table's `default_lr`. Raises ConfigError for `same_lr` when the
+    config sets no `train.lr` (there is no one rate to share)."""
+    from tunebench.config import TrainConfig
+    from tunebench.models.methods import METHODS  # torch-free
+
     tree = read_yaml_mapping(path, ConfigError, "the config", empty_ok=True) if path is not None else {}
     apply_overrides(tree, list(overrides))
-    train = tree.get("train")
-    return isinstance(train, dict) and train.get("lr") is not None
+    train = tree.get("train") if isinstance(tree.get("train"), dict) else {}
+    lr, own = train.get("lr"), train.get("method") or TrainConfig.model_fields["method"].default
+    if same_lr and lr is None:
+        raise ConfigError("--same-lr: the config sets no train.lr to give every method; set train.lr or drop "
+                          "--same-lr")
+    rates: dict[str, tuple[float, str]] = {}
+    for method in methods:
+        if lr is not None and (same_lr or method == own):
+            rates[method] = (float(lr), LR_FROM_CONFIG if method == own else LR_SAME)
+        else:
+            rates[method] = (METHODS[method].default_lr, LR_DEFAULT)
+    return rates
 
 
-def method_config(path: str | Path | None, overrides: list[str], method: str, sweep: SweepDir) -> RunConfig:
-    """The user's config trained with `method`, its run directory `sweep/<method>/` (output_dir and name set).
-
-    An unset `train.lr` resolves to the method's own default (config validation asks the methods table).
-    Raises ConfigError for a config the method cannot take.
-    """
-    cfg = load_config(path, [*overrides, f"train.method={method}"])
+def method_config(path: str | Path | None, overrides: list[str], method: str, sweep: SweepDir,
+                  lr: float) -> RunConfig:
+    """The user's config trained with `method` at learning rate `lr` (method_lrs), its run directory
+    `sweep/<method>/` (output_dir and name set). Raises ConfigError for a config the method cannot take."""
+    cfg = load_config(path, [*overrides, f"train.method={method}", f"train.lr={lr!r}"])
     run = sweep.run(method)
     cfg.output_dir, cfg.name = str(run.path.parent), run.path.name
     return cfg

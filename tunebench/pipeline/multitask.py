@@ -105,12 +105,13 @@ def single_task_config(cfg: RunConfig, task: str, steps: int, size: int) -> RunC
     the task's `size` training examples per epoch; named `<name>-single-<task>`. Raises ConfigError (exit 2)
     when the config is not a mixture or has no such task."""
     from tunebench.config import config_from_dict
-    from tunebench.errors import ConfigError
+    from tunebench.errors import ConfigError, did_you_mean
 
     names = [t.name for t in cfg.data.tasks]
     if task not in names:
         known = ", ".join(names) if names else "none: the config has no data.tasks"
-        raise ConfigError(f"--single-task: '{task}' is not a task of the mixture (data.tasks: {known})")
+        raise ConfigError(f"--single-task: '{task}' is not a task of the mixture (data.tasks: {known})"
+                          + did_you_mean(task, names))
     tree = cfg.model_dump(mode="json")
     tree["name"] = f"{cfg.name}-single-{task}"
     tree["data"]["mixture"] = {"strategy": "weights", "examples_per_epoch": size}

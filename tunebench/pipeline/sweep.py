@@ -27,10 +27,11 @@ from tunebench.rundir import RunDir
 
 def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str], *,
               data_dir: str | Path | None = None, out: str | Path | None = None,
-              against: str | None = None) -> dict[str, Any]:
+              against: str | None = None, same_lr: bool = False) -> dict[str, Any]:
     """`tunebench sweep`: train and evaluate `methods` on the same data, seed, step budget and evaluation, each in
     `SWEEP/<method>/`, against the base model evaluated and benchmarked once in `SWEEP/base/`; then sweep.json,
-    the pairwise comparison against `against` (SWEEP/compare/) and report.html.
+    the pairwise comparison against `against` (SWEEP/compare/) and report.html. Learning rates: `sweep.method_lrs`
+    (the config's train.lr for its own method, every other method its default unless `same_lr`).
 
     Resumable: a method whose run finished is only read back; a killed one resumes from its last checkpoint; a
     method that fails (e.g. one that does not apply to the model) is recorded as failed with its one-sentence
@@ -44,6 +45,7 @@ def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str
 
     methods = sw.check_methods(methods)
     sw.check_against(against, methods)
+    rates = sw.method_lrs(config, overrides, methods, same_lr=same_lr)
     cfg = load_config(config, overrides)
     if cfg.data.multitask:
         from tunebench.errors import ConfigError
@@ -58,7 +60,6 @@ def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str
 
         resolve_tasks(cfg.bench.tasks, resolved)
     prepare_base_dir(sw.base_config(config, overrides, sweep))
-    lr_source = "config" if sw.config_sets_lr(config, overrides) else "method default"
     eta, rows = sw.Eta(len(methods)), []
 
     def document(pairwise: list[dict[str, Any]]) -> dict[str, Any]:
@@ -70,12 +71,11 @@ def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str
         run = sweep.run(method)
         was_done = _method_finished(run, cfg)
         eta.start()
-        announce(f"[{i}/{len(methods)}] {method}: " + ("finished earlier, reading it back" if was_done else
-                                                    f"starting → {run.path}"))
-        lr = None
+        lr, lr_source = rates[method]
+        announce(f"[{i}/{len(methods)}] {method} (lr {lr:g}, {lr_source}): " + (
+            "finished earlier, reading it back" if was_done else f"starting → {run.path}"))
         try:
-            method_cfg = sw.method_config(config, overrides, method, sweep)
-            lr = method_cfg.train.lr
+            method_cfg = sw.method_config(config, overrides, method, sweep, lr)
             prepare_run_dir(method_cfg)
             if not run.train_summary.is_file():
                 _train_in_subprocess(method, run, resolved)
