@@ -284,3 +284,48 @@ def test_methods_did_you_mean_ignores_case(tmp_path, capsys):
     assert "--methods: unknown method 'LoRA'; did you mean 'lora'?" in err and "Traceback" not in err
     assert not (tmp_path / "s").exists()
 
+
+def test_readme_names_the_commands_that_have_overwrite():
+    have = [name for name, p in _subparsers().items()
+            if any("--overwrite" in a.option_strings for a in p._actions)]
+    assert have == ["train", "eval", "compare", "bench", "export"]  # run, sweep and demo continue instead
+    readme = " ".join((REPO / "README.md").read_text().split())
+    listed = ", ".join(f"`{n}`" for n in have[:-1]) + f" and `{have[-1]}` refuse to replace a result"
+    assert listed in readme
+    assert "`run`, `sweep` and `demo` have no `--overwrite`" in readme
+    for name in ("run", "sweep", "demo"):
+        assert not any("--overwrite" in a.option_strings for a in _subparsers()[name]._actions)
+
+
+def test_readme_launch_command_runs_the_module():
+    """The README's multi-process line, given to Accelerate's own launch parser, launches `-m tunebench run`."""
+    import re
+    import shlex
+
+    from accelerate.commands.launch import launch_command_parser
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    line = re.search(r"`(accelerate launch [^`]*)`", readme).group(1)
+    args = launch_command_parser().parse_args(shlex.split(line.replace(" N ", " 2 "))[2:])
+    assert args.module and args.training_script == "tunebench" and args.training_script_args == ["run", "CONFIG"]
+    assert args.multi_gpu and args.num_processes == 2
+
+
+def test_scaling_worked_example_names_real_run_folders():
+    import re
+
+    text = (REPO / "docs/scaling.md").read_text()
+    example = text[text.index("## Worked example"):]
+    example = example[: example.index("```", example.index("```") + 3)]
+    named = set(re.findall(r"--set name=([\w.-]+)", example))
+    demo = load_config(REPO / "tunebench/configs/demo.yaml")
+    folders = re.findall(r"runs/([\w.-]+)/", example)
+    assert demo.name in folders and set(folders) <= {demo.name} | named
+
+
+def test_dialogsum_example_is_the_demo_under_another_name():
+    demo = load_config(REPO / "tunebench/configs/demo.yaml").model_dump()
+    example = load_config(REPO / "examples/dialogsum_lora.yaml").model_dump()
+    assert example.pop("name") != demo.pop("name")
+    assert example == demo
+    assert "under another name" in (REPO / "examples/dialogsum_lora.yaml").read_text()
