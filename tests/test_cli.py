@@ -329,3 +329,24 @@ def test_dialogsum_example_is_the_demo_under_another_name():
     assert example.pop("name") != demo.pop("name")
     assert example == demo
     assert "under another name" in (REPO / "examples/dialogsum_lora.yaml").read_text()
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["score", "--pred", "{d}/nope.jsonl"], "--pred: no such file: {d}/nope.jsonl"),
+    (["score", "--pred", "{d}/here.jsonl", "--ref", "{d}/nope.jsonl"], "--ref: no such file: {d}/nope.jsonl"),
+    (["compare", "{d}/nope1", "{d}/nope2", "--out", "{d}/c1"], "compare: no such file or folder: {d}/nope1"),
+    (["report", "{d}/nope"], "report: no such folder: {d}/nope"),
+    (["parity", "{d}/c.yaml", "--adapter", "{d}/no/such/run"], "--adapter: no such run or adapter folder: "
+                                                                 "{d}/no/such/run"),
+    (["eval", "--adapter", "{d}/no/such/run", "--out", "{d}/e"], "--adapter: no such run or adapter folder"),
+])
+def test_a_missing_path_on_the_command_line_is_a_usage_error(tmp_path, capsys, monkeypatch, argv, named):
+    import tunebench.pipeline as pipeline
+
+    (tmp_path / "here.jsonl").write_text('{"prediction": "a", "reference": "a"}\n')
+    (tmp_path / "c.yaml").write_text("name: x\n")
+    monkeypatch.setattr(pipeline, "parity_reference", lambda *a, **k: pytest.fail("parity ran"))
+    assert main([a.format(d=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {named.format(d=tmp_path)}") and err.count("\n") == 1
+    assert not (tmp_path / "c1").exists() and not (tmp_path / "e").exists()

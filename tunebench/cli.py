@@ -143,6 +143,13 @@ def _clear_run(run_dir: Path) -> None:
     shutil.rmtree(run_dir)
 
 
+def _existing(path: str, option: str, kind: str = "file or folder") -> Path:
+    """A path named on the command line: a missing one is a usage error (ConfigError, exit 2) naming `option`."""
+    if not Path(path).expanduser().exists():
+        raise ConfigError(f"{option}: no such {kind}: {path}")
+    return Path(path).expanduser()
+
+
 def _model_config(args: argparse.Namespace):
     """eval/bench: the config, with the model that --model names, else the --adapter run's own base model.
 
@@ -150,6 +157,8 @@ def _model_config(args: argparse.Namespace):
     """
     from tunebench.config import load_config
 
+    if args.adapter:  # a local folder (a run or a PEFT adapter): fail before any data or model loads
+        _existing(args.adapter, "--adapter", "run or adapter folder")
     run_config = _run_config_file(Path(args.adapter)) if args.adapter else None
     cfg = load_config(run_config, args.overrides) if args.config is None and run_config else _config(args)
     if args.model:
@@ -222,6 +231,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     from tunebench.report.terminal import diagnostics_tables
 
     check_metric_names(args.metric, "--metric")
+    _existing(args.pred, "--pred", "file")
+    if args.ref:
+        _existing(args.ref, "--ref", "file")
     try:
         check_tokenizers(args.bleu_tokenize, args.rouge_tokenize, ("--bleu-tokenize", "--rouge-tokenize"))
     except ValueError as exc:
@@ -245,6 +257,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from tunebench.pipeline import compare_paths
     from tunebench.report.terminal import comparison_table, forgetting_table
 
+    for path in args.paths:
+        _existing(path, "compare")
     out_dir = Path(args.out)
     _refuse_existing(out_dir, "comparison.json", args.overwrite, "--out")
     _refuse_existing(out_dir, "forgetting.json", args.overwrite, "--out")
@@ -374,7 +388,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from tunebench.pipeline import write_report
 
-    paths = write_report(Path(args.dir), Path(args.out) if args.out else None)
+    paths = write_report(_existing(args.dir, "report", "folder"), Path(args.out) if args.out else None)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
