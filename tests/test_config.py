@@ -202,3 +202,31 @@ def test_config_schema_table_and_json_carry_every_default():
     schema = config_schema()
     assert schema["$defs"]["EvalConfig"]["properties"]["metrics"]["default"] == ["rouge", "bleu"]
     assert schema["$defs"]["EvalConfig"]["properties"]["shots"]["default"] == [0]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.device=cpu", "eval.precision=fp16"],
+     "--set: eval.precision: 'fp16' does not run on model.device 'cpu' (fp16 runs on cuda;"),
+    (["model.device=cuda", "eval.precision=int8"],
+     "--set: eval.precision: 'int8' does not run on model.device 'cuda' (int8 runs on cpu;"),
+    (["eval.metrics=rouge", "eval.parity.metric=accuracy"],
+     "--set: eval.parity.metric: 'accuracy' is not among eval.metrics (rouge1, rouge2, rougeL, rougeLsum)"),
+])
+def test_eval_precision_combinations_are_refused_at_load(tmp_path, capsys, overrides, message):
+    from tunebench.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\n")
+    assert main(["config", "show", str(cfg), *[a for o in overrides for a in ("--set", o)]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_eval_precision_combinations_that_run_still_load():
+    # the README's precision section: fp16 on a GPU, int8 on a CPU; an `auto` device is decided at run time
+    assert load_config(None, ["model.device=cuda", "eval.precision=fp16"]).eval.precision == "fp16"
+    assert load_config(None, ["model.device=cpu", "eval.precision=int8"]).eval.precision == "int8"
+    assert load_config(None, ["model.device=auto", "eval.precision=fp16"]).model.device == "auto"
+    cfg = load_config(None, ["eval.metrics=rouge,accuracy", "eval.parity.metric=accuracy"])
+    assert cfg.eval.parity.metric == "accuracy"
+    assert load_config(None, ["eval.parity.metric=rouge1"]).eval.parity.metric == "rouge1"  # rouge = rouge1, ...

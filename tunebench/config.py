@@ -572,6 +572,29 @@ class RunConfig(Section):
             self.eval.generation.max_new_tokens = max_new_tokens
         return self
 
+    @model_validator(mode="after")
+    def _eval_precision_fits(self) -> RunConfig:
+        """Combinations decidable at load (after a template's own metrics apply): eval.precision on model.device
+        (the precisions table's `devices`; device `auto` is decided at run time), and eval.parity.metric among the
+        metrics a single-task config evaluates (a mixture's tasks bring their own metrics)."""
+        from tunebench.models.precision import PRECISIONS  # torch-free (torch inside its functions)
+
+        precision, device = self.eval.precision, self.model.device
+        if precision not in (None, "auto") and device != "auto" and device not in PRECISIONS[precision].devices:
+            runs_on = [name for name, p in PRECISIONS.items() if device in p.devices]
+            raise ValueError(f"eval.precision: '{precision}' does not run on model.device '{device}' "
+                             f"({precision} runs on {', '.join(PRECISIONS[precision].devices)}; on {device}: "
+                             f"{', '.join(runs_on)}, or auto)")
+        metric = self.eval.parity.metric
+        if metric and not self.data.multitask:
+            from tunebench.evaluate.metrics import expand_metrics_any
+
+            evaluated = expand_metrics_any(self.eval.metrics)
+            if metric not in evaluated:
+                raise ValueError(f"eval.parity.metric: '{metric}' is not among eval.metrics "
+                                 f"({', '.join(evaluated)}); add it there or pick one of those")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
