@@ -350,3 +350,43 @@ def test_a_missing_path_on_the_command_line_is_a_usage_error(tmp_path, capsys, m
     err = capsys.readouterr().err
     assert err.startswith(f"error: {named.format(d=tmp_path)}") and err.count("\n") == 1
     assert not (tmp_path / "c1").exists() and not (tmp_path / "e").exists()
+
+
+def test_score_help_lists_the_metric_registry(capsys):
+    from tunebench.evaluate.metrics.base import known_names
+
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "metrics: " + ", ".join(known_names("text")) + " (default: rouge,bleu)" in text
+    assert "['rouge'" not in text and "seqeval" in known_names("text")
+
+
+def test_schema_descriptions_match_the_layout_and_the_code():
+    from tunebench.config import schema_rows
+    from tunebench.rundir import RunDir
+
+    rows = {r[0]: r[3] for r in schema_rows()}
+    run = RunDir(Path("runs/x"))
+    task_folder = run.task_dir("NAME").path.relative_to(run.path).as_posix()  # where a task's results go
+    from tunebench.config import TaskConfig
+
+    assert f"{task_folder.replace('NAME', '<name>')}/" in TaskConfig.model_fields["name"].description
+    assert "eval/<name>" not in TaskConfig.model_fields["name"].description
+    assert "measured" in rows["train.bf16"] and "has it" not in rows["train.bf16"]
+    assert "replaces epochs" in rows["train.max_steps"]
+    from tunebench.train.schedule import total_optimizer_steps
+
+    assert total_optimizer_steps(10, epochs=3.0, max_steps=7) == 7  # what "replaces epochs" says
+
+
+def test_results_schema_documents_every_forgetting_sensitivity_key():
+    import re
+
+    from tunebench.bench.sensitivity import accuracy_sensitivity, ratio_sensitivity
+
+    text = (REPO / "docs/results_schema.md").read_text()
+    section = text.split("## `forgetting[]`", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`([a-z_0-9]+)`", section))
+    produced = set(accuracy_sensitivity([1, 0, 1, 1], [1, 1, 0, 1], 0.5)) | set(ratio_sensitivity(40.0, [0.5, 1.5], 6))
+    assert produced | {"status", "relative_delta"} <= documented

@@ -19,11 +19,18 @@ _PARTIAL = "results.partial.json"  # tunebench.bench.runner.PARTIAL, not importe
 _SWEEP_METHODS = ("full", "lora", "freeze", "adapter", "ia3", "prompt_tuning")  # tunebench.sweep.DEFAULT_METHODS
 
 
+_METRIC_NAMES = "{the metric registry's names}"  # in a help text: replaced by the registered text metrics
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """argparse's defaults formatter, minus the noise: no "(default: None)" or "(default: False)"."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        if _METRIC_NAMES in text:  # read from the metric registry only when help is shown (the CLI starts fast)
+            from tunebench.evaluate.metrics.base import known_names
+
+            text = text.replace(_METRIC_NAMES, ", ".join(known_names("text")))
         if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
             return text
         return super()._get_help_string(action) or text
@@ -497,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", default=None, help="JSONL with id and references (list) or reference "
                    "(default: references inside --pred)")
     p.add_argument("--metric", type=_csv, default=["rouge", "bleu"], metavar="M[,M...]",
-                   help="metrics: rouge, bleu, chrf, exact_match, accuracy, macro_f1")
+                   help=f"metrics: {_METRIC_NAMES} (default: rouge,bleu)")
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by metric")
     p.add_argument("--no-stem", action="store_true", help="turn Porter stemming off for ROUGE")
     p.add_argument("--language", default=None, help="target language (ISO 639-1, e.g. zh): picks the tokenizers")

@@ -172,7 +172,7 @@ class TaskGenerationConfig(Section):
 
 
 class TaskConfig(SourceConfig):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="Task name: eval/<name>/ and report rows.")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="Task name: the run's tasks/<name>/ folder and report rows.")
     metrics: list[str] | None = Field(
         None, description="Evaluation metrics of this task (None: the template's own metrics)."
     )
@@ -324,7 +324,8 @@ class TrainConfig(Section):
     prompt_tuning: PromptTuningConfig = Field(default_factory=PromptTuningConfig)
     prefix_tuning: PrefixTuningConfig = Field(default_factory=PrefixTuningConfig)
     epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps of the run; when set it replaces "
+                                  "epochs.")
     batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (per process).")
     global_batch_size: int | None = Field(
@@ -340,7 +341,8 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up linearly.")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this norm (None: off).")
-    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast: auto = when the CPU/GPU has it.")
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast: auto = the faster of fp32 and bf16, "
+                                                   "measured on the model's matmul shapes (cached per machine).")
     frozen_bf16: bool = Field(True, description="Hold frozen weights in bf16 when bf16 is on (LoRA, freeze).")
     train_on_prompt: bool = Field(False, description="Compute loss on prompt tokens too.")
     group_by_length: bool = Field(True, description="Batch examples of similar length together.")
