@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tunebench.rundir import CheckpointDir, CheckpointRoot
 from tunebench.train import checkpoint as ckpt
 from tunebench.train.schedule import build_optimizer, build_scheduler
 
@@ -89,3 +92,25 @@ def test_prune_keeps_the_last_and_the_best(tmp_path):
     assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step-8"
     ckpt.write_best(tmp_path, 6, "val_loss", 1.5)
     assert json.loads((tmp_path / "best.json").read_text()) == {"step": 6, "metric": "val_loss", "value": 1.5}
+
+
+def test_a_checkpoint_holds_the_documented_files_each_named_by_checkpoint_dir(tmp_path):
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text(encoding="utf-8")
+    block = docs.split("\ncheckpoints/step-N/", 1)[1].split("\ncheckpoints/best.json", 1)[0]
+    documented = set(re.findall(r"^    (\S+)", block, flags=re.M))
+    model = small_model()
+    opt = build_optimizer(model, lr=0.1, weight_decay=0.0)
+    sched = build_scheduler(opt, "linear", total_steps=4, warmup_ratio=0.0)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    path = ckpt.save_checkpoint(tmp_path, 3, model=model, optimizer=opt, scheduler=sched, rng=[ckpt.capture_rng()],
+                                trainer_state={})
+    assert {f.name for f in path.iterdir()} == documented
+    assert documented <= set(CheckpointDir.files())
+    saved = CheckpointDir(path)
+    assert (saved.step, saved.trainable, saved.optimizer.tensors, saved.rng.tree, saved.trainer_state.tree) == (
+        3, path / "trainable.safetensors", path / "optimizer.safetensors", path / "rng.json",
+        path / "trainer_state.json")
+    root = CheckpointRoot(tmp_path)
+    assert (root.step(3), root.latest(), root.steps(), root.best) == (saved, saved, [3], tmp_path / "best.json")
+    assert CheckpointRoot(tmp_path / "none").latest() is None

@@ -115,13 +115,14 @@ def test_resume_with_another_process_count_exits_2_and_keeps_the_checkpoint(tmp_
     import hashlib
 
     from tunebench.errors import ConfigError
+    from tunebench.rundir import CheckpointDir
     from tunebench.train import checkpoint as ckpt
 
     cfg = make_cfg(tmp_path, tiny_causal_dir, name="procs", max_steps=1, save_every=1)
     run_dir = train(cfg, data_dir=data_dir, progress=False).run_dir
     step = run_dir / "checkpoints" / "step-1"
-    rng = ckpt._load_state(step, "rng")
-    ckpt._save_state(step, "rng", [rng[0], rng[0]])
+    rng = ckpt._load_state(CheckpointDir(step).rng)
+    ckpt._save_state(CheckpointDir(step).rng, [rng[0], rng[0]])
     before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in step.iterdir()}
     with pytest.raises(ConfigError, match=r"saved by 2 process\(es\) and this run has 1: resume with the same "
                                           r"number of processes \(accelerate launch --num_processes 2\)"):

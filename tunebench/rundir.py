@@ -2,7 +2,8 @@
 
 docs/formats.md describes what each file holds; code that reads or writes a run asks a `RunDir` (or the
 `EvalDir`, `BenchDir` and `CompareDir` inside it, which also stand alone as `tunebench eval/bench/compare
---out` folders) for a path instead of spelling it, so the layout changes in one place. `LAYOUT` is the
+--out` folders, and the `CheckpointRoot` and `CheckpointDir` of its checkpoints) for a path instead of spelling
+it, so the layout changes in one place. `LAYOUT` is the
 layout's version (results.json records it); the `*_SCHEMA` strings version the JSON documents a run holds.
 Plain paths only: nothing here reads, writes or imports anything heavy.
 """
@@ -121,6 +122,87 @@ class TaskDir:
         return _finished(self.eval_root)
 
 
+@dataclass(frozen=True)
+class StateFiles:
+    """A nested state stored without pickle (train/checkpoint.py): its tensors in `<stem>.safetensors` (absent
+    when it holds none), its structure in `<stem>.json` with a marker where each tensor was."""
+
+    tensors: Path
+    tree: Path
+
+
+class _State:
+    """A `StateFiles` pair at a fixed stem inside a folder object: `rng = _State("rng")` gives
+    `CheckpointDir(p).rng.tree == p / "rng.json"`, and the class keeps both names (`CheckpointDir.rng.names`)."""
+
+    def __init__(self, stem: str, doc: str = "") -> None:
+        self.stem, self.__doc__ = stem, doc or stem
+        self.names = (f"{stem}.safetensors", f"{stem}.json")
+
+    def __get__(self, folder: Any, owner: type | None = None) -> Any:
+        if folder is None:
+            return self
+        return StateFiles(*(folder.path / name for name in self.names))
+
+
+@dataclass(frozen=True)
+class CheckpointDir:
+    """One checkpoint, `checkpoints/step-N/`: everything an exact resume needs (train/checkpoint.py writes it, as
+    one atomic folder)."""
+
+    path: Path
+    PREFIX = "step-"
+    trainable = _Entry("trainable.safetensors", "Every trainable parameter by name: an adapter's weights, the "
+                       "trained blocks, or the whole model.")
+    optimizer = _State("optimizer", "AdamW's moments and step counts; its parameter groups in the JSON.")
+    scheduler = _State("scheduler", "The learning-rate schedule's counters.")
+    rng = _State("rng", "Generator states, one per process: torch's (CPU, CUDA), Python's and NumPy's.")
+    trainer_state = _State("trainer_state", "The TrainerState (train/loop.py) and the checkpoint format.")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def step(self) -> int:
+        """The optimizer step the checkpoint was taken after (from its folder name, `step-N`)."""
+        return int(self.path.name[len(self.PREFIX):])
+
+    @classmethod
+    def files(cls) -> list[str]:
+        """Every file name a checkpoint may hold (a state without tensors has no .safetensors)."""
+        return [cls.trainable.name, *(n for s in (cls.optimizer, cls.scheduler, cls.rng, cls.trainer_state)
+                                      for n in s.names)]
+
+
+@dataclass(frozen=True)
+class CheckpointRoot:
+    """`checkpoints/` of a run: one `CheckpointDir` per saved step, and best.json naming the best one."""
+
+    path: Path
+    best = _Entry("best.json", "{step, metric, value} of the best checkpoint (a file, not a symlink, so it "
+                  "survives copies).")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def step(self, step: int) -> CheckpointDir:
+        """The checkpoint of optimizer step `step`: `step-<step>/`."""
+        return CheckpointDir(self.path / f"{CheckpointDir.PREFIX}{step}")
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints, ascending: `step-N` folders only (the temporary `.step-N.*` folder of
+        a write in progress or killed is none)."""
+        if not self.path.is_dir():
+            return []
+        pattern = re.compile(rf"^{re.escape(CheckpointDir.PREFIX)}(\d+)$")
+        return sorted(int(m.group(1)) for p in self.path.iterdir() if p.is_dir() and (m := pattern.match(p.name)))
+
+    def latest(self) -> CheckpointDir | None:
+        """The checkpoint of the last saved step; None when there is none."""
+        steps = self.steps()
+        return self.step(steps[-1]) if steps else None
+
+
 def _finished(eval_root: Path) -> list[EvalDir]:
     """The evaluations under `eval_root` that finished (scores.json written), by system name."""
     if not eval_root.is_dir():
@@ -139,7 +221,7 @@ class RunDir:
     train_log = _Entry("train_log.jsonl")
     tensorboard = _Entry("tensorboard", "TensorBoard event files of training (main process only).")
     loss_curve = _Entry("loss_curve.png")
-    checkpoints = _Entry("checkpoints", "`step-N/` folders and best.json; their contents are train/checkpoint.py's.")
+    checkpoints = _Entry("checkpoints", "`step-N/` folders and best.json (`CheckpointRoot`, `CheckpointDir`).")
     adapter = _Entry("adapter", "The trained PEFT adapter (methods saved as adapters).")
     model = _Entry("model", "The trained full model (methods saved as whole models).")
     train_summary = _Entry("train_summary.json", "Written when training finished.")

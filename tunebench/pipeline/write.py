@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tunebench.config import RunConfig, dump_config
 from tunebench.errors import TunebenchError
 from tunebench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
-from tunebench.rundir import BenchDir, CompareDir, EvalDir, RunDir
+from tunebench.rundir import BenchDir, CheckpointRoot, CompareDir, EvalDir, RunDir
 
 if TYPE_CHECKING:
     from tunebench.bench.helm.runner import HelmResults
@@ -153,7 +153,6 @@ def prepare_run_dir(cfg: RunConfig) -> None:
 
     from tunebench.errors import ConfigError
     from tunebench.io import clean_stale_temps
-    from tunebench.train.checkpoint import list_checkpoints
     from tunebench.train.rundir import RESUME_KEYS, config_changes, describe_changes, read_saved_config
 
     run_dir = cfg.run_dir
@@ -165,7 +164,7 @@ def prepare_run_dir(cfg: RunConfig) -> None:
     saved_path = run.config
     saved = read_saved_config(saved_path) if saved_path.is_file() else None
     changed = config_changes(saved, cfg) if saved is not None else []
-    trained = run.train_summary.exists() or bool(list_checkpoints(run.checkpoints))
+    trained = run.train_summary.exists() or bool(CheckpointRoot(run.checkpoints).steps())
     if saved is not None and trained:
         retrain = [k for k in changed if k.split(".")[0] in RESUME_KEYS]
         if retrain:

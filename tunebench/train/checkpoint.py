@@ -1,14 +1,9 @@
 """Checkpoints without pickle: `checkpoints/step-N/` holds everything an exact resume needs.
 
-Layout of one checkpoint (written through `tunebench.io.atomic_dir`, so a kill never leaves half of one):
-```
-trainable.safetensors   every trainable parameter by name (LoRA adapter weights, top blocks, or the full model)
-optimizer.safetensors   AdamW moments and step counts;  optimizer.json  the rest of its state (param groups)
-scheduler.json          the learning-rate schedule's counters
-rng.safetensors         torch generator states per process;  rng.json  Python and NumPy states per process
-trainer_state.json      step, epoch, next batch of the epoch, tokens seen, best metric, evaluation history
-```
-Written by hand because `torch.save` and Accelerate's `save_state` pickle the optimizer and RNG state, and a
+The files of one checkpoint are named by `tunebench.rundir.CheckpointDir` (and listed in docs/formats.md):
+the trainable weights, then the optimizer, scheduler, per-process RNG and `TrainerState` states, each a
+`StateFiles` pair (`<stem>.safetensors` for its tensors, `<stem>.json` for the rest). A checkpoint is written
+through `tunebench.io.atomic_dir`, so a kill never leaves half of one. Written by hand because `torch.save` and Accelerate's `save_state` pickle the optimizer and RNG state, and a
 pickle from a shared run directory can run code on load. safetensors holds flat tensors only, so nested state
 is split here: tensors go to the .safetensors file under a path-like key, and the JSON keeps the structure with a
 `{"__tensor__": key}` marker in their place (and markers for tuples, int-keyed dicts and NumPy arrays).
@@ -18,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,9 +24,9 @@ from safetensors.torch import load_file, save_file
 
 from tunebench.errors import TunebenchError
 from tunebench.io import atomic_dir, atomic_write_json
+from tunebench.rundir import CheckpointDir, CheckpointRoot, StateFiles
 
 FORMAT_VERSION = 1
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 class CheckpointError(TunebenchError):
@@ -82,18 +76,17 @@ def join_tensors(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return tree
 
 
-def _save_state(directory: Path, stem: str, state: Any) -> None:
+def _save_state(files: StateFiles, state: Any) -> None:
     tensors: dict[str, torch.Tensor] = {}
     tree = split_tensors(state, tensors)
     if tensors:
-        save_file(tensors, str(directory / f"{stem}.safetensors"))
-    (directory / f"{stem}.json").write_text(json.dumps(tree), encoding="utf-8")
+        save_file(tensors, str(files.tensors))
+    files.tree.write_text(json.dumps(tree), encoding="utf-8")
 
 
-def _load_state(directory: Path, stem: str) -> Any:
-    tensor_file = directory / f"{stem}.safetensors"
-    tensors = load_file(str(tensor_file)) if tensor_file.exists() else {}
-    return join_tensors(json.loads((directory / f"{stem}.json").read_text(encoding="utf-8")), tensors)
+def _load_state(files: StateFiles) -> Any:
+    tensors = load_file(str(files.tensors)) if files.tensors.exists() else {}
+    return join_tensors(json.loads(files.tree.read_text(encoding="utf-8")), tensors)
 
 
 # ---------------------------------------------------------------- random number generators
@@ -150,7 +143,8 @@ def load_trainable(model: torch.nn.Module, path: Path) -> None:
 
 
 def step_dir(root: Path, step: int) -> Path:
-    return root / f"step-{step}"
+    """`root/step-<step>/` (CheckpointRoot names it)."""
+    return CheckpointRoot(root).step(step).path
 
 
 def save_checkpoint(
@@ -166,11 +160,12 @@ def save_checkpoint(
     """Write `root/step-N/` atomically; `rng` holds one generator state per process (index = rank)."""
     target = step_dir(root, step)
     with atomic_dir(target) as tmp:
-        save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(tmp / "trainable.safetensors"))
-        _save_state(tmp, "optimizer", optimizer.state_dict())
-        _save_state(tmp, "scheduler", scheduler.state_dict())
-        _save_state(tmp, "rng", rng)
-        _save_state(tmp, "trainer_state", {"format": FORMAT_VERSION, "step": step, **trainer_state})
+        out = CheckpointDir(tmp)
+        save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(out.trainable))
+        _save_state(out.optimizer, optimizer.state_dict())
+        _save_state(out.scheduler, scheduler.state_dict())
+        _save_state(out.rng, rng)
+        _save_state(out.trainer_state, {"format": FORMAT_VERSION, "step": step, **trainer_state})
     return target
 
 
@@ -178,12 +173,13 @@ def load_checkpoint(
     path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Restore weights, optimizer and scheduler in place; return (trainer_state, per-process RNG states)."""
+    saved = CheckpointDir(path)
     try:
-        trainer_state = _load_state(path, "trainer_state")
-        load_trainable(model, path / "trainable.safetensors")
-        optimizer.load_state_dict(_load_state(path, "optimizer"))
-        scheduler.load_state_dict(_load_state(path, "scheduler"))
-        rng = _load_state(path, "rng")
+        trainer_state = _load_state(saved.trainer_state)
+        load_trainable(model, saved.trainable)
+        optimizer.load_state_dict(_load_state(saved.optimizer))
+        scheduler.load_state_dict(_load_state(saved.scheduler))
+        rng = _load_state(saved.rng)
     except (OSError, json.JSONDecodeError, KeyError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: the checkpoint is incomplete or unreadable ({exc}); "
                               "delete it to resume from the one before") from None
@@ -198,20 +194,18 @@ def load_checkpoint(
 
 def list_checkpoints(root: Path) -> list[int]:
     """Steps of the complete checkpoints under `root`, ascending (temporary `.step-N.*` dirs are ignored)."""
-    if not root.is_dir():
-        return []
-    steps = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
-    return sorted(steps)
+    return CheckpointRoot(root).steps()
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    steps = list_checkpoints(root)
-    return step_dir(root, steps[-1]) if steps else None
+    """The folder of the last saved step under `root`; None when there is none."""
+    latest = CheckpointRoot(root).latest()
+    return latest.path if latest is not None else None
 
 
 def write_best(root: Path, step: int, metric: str, value: float) -> None:
     """`checkpoints/best.json` names the best step (a file rather than a symlink, so it survives copies)."""
-    atomic_write_json(root / "best.json", {"step": step, "metric": metric, "value": value})
+    atomic_write_json(CheckpointRoot(root).best, {"step": step, "metric": metric, "value": value})
 
 
 def prune_checkpoints(root: Path, keep_last: int, best_step: int | None) -> list[int]:

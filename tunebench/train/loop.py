@@ -44,7 +44,7 @@ from tunebench.models.device import accelerate_cpu, load_dtype, resolve_device
 from tunebench.models.load import capped_max_length, load_model_config
 from tunebench.models.precision import resolve_bf16
 from tunebench.processes import check_fsdp_device, check_sharding
-from tunebench.rundir import RunDir
+from tunebench.rundir import CheckpointDir, CheckpointRoot, RunDir
 from tunebench.train import checkpoint as ckpt
 from tunebench.train.batches import (
     DEFAULT_MAX_FORWARD_TOKENS,
@@ -428,7 +428,7 @@ class Recipe:
             "output_weights": "none (interrupted)" if self.interrupted else
             (f"best (step {best['step']})" if best else f"last (step {st.step})"),
             "stopped_early": st.stopped_early, "interrupted": self.interrupted,
-            "resumed_from_step": None if self.resumed_from is None else int(self.resumed_from.name.split("-")[1]),
+            "resumed_from_step": None if self.resumed_from is None else CheckpointDir(self.resumed_from).step,
             "bf16": self.use_bf16, "precision": self.precision, "frozen_bf16": self.frozen_bf16, "compile": tc.compile,
             "num_processes": self.world, "grad_accum": self.grad_accum,
             "global_batch_size": self.tc.batch_size * self.grad_accum * self.world,
@@ -443,8 +443,8 @@ class Recipe:
         if self.is_main:
             if not self.interrupted:
                 if st.best is not None and st.best["step"] != st.step:
-                    ckpt.load_trainable(self.model,
-                                        ckpt.step_dir(self.ckpt_root, st.best["step"]) / "trainable.safetensors")
+                    best_weights = CheckpointRoot(self.ckpt_root).step(st.best["step"]).trainable
+                    ckpt.load_trainable(self.model, best_weights)
                 output_dir = save_trained(self.model, self.tokenizer, getattr(self.paths, self.method.output),
                                           method=self.tc.method)
             summary = self.summary()

@@ -9,8 +9,7 @@ from typing import Any
 from tunebench.config import RunConfig, dump_config
 from tunebench.errors import ConfigError, TunebenchError
 from tunebench.io import atomic_write_text, clean_stale_temps
-from tunebench.rundir import RunDir
-from tunebench.train.checkpoint import list_checkpoints
+from tunebench.rundir import CheckpointRoot, RunDir
 
 # Sections whose change makes a resumed run differ from the interrupted one.
 RESUME_KEYS = ("seed", "model", "data", "train")
@@ -36,7 +35,7 @@ def prepare_run_dir(cfg: RunConfig, *, resume: bool, write: bool) -> Path:
     except OSError as exc:
         raise RunDirError(f"{run_dir}: cannot write the run directory ({exc.strerror}); "
                           "set output_dir or name to a writable place") from None
-    has_run = bool(list_checkpoints(paths.checkpoints)) or paths.train_summary.exists()
+    has_run = bool(CheckpointRoot(paths.checkpoints).steps()) or paths.train_summary.exists()
     if has_run and not resume:
         raise RunDirError(f"{run_dir} already holds a training run: pass --resume to continue it, or set "
                           "another name or output_dir")
