@@ -343,3 +343,23 @@ def test_forgetting_headline_speaks_only_from_measurable_rows(tmp_path: Path) ->
     assert rows["mmlu"]["status"] == "not measurable at this size" and rows["mmlu"]["chance"].startswith("0.25")
     assert rows["piqa"]["mde"] == "2.5 pts" and rows["wikitext2"]["mde"] == "1.5%"
     assert rows["wikitext2"]["delta"] == "+1.00 (+2.5%)"
+
+
+def test_bench_summary_speaks_of_the_one_model_and_says_why_no_drop_is_detectable():
+    from tunebench.bench.sensitivity import above_chance_p, accuracy_sensitivity
+    from tunebench.report.tables import DASH, bench_summary_lines
+
+    base = [1.0, 1.0, 0.0, 1.0]  # 4 examples: no drop is detectable at 80% power (mde None)
+    sens = accuracy_sensitivity(base, None, 0.5)
+    assert sens["mde"] is None
+    results = {"tasks": {"sst2": {"n": 4, "metrics": {"acc": {"value": 0.75, "stderr": 0.25}},
+                                  "sensitivity": {"acc": sens}}}}
+    line = bench_summary_lines(results)[1]
+    p = above_chance_p(3, 4, 0.5)  # P(X >= 3), X ~ Binomial(4, 0.5) = 5/16
+    assert p == pytest.approx(5 / 16)
+    assert f"chance 0.50 (model above chance: p {p:.4f})" in line
+    assert "no drop is detectable at 80% power with n=4 (not measurable at this size)" in line
+    assert "base" not in line and DASH not in line
+    sens = accuracy_sensitivity([1.0] * 150 + [0.0] * 50, None, 0.5)  # a detectable drop: shown in points
+    line = bench_summary_lines({"tasks": {"sst2": {"n": 200, "metrics": {}, "sensitivity": {"acc": sens}}}})[1]
+    assert f"minimum detectable drop {100 * sens['mde']:.1f} pts at 80% power" in line

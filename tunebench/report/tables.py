@@ -327,11 +327,14 @@ def fmt_mde(r: dict[str, Any]) -> str:
         else fmt_num(r["mde"])
 
 
-def fmt_chance(r: dict[str, Any]) -> str:
+def fmt_chance(r: dict[str, Any], who: str = "base") -> str:
+    """Chance level with the one-sided test that `who` (the base of a comparison; `model` for one model's
+    benchmark) scores above it."""
     if r.get("chance") is None:
         return DASH
     above = r.get("above_chance_p")
-    return f"{fmt_num(r['chance'], 2)} (base above: p {fmt_p(above)})" if above is not None else fmt_num(r["chance"], 2)
+    return f"{fmt_num(r['chance'], 2)} ({who} above chance: p {fmt_p(above)})" if above is not None \
+        else fmt_num(r["chance"], 2)
 
 
 def forgetting_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -385,8 +388,10 @@ def bench_summary_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"{task:32s} n={res['n']:<6d} {', '.join(parts)}")
         for name, sens in (res.get("sensitivity") or {}).items():
             verdict_ = "measurable" if sens.get("measurable") else "not measurable at this size"
-            lines.append(f"{'':32s}   {name}: chance {fmt_chance(sens)}, minimum detectable drop "
-                         f"{fmt_mde(sens)} at 80% power ({verdict_})")
+            chance = fmt_chance(sens, "model") if sens.get("chance") is not None else "unknown"
+            drop = (f"minimum detectable drop {fmt_mde(sens)} at 80% power" if fmt_mde(sens) != DASH else
+                    f"no drop is detectable at 80% power with n={res['n']}")
+            lines.append(f"{'':32s}   {name}: chance {chance}, {drop} ({verdict_})")
     return lines
 
 
