@@ -264,11 +264,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from tunebench.pipeline import compare_paths
     from tunebench.report.terminal import comparison_table, forgetting_table
 
-    for path in args.paths:
-        _existing(path, "compare")
     out_dir = Path(args.out)
     _refuse_existing(out_dir, "comparison.json", args.overwrite, "--out")
     _refuse_existing(out_dir, "forgetting.json", args.overwrite, "--out")
+    for path in args.paths:
+        _existing(path, "compare")
     out = compare_paths([Path(p) for p in args.paths], out_dir, baseline=args.baseline,
                         n_resamples=args.resamples, seed=args.seed)
     if out.is_file():
