@@ -230,3 +230,38 @@ def test_eval_precision_combinations_that_run_still_load():
     cfg = load_config(None, ["eval.metrics=rouge,accuracy", "eval.parity.metric=accuracy"])
     assert cfg.eval.parity.metric == "accuracy"
     assert load_config(None, ["eval.parity.metric=rouge1"]).eval.parity.metric == "rouge1"  # rouge = rouge1, ...
+
+
+def test_set_indexes_a_list_of_sections(tmp_path):
+    path = tmp_path / "mix.yaml"
+    path.write_text(
+        "data:\n  tasks:\n  - {name: emotion, source: emotion, template: {name: emotion}}\n"
+        "  - {name: dialogsum, source: dialogsum}\n")
+    cfg = load_config(path, ["data.tasks.1.weight=2", "data.tasks.0.metrics=accuracy,macro_f1"])
+    assert [t.weight for t in cfg.data.tasks] == [load_config(path).data.tasks[0].weight, 2.0]
+    assert cfg.data.tasks[0].metrics == ["accuracy", "macro_f1"]
+    for override, message in (("data.tasks.2.weight=2", "--set data.tasks.2.weight: data.tasks has 2 entries "
+                                                        "(indexes 0 to 1)"),
+                              ("data.tasks.x.weight=2", "--set data.tasks.x.weight: data.tasks is a list: index it "
+                                                        "with a number")):
+        with pytest.raises(ConfigError) as err:
+            load_config(path, [override])
+        assert str(err.value).startswith(message)
+    single = tmp_path / "single.yaml"
+    single.write_text("name: x\n")
+    with pytest.raises(ConfigError) as err:  # was: "'tasks' is not a section"
+        load_config(single, ["data.tasks.0.weight=2"])
+    assert str(err.value) == "--set data.tasks.0.weight: data.tasks has no entries"
+
+
+def test_a_section_check_that_a_set_key_fails_names_the_set_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ntrain: {batch_size: 2}\n")
+    with pytest.raises(ConfigError) as err:  # the train section's check, failed by the --set key alone
+        load_config(path, ["train.select_best_by=rougeL"])
+    assert str(err.value).startswith("--set: train.select_best_by: select_best_by 'rougeL' needs gen_eval.every")
+    assert str(path) not in str(err.value)
+    with pytest.raises(ConfigError) as err:  # the same check failed by the file names the file
+        path.write_text("name: x\ntrain: {select_best_by: rougeL}\n")
+        load_config(path, [])
+    assert str(err.value).startswith(f"{path}: train: select_best_by 'rougeL'")

@@ -687,9 +687,14 @@ def config_schema() -> dict[str, Any]:
 
 def _field_at(loc: tuple[Any, ...] | list[str]) -> Any:
     """The pydantic field at key path `loc` (None when the path names no field)."""
+    import typing
+
     model: Any = RunConfig
     field = None
     for key in loc:
+        if str(key).isdigit() and typing.get_origin(model) is list:  # an index into a list of sections
+            model, field = typing.get_args(model)[0], None  # an element: no field of its own
+            continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         field = model.model_fields.get(str(key))
@@ -723,26 +728,51 @@ def _format_validation_error(err: ValidationError, source: str, overridden: Iter
             path, msg = (f"{path}.{key}" if e["loc"] else key), rest
         parts = path.split(".")  # the key path named, also when a whole-config check names it
         from_set = any(".".join(parts[:i]) in overridden for i in range(1, len(parts) + 1))
+        below = [k for k in overridden if k.startswith(f"{path}.")]  # a section's check a --set key failed
+        if not from_set and len(below) == 1 and e["loc"]:
+            path, from_set = below[0], True
         lines.append(f"{'--set' if from_set else source}: {path}: {msg}")
     return "\n".join(lines)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `dotted` (a.b.c) in a config tree; a number indexes a list of sections (`data.tasks.0.weight`).
+    Missing sections are made (a list-valued key: an empty list). Raises ConfigError naming `--set KEY`."""
     keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
-        node = child
-    node[keys[-1]] = value
+    node: Any = tree
+    for i, key in enumerate(keys):
+        where, last = ".".join(keys[:i]), i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit():
+                raise ConfigError(f"--set {dotted}: {where} is a list: index it with a number ({where}.0...)")
+            if int(key) >= len(node):
+                raise ConfigError(f"--set {dotted}: {where} has {len(node)} entries (indexes 0 to {len(node) - 1})"
+                                  if node else f"--set {dotted}: {where} has no entries")
+            if last:
+                node[int(key)] = value
+                return
+            node = node[int(key)]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+                return
+            if key not in node:
+                node[key] = [] if _is_list_field(".".join(keys[: i + 1])) else {}
+            node = node[key]
+        else:
+            raise ConfigError(f"--set {dotted}: '{keys[i - 1]}' is not a section")
 
 
 def _is_list_field(dotted: str) -> bool:
+    """Whether the key path names a list-valued field (`list[...]`, or `list[...] | None`)."""
     field = _field_at(dotted.split("."))
     import typing
 
-    return field is not None and typing.get_origin(field.annotation) is list
+    if field is None:
+        return False
+    kinds = typing.get_args(field.annotation) if typing.get_origin(field.annotation) in (
+        typing.Union, __import__("types").UnionType) else (field.annotation,)
+    return any(typing.get_origin(k) is list for k in kinds)
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
