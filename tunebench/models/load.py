@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -62,10 +62,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._
 
 
 @dataclass
-class LoadedModel:
-    """A model ready for training or generation, with the prompt settings every stage must share."""
+class LoadedTokenizer:
+    """The prompt side of a model without its weights: enough to preview and count tokens, and the prompt
+    settings every stage must share (a LoadedModel is this plus the weights)."""
 
-    model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     family: Family
     ref: str
@@ -78,6 +78,13 @@ class LoadedModel:
     def format_prompt(self, prompt: str) -> str:
         """The exact text the model sees before its completion (chat template or plain)."""
         return chat.format_prompt(self.tokenizer, prompt, use_chat=self.use_chat, system_prompt=self.system_prompt)
+
+
+@dataclass
+class LoadedModel(LoadedTokenizer):
+    """A model ready for training or generation, with its tokenizer and prompt settings (LoadedTokenizer's)."""
+
+    model: PreTrainedModel = field(kw_only=True)
 
 
 def default_gguf_path(alias: str = DEFAULT_ALIAS) -> Path:
@@ -351,23 +358,6 @@ def base_model_config(path: str | Path, *, trust_remote_code: bool = False) -> M
 # What a trained output is scored with unless the user's config sets it: its base model and its prompt format.
 # (trust_remote_code is never taken from a run's file; dtype is the scorer's choice.)
 TRAINED_SETTINGS = ("ref", "revision", "chat_template", "system_prompt")
-
-
-@dataclass
-class LoadedTokenizer:
-    """The prompt side of a model without its weights: enough to preview and count tokens."""
-
-    tokenizer: PreTrainedTokenizerBase
-    family: Family
-    ref: str
-    source: str
-    use_chat: bool
-    system_prompt: str | None
-    adapter: str | None = None  # the trained output applied on top of `ref` (adapter or full-model dir), if any
-    merged: bool = False  # whether a LoRA adapter was folded into the base weights
-
-    def format_prompt(self, prompt: str) -> str:
-        return chat.format_prompt(self.tokenizer, prompt, use_chat=self.use_chat, system_prompt=self.system_prompt)
 
 
 def _use_chat(tokenizer: PreTrainedTokenizerBase, cfg: ModelConfig, family: Family) -> bool:

@@ -204,16 +204,9 @@ def _full(model: Any, train_cfg: TrainConfig) -> Any:
 
 def block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The transformer blocks nearest the output: (qualified name, ModuleList). ModelError when none."""
-    from torch import nn
+    from tunebench.models.bottleneck import block_stacks
 
-    stacks: list[tuple[str, nn.ModuleList]] = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        if any(name.startswith(f"{outer}.") for outer, _ in stacks):
-            continue  # a list inside a block (sub-layers, experts) is not the block stack
-        if len({type(m) for m in module}) == 1 and next(module.parameters(), None) is not None:
-            stacks.append((name, module))
+    stacks = block_stacks(model)
     if not stacks:
         raise ModelError(
             f"train.method 'freeze': no transformer blocks found in {type(model).__name__}; use lora or full"
