@@ -88,6 +88,7 @@ def test_sweep_dir_names_its_runs_and_files(tmp_path):
     sweep = SweepDir(str(tmp_path))
     assert sweep.base == RunDir(tmp_path / "base") and sweep.run("lora") == RunDir(tmp_path / "lora")
     assert sweep.compare_dir == CompareDir(tmp_path / "compare")
+    assert sweep.single_run("lora", "dialogsum") == RunDir(tmp_path / "lora-single-dialogsum")
     assert (sweep.sweep_json, sweep.report_html, sweep.chart) == (
         tmp_path / "sweep.json", tmp_path / "report.html", tmp_path / "gain_vs_forgetting.png")
     for taken in ("base", "compare"):

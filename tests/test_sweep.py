@@ -43,6 +43,31 @@ class Spies:
         monkeypatch.setattr(sweep_stages, "_train_in_subprocess", spy_train)
 
 
+class DisagreeingProbe:
+    """`eval.precision: auto` whose probe picks fp32 on its first call and bf16 on every later one (as a change of
+    free memory can make it), with a parity gate that accepts every precision: were the probe asked again for a
+    later method, that method would be evaluated in bf16 against the base's fp32 and compare would refuse it."""
+
+    def __init__(self, monkeypatch):
+        import tunebench.evaluate.parity as parity
+        import tunebench.models.precision as prec
+
+        self.calls = 0
+
+        def probe(shapes, device, *, training, **kwargs):
+            self.calls += 1
+            picked = "fp32" if self.calls == 1 else "bf16"
+            return prec.PrecisionChoice(picked=picked, gflops={"fp32": 1.0, "bf16": 1.0}, reason="faked")
+
+        def gate(loaded, examples, cfg, fast, **kwargs):
+            return parity.GateResult(model="tiny", adapter=None, precision=fast, metric="rouge1", n=1, margin=1.0,
+                                     fp32_score=0.0, fast_score=0.0, delta=0.0, ci95=[0.0, 0.0], accepted=True,
+                                     reason="faked")
+
+        monkeypatch.setattr(prec, "choose_precision", probe)
+        monkeypatch.setattr(parity, "parity_gate", gate)
+
+
 @pytest.fixture(scope="module")
 def sweep_setup(tmp_path_factory, tiny_causal_dir, data_dir):
     root = tmp_path_factory.mktemp("sweep")
@@ -56,17 +81,18 @@ def sweep_setup(tmp_path_factory, tiny_causal_dir, data_dir):
                  "max_length": 192},
         "train": {"lora": {"r": 4, "alpha": 8}, "adapter": {"reduction_factor": 128}, "batch_size": 4,
                   "max_steps": 3, "eval_every": 3, "save_every": 3, "log_every": 1},
-        "eval": {"limit": 6, "shots": [0], "bootstrap": 100, "generation": {"max_new_tokens": 8, "batch_size": 6}},
+        "eval": {"limit": 6, "shots": [0], "bootstrap": 100, "precision": "auto",
+                 "generation": {"max_new_tokens": 8, "batch_size": 6}},
         "bench": {"tasks": ["sst2"], "limit": 6, "shots": 0},  # LM drift rows: tests/test_pipeline.py
     }
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     sweep_dir = root / "sweep"
     with pytest.MonkeyPatch.context() as mp:
-        spies = Spies(mp)
+        spies, probe = Spies(mp), DisagreeingProbe(mp)
         code = main(["sweep", str(path), "--methods", METHODS, "--against", "lora", "--out", str(sweep_dir),
                      "--data-dir", str(data_dir)])
-    return {"root": root, "config": path, "dir": sweep_dir, "code": code, "spies": spies}
+    return {"root": root, "config": path, "dir": sweep_dir, "code": code, "spies": spies, "probe": probe}
 
 
 def _doc(sweep_dir):
@@ -129,6 +155,59 @@ def test_sweep_table_rows(sweep_setup, tiny_causal_dir):
     assert all(b["metric"] != "kl" for b in pair["benchmarks"])
 
 
+def _precision(scores_path):
+    return json.loads(scores_path.read_text())["generation"]["precision"]
+
+
+def test_auto_precision_is_resolved_once_and_pinned_for_every_method(sweep_setup):
+    sweep_dir = sweep_setup["dir"]
+    assert sweep_setup["probe"].calls == 1  # the probe ran for the shared base's evaluation only
+    doc = _doc(sweep_dir)
+    assert doc["shared"]["precision"] == "auto" and doc["shared"]["pinned_precision"] == "fp32"
+    assert _precision(sweep_dir / "base/eval/base-0shot/scores.json") == "fp32"
+    for method in ("lora", "full"):  # both compared (the later probe's bf16 would have been refused)
+        assert next(r for r in doc["rows"] if r["method"] == method)["status"] == "done"
+        scores = json.loads((sweep_dir / method / "eval/tuned/scores.json").read_text())
+        assert scores["generation"]["precision"] == "fp32"
+    choice = json.loads((sweep_dir / "full/eval/tuned/scores.json").read_text())["generation"]["precision_choice"]
+    assert choice["requested"] == "auto" and choice["pinned"] == "fp32"
+    assert "pinned to the sweep's shared base precision fp32" in choice["reason"]
+
+
+def test_report_rerenders_a_sweep_from_its_stored_data(sweep_setup, tmp_path, monkeypatch, capsys):
+    import tunebench.pipeline.run as run_stages
+    import tunebench.pipeline.sweep as sweep_stages
+
+    sweep_dir = sweep_setup["dir"]
+    html, chart = (sweep_dir / "report.html").read_text(), (sweep_dir / "gain_vs_forgetting.png").read_bytes()
+    data = (sweep_dir / "sweep.json").read_bytes()
+    for module, name in ((run_stages, "evaluate_into"), (run_stages, "bench_loaded"),
+                         (sweep_stages, "_train_in_subprocess"), (sweep_stages, "run_all")):  # nothing runs again
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("report ran a stage"))
+    out = tmp_path / "elsewhere"
+    assert main(["report", str(sweep_dir), "--out", str(out)]) == 0
+    assert (out / "report.html").read_text() == html and (out / "gain_vs_forgetting.png").read_bytes() == chart
+    assert not (out / "sweep.json").exists() and (sweep_dir / "sweep.json").read_bytes() == data
+    # in place, from what sweep.json says now: an edited error sentence shows up in the re-rendered report
+    doc = json.loads(data)
+    failed = next(r for r in doc["rows"] if r["status"] == "failed")
+    failed["error"] = "method 'adapter': an edited <sentence>"
+    (sweep_dir / "report.html").unlink()
+    (sweep_dir / "sweep.json").write_text(json.dumps(doc))
+    try:
+        assert main(["report", str(sweep_dir)]) == 0
+        assert "an edited &lt;sentence&gt;" in (sweep_dir / "report.html").read_text()
+        assert f"html: {sweep_dir / 'report.html'}" in capsys.readouterr().out
+    finally:
+        (sweep_dir / "sweep.json").write_bytes(data)
+        (sweep_dir / "report.html").write_text(html)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad/sweep.json").write_text(json.dumps({"schema": "tunebench.bench/1"}))
+    assert main(["report", str(tmp_path / "bad")]) == 1
+    err = capsys.readouterr().err
+    assert "is not a sweep's data (schema 'tunebench.bench/1'" in err and "Traceback" not in err
+
+
 def test_method_that_does_not_apply_fails_alone(sweep_setup, capsys):
     assert sweep_setup["code"] == 2  # the adapter's ConfigError; the other methods finished
     row = next(r for r in _doc(sweep_setup["dir"])["rows"] if r["method"] == "adapter")
@@ -181,6 +260,7 @@ def test_rerun_finishes_only_the_missing_methods(sweep_setup, data_dir, monkeypa
     assert [p.stat().st_mtime_ns for p in kept] == before
     assert (sweep_dir / "base/eval/base-0shot/scores.json").stat().st_mtime_ns == base_scores
     assert [r["status"] for r in _doc(sweep_dir)["rows"]] == ["done", "done", "failed"]
+    assert _precision(sweep_dir / "full/eval/tuned/scores.json") == "fp32"  # pinned from the base's scores.json
 
 
 def test_unknown_method_is_a_usage_error(tmp_path, capsys):

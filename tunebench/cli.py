@@ -320,11 +320,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tunebench.report.sweep import sweep_table
 
     doc = run_sweep(args.config, args.overrides, methods, data_dir=args.data_dir, out=args.out,
-                    against=args.against, same_lr=args.same_lr)
+                    against=args.against, same_lr=args.same_lr, mixtures=args.mixtures)
     _print(sweep_table(doc))
     print(f"report: {Path(doc['dir']) / 'report.html'}")
     print(f"TensorBoard: tensorboard --logdir {doc['dir']}")
     failed = [r for r in doc["rows"] if r["status"] != "done"]
+    failed += [r["single_vs_multi"] for r in doc["rows"] if (r.get("single_vs_multi") or {}).get("status") == "failed"]
     for row in failed:
         print(f"error: {row['error']}", file=sys.stderr)
     return max((int(r["exit_code"]) for r in failed), default=0)
@@ -542,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--same-lr", action="store_true",
                    help="give every method the config's train.lr (default: only the config's train.method; the "
                    "others their method default)")
+    p.add_argument("--mixtures", default=None, metavar="single[:TASK]",
+                   help="with a multi-task config (data.tasks): also train each method on TASK alone (default: "
+                   "the first task) for the mixture run's optimizer steps, into SWEEP/METHOD-single-TASK, and "
+                   "report mixture vs single task per method (each task's scores and the forgetting of each)")
     p.add_argument("--out", default=None, help="sweep folder (default: OUTPUT_DIR/NAME-sweep of the config)")
 
     p = add("demo", cmd_demo, "the whole job on the built-in config (default model, DialogSum, LoRA)",
@@ -576,8 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the base model's custom code (never taken from the run's config.yaml)")
 
     p = add("report", cmd_report, "(re)write results.json, report.md and report.html for a run, compare or "
-            "bench dir")
-    p.add_argument("dir", help="run dir, compare --out dir or bench --out dir")
+            "bench dir; a sweep folder's report.html and chart from its sweep.json")
+    p.add_argument("dir", help="run dir, compare --out dir, bench --out dir or sweep folder")
     p.add_argument("--out", default=None, help="where the report files go (default: DIR itself)")
 
     p = add("data", cmd_data_preview, "inspect data: `tunebench data preview CONFIG`")

@@ -314,6 +314,11 @@ class SweepDir:
             raise ValueError(f"a method cannot be named {method!r} inside a sweep folder")
         return RunDir(self.path / method)
 
+    def single_run(self, method: str, task: str) -> RunDir:
+        """A mixture method's single-task twin (`sweep --mixtures single:TASK`): `<sweep>/<method>-single-<task>/`,
+        named as `run --single-task` names its twin."""
+        return RunDir(self.run(method).path.parent / f"{method}-single-{task}")
+
     @property
     def compare_dir(self) -> CompareDir:
         return CompareDir(self.path / "compare")

@@ -3,10 +3,13 @@
 Every method gets the same data, seed, optimizer-step budget and evaluation: its config is the user's config with
 `train.method` set. Its learning rate (issue 11) is the config's `train.lr` for the config's own `train.method`
 only: every other method takes the methods table's `default_lr` (a full-weight method needs a rate ~10x smaller
-than an adapter's), unless `--same-lr` asks for the config's rate for all; each row records the rate and its source. This module holds the sweep's data and nothing that writes:
-the checked method list, each method's config, each method's row read back from its finished run directory
-(`method_row`), the progress lines with their ETA, and the `sweep.json` document. `pipeline/sweep.py`
-(`run_sweep`) runs the stages and `pipeline/write.py` writes; `report/sweep.py` renders the report.
+than an adapter's), unless `--same-lr` asks for the config's rate for all; each row records the rate and its
+source. This module holds the sweep's data and nothing that writes: the checked method list and --mixtures
+option, each method's config, the precision every method is pinned to (`pinned_precision`), each method's row
+read back from its finished run directory (`method_row`; a mixture's metrics per task, and with --mixtures its
+single-task twin beside it), the progress lines with their ETA, and the `sweep.json` document.
+`pipeline/sweep.py` (`run_sweep`) runs the stages and `pipeline/write.py` writes; `report/sweep.py` renders the
+report.
 """
 
 from __future__ import annotations
@@ -52,6 +55,34 @@ def check_against(against: str | None, methods: list[str]) -> None:
     """`--against M` must be one of the sweep's methods (ConfigError naming the option otherwise)."""
     if against is not None and against not in methods:
         raise ConfigError(f"--against: '{against}' is not one of the sweep's --methods ({', '.join(methods)})")
+
+
+def mixtures_single_task(option: str | None, cfg: RunConfig) -> str | None:
+    """The task of `--mixtures single[:TASK]` (bare `single`: the first of data.tasks); None without the option.
+
+    ConfigError (exit 2) naming --mixtures for another form, a config without data.tasks (there is no mixture to
+    set a single task beside) or a task the mixture does not have.
+    """
+    if option is None:
+        return None
+    kind, _, task = option.partition(":")
+    if kind != "single" or (":" in option and not task):
+        raise ConfigError(f"--mixtures: '{option}' is not 'single' or 'single:TASK' (the single-task twin of each "
+                          "method: TASK alone, default the first of data.tasks)")
+    if not cfg.data.multitask:
+        raise ConfigError("--mixtures: the config trains one task (no data.tasks), so there is no mixture to set "
+                          "beside a single task; give a multi-task config or leave --mixtures out")
+    names = [t.name for t in cfg.data.tasks]
+    task = task or names[0]
+    if task not in names:
+        raise ConfigError(f"--mixtures: '{task}' is not a task of the mixture (data.tasks: {', '.join(names)})")
+    return task
+
+
+def task_key(task: str | None, metric: str) -> str:
+    """How a row names a task metric: the metric itself for a single-task config, `<task>/<metric>` in a
+    mixture."""
+    return metric if task is None else f"{task}/{metric}"
 
 
 LR_FROM_CONFIG = "config"  # the config's train.lr, for the config's own train.method
@@ -101,19 +132,42 @@ def base_config(path: str | Path | None, overrides: list[str], sweep: SweepDir) 
     return cfg
 
 
+def pinned_precision(cfg: RunConfig, base: RunDir) -> str | dict[str, str] | None:
+    """The precision every method of a sweep evaluates in: the one its shared base was evaluated in (its first
+    base system's scores.json; per task for a mixture), once that evaluation exists; None before it, or when
+    eval.precision is unset (each model computes as loaded).
+
+    Resolved once, when the base is evaluated (by the first method: base and tuned model gated together) and
+    read back for every later method and every rerun, so an `auto` probe that would pick another precision later
+    (available memory changes what fits) never leaves a method's evaluation at another precision than the base's,
+    which compare would refuse.
+    """
+    from tunebench.evaluate.compare import scored_precision
+
+    if cfg.eval.precision is None:
+        return None
+    first = f"base-{cfg.eval.shots[0]}shot"
+
+    def read(eval_dir: Any) -> str | None:
+        if not eval_dir.scores.is_file():
+            return None
+        return scored_precision(read_json(eval_dir.scores, what="the shared base's scores",
+                                          fix="delete the sweep's base/ folder to evaluate the base again"))
+
+    if not cfg.data.multitask:
+        return read(base.eval_dir(first))
+    found = {t.name: read(base.task_dir(t.name).eval_dir(first)) for t in cfg.data.tasks}
+    return {name: p for name, p in found.items() if p is not None} or None
+
+
 def default_sweep_dir(cfg: RunConfig) -> Path:
     """`<output_dir>/<name>-sweep` for a config's name and output_dir."""
     return Path(cfg.output_dir) / f"{cfg.name}-sweep"
 
 
-def _primary(names: list[str], preferred: tuple[str, ...]) -> str | None:
-    return next((m for m in preferred if m in names), names[0] if names else None)
-
-
-def _comparison_to_base(run: RunDir) -> dict[str, Any] | None:
+def _comparison_to_base(compare_dir: Any) -> dict[str, Any] | None:
     """The tuned-vs-base entry of a method's comparison.json (baseline: the first base system)."""
-    doc = read_json(run.compare_dir.comparison, what="the method's comparison",
-                    fix="rerun the sweep to redo it")
+    doc = read_json(compare_dir.comparison, what="the method's comparison", fix="rerun the sweep to redo it")
     return next((c for c in doc.get("comparisons", []) if c.get("candidate") == "tuned"), None)
 
 
@@ -126,8 +180,10 @@ def _forgetting_rows(run: RunDir) -> list[dict[str, Any]]:
     return rows if isinstance(rows, list) else []
 
 
-def method_row(method: str, run: RunDir, *, lr: float, lr_source: str, seconds: float | None = None) -> dict[str, Any]:
-    """One row of the sweep table, read from a method's finished run directory.
+def method_row(method: str, run: RunDir, *, lr: float, lr_source: str, seconds: float | None = None,
+               tasks: list[str] | None = None) -> dict[str, Any]:
+    """One row of the sweep table, read from a method's finished run directory (`tasks`: a mixture's task names,
+    whose comparisons are per task and whose metrics are keyed `<task>/<metric>`, `task_key`).
 
     Sizes (trainable parameters: count and % of the model's parameters), cost (peak resident memory in GiB, and
     the peak of torch's CUDA allocator when the method trained on a GPU, training seconds of the optimizer steps and training tokens per second, from train_summary.json), the
@@ -136,10 +192,14 @@ def method_row(method: str, run: RunDir, *, lr: float, lr_source: str, seconds: 
     95% intervals: forgetting.json). Raises DataError naming a file that cannot be read.
     """
     summary = read_json(run.train_summary, what="the training summary", fix="rerun the sweep to train it again")
-    comparison = _comparison_to_base(run) or {}
     trainable, total = summary.get("trainable_params"), summary.get("total_params")
-    task = {m: {k: v.get(k) for k in ("baseline", "candidate", "delta", "ci95", "p_value")}
-            for m, v in (comparison.get("metrics") or {}).items()}
+    task: dict[str, Any] = {}
+    comparison: dict[str, Any] = {}
+    for name in tasks or [None]:
+        comparison = _comparison_to_base(run.compare_dir if name is None else run.task_dir(name).compare_dir) or {}
+        task.update({task_key(name, m): {k: v.get(k) for k in ("baseline", "candidate", "delta", "ci95", "p_value")}
+                     | ({} if name is None else {"task": name, "metric": m})
+                     for m, v in (comparison.get("metrics") or {}).items()})
     forgetting = [{k: r.get(k) for k in ("task", "metric", "n", "base", "tuned", "delta", "relative_delta", "ci95",
                                          "p_value", "higher_is_better", "significant_drop", "status")}
                   for r in _forgetting_rows(run)]
@@ -164,11 +224,32 @@ def failed_row(method: str, error: TunebenchError | str, exit_code: int, *, lr: 
             "lr": lr, "lr_source": lr_source, "task": {}, "forgetting": []}
 
 
+def single_vs_multi_entry(task: str, twin: RunDir, doc: dict[str, Any]) -> dict[str, Any]:
+    """A mixture method's `single_vs_multi` (sweep --mixtures): its single-task twin's run folder, the optimizer
+    steps both trained, and single_vs_multi.json's rows (per task and metric: base, single, multi with their 95%
+    intervals, multi - single paired; per forgetting measure: each model's delta from the base and multi -
+    single)."""
+    return {"task": task, "status": "done", "error": None, "exit_code": 0, "run_dir": twin.path.name,
+            "optimizer_steps": doc.get("optimizer_steps"), "tasks": doc.get("tasks") or [],
+            "forgetting": doc.get("forgetting") or []}
+
+
+def failed_single_vs_multi(task: str, twin: RunDir, error: TunebenchError | str, exit_code: int) -> dict[str, Any]:
+    """The `single_vs_multi` of a method whose single-task twin did not finish: its one-sentence error."""
+    return {"task": task, "status": "failed", "error": str(error), "exit_code": exit_code,
+            "run_dir": twin.path.name, "optimizer_steps": None, "tasks": [], "forgetting": []}
+
+
 def primary_task_metric(rows: list[dict[str, Any]]) -> str | None:
-    """The task metric the headline and chart use: the first of PRIMARY_TASK_METRICS every finished row has."""
+    """The task metric the headline and chart use: the first of PRIMARY_TASK_METRICS every finished row has (in
+    a mixture, `<task>/<metric>` of the first task that has it)."""
     done = [r for r in rows if r["status"] == "done"]
     shared = [m for m in (done[0]["task"] if done else {}) if all(m in r["task"] for r in done)]
-    return _primary(shared, PRIMARY_TASK_METRICS)
+    for metric in PRIMARY_TASK_METRICS:
+        for key in shared:
+            if key.rsplit("/", 1)[-1] == metric:
+                return key
+    return shared[0] if shared else None
 
 
 def primary_forgetting(rows: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -213,6 +294,15 @@ def headline(row: dict[str, Any], task_metric: str | None, forgetting: tuple[str
         rel = f.get("relative_delta")
         parts.append(f"{f['task']} {f['metric']} {fmt_signed(f['delta'])}"
                      + (f" ({100 * rel:+.1f}%)" if rel is not None else "") + f" {fmt_ci(f['ci95'])}")
+    twin = row.get("single_vs_multi")
+    if twin and twin["status"] != "done":
+        parts.append(f"single-task twin FAILED: {twin['error']}")
+    elif twin:
+        own = [t for t in twin["tasks"] if t.get("trained_on") == "both"]
+        pick = next((t for m in PRIMARY_TASK_METRICS for t in own if t["metric"] == m), own[0] if own else None)
+        if pick:
+            parts.append(f"mixture - {twin['task']} alone: {pick['metric']} {fmt_signed(pick['delta'])} "
+                         f"{fmt_ci(pick['ci95'])}")
     if row.get("tokens_per_s") is not None:
         parts.append(f"{_fmt(row['tokens_per_s'])} tok/s")
     if row.get("trainable_pct") is not None:
@@ -260,8 +350,11 @@ class Eta:
 
 
 def sweep_document(sweep: SweepDir, *, config: str | None, methods: list[str], against: str | None,
-                   rows: list[dict[str, Any]], pairwise: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
-    """sweep.json's content (schema tunebench.sweep/1, docs/formats.md): settings, one row per method, pairwise."""
+                   rows: list[dict[str, Any]], pairwise: list[dict[str, Any]], cfg: RunConfig,
+                   precision: str | dict[str, str] | None = None, single_task: str | None = None) -> dict[str, Any]:
+    """sweep.json's content (schema tunebench.sweep/1, docs/formats.md): settings (with the precision every
+    method was pinned to: `pinned_precision`; a mixture's tasks and the --mixtures single task), one row per
+    method, pairwise."""
     return {
         "schema": SWEEP_SCHEMA, "tunebench_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -269,7 +362,10 @@ def sweep_document(sweep: SweepDir, *, config: str | None, methods: list[str], a
         "shared": {"model": cfg.model.ref, "seed": cfg.seed, "max_steps": cfg.train.max_steps,
                    "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
                    "eval_split": cfg.eval.split, "eval_limit": cfg.eval.limit, "bench_tasks": list(cfg.bench.tasks)
-                   if cfg.bench.enabled else [], "base_dir": sweep.base.path.name},
+                   if cfg.bench.enabled else [], "base_dir": sweep.base.path.name,
+                   "precision": cfg.eval.precision, "pinned_precision": precision,
+                   "tasks": [t.name for t in cfg.data.tasks] if cfg.data.multitask else None,
+                   "single_task": single_task},
         "task_metric": primary_task_metric(rows),
         "forgetting_measure": list(primary_forgetting(rows) or []) or None,
         "rows": rows,

@@ -6,6 +6,7 @@ metrics (`tasks/<task>/`), the forgetting table of the mixture run, and the sing
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from tunebench.io import read_json
 from tunebench.pipeline.stages import (
     OneModel,
     base_and_tuned_benches,
+    decide_eval_precision,
     eval_examples,
     evaluate_into,
     task_set_for,
@@ -60,28 +62,30 @@ def evaluate_tasks(cfg: RunConfig, *, data_dir: Path | None, adapter: str | None
 
 
 def evaluate_run_tasks(cfg: RunConfig, task_set, systems: list[tuple[str, str | None, int]],
-                        models: OneModel, *, rank: int = 0, world_size: int = 1) -> None:
-    """Every system on every task's test split, with the task's metrics: RUN/tasks/<task>/eval/<system>/.
+                       models: OneModel, *, rank: int = 0, world_size: int = 1,
+                       pinned: Mapping[str, str] | None = None, home: RunDir | None = None) -> None:
+    """Every system on every task's test split, with the task's metrics: RUN/tasks/<task>/eval/<system>/ (the
+    base systems' under `home` instead, run_all's `base`).
 
-    Systems are the outer loop, so each model is loaded once.
+    Systems are the outer loop, so each model is loaded once. pinned: the precision each task requests instead
+    of eval.precision (run_all's `precision`).
     """
     run = RunDir(cfg.run_dir)
     log = announce if is_main(rank) else (lambda message: None)
     precisions: dict[str, tuple[str | None, dict[str, Any]]] = {}
     for name, adapter, shots in systems:
         for task in task_set.tasks:
-            out = run.task_dir(task.name).eval_dir(name)
+            out = (run if adapter or home is None else home).task_dir(task.name).eval_dir(name)
             if out.scores.is_file():
                 log(f"evaluation {task.name}/{name} already done")
                 continue
             task_cfg = cfg.model_copy(update={"eval": task_eval_config(cfg, task)})
             examples = eval_examples(task_cfg, task.splits)
             if task.name not in precisions:  # one precision for every system compared on a task, as run_all
-                from tunebench.evaluate.parity import decide_precision
-
                 getters = [lambda a=a: models.get(a) for a in dict.fromkeys(a for _, a, _ in systems)]
-                precisions[task.name] = from_main(partial(decide_precision, getters, examples, task_cfg.eval,
-                                                          seed=cfg.seed), rank, world_size)
+                precisions[task.name] = from_main(partial(decide_eval_precision, getters, examples, task_cfg.eval,
+                                                          seed=cfg.seed, pinned=(pinned or {}).get(task.name)),
+                                                  rank, world_size)
             log(f"task {task.name}: evaluating {name} on {len(examples)} {cfg.eval.split} examples")
             system = {"name": name, "model": cfg.model.ref, "adapter": adapter, "shots": shots, "task": task.name}
             evaluate_into(out, task_cfg, models.get(adapter), examples, task.splits, system, shots, rank=rank,
@@ -122,13 +126,14 @@ def single_task_config(cfg: RunConfig, task: str, steps: int, size: int) -> RunC
 
 
 def single_vs_multi(single: RunDir, multi: RunDir, task: str, steps: int, *, n_resamples: int,
-                    seed: int) -> dict[str, Any]:
+                    seed: int, base: RunDir | None = None) -> dict[str, Any]:
     """The side-by-side of a single-task run and its mixture run (`single_vs_multi.json`, docs/formats.md).
 
     Per task and metric: the base score and each tuned model's score with its 95% bootstrap interval, and the
     paired difference multi - single (paired bootstrap over the task's test examples, compare's statistics;
     comparison.json of each task under the mixture run's `single_vs_multi/tasks/<task>/`). Forgetting: each
     run's forgetting rows (tuned vs base) and the paired difference multi - single on the same samples.
+    base: where the base model's evaluations are (a sweep's shared base folder; default: the mixture run).
     """
     from tunebench.bench.forgetting import forgetting_table
     from tunebench.evaluate.compare import compare_systems
@@ -143,12 +148,13 @@ def single_vs_multi(single: RunDir, multi: RunDir, task: str, steps: int, *, n_r
         doc = compare_systems([d.path for d in pair], baseline=labels[0], labels=labels, n_resamples=n_resamples,
                               seed=seed)
         write_comparison(out, doc)
-        base = next((read_json(d.scores)["metrics"] for d in task_dir.evaluations() if d.name == "base-0shot"), {})
+        evaluations = (base.task_dir(task_dir.name) if base is not None else task_dir).evaluations()
+        base_scores = next((read_json(d.scores)["metrics"] for d in evaluations if d.name == "base-0shot"), {})
         (comp,) = doc["comparisons"]
         for metric, m in comp["metrics"].items():
             tasks.append({
                 "task": task_dir.name, "metric": metric, "trained_on": "both" if task_dir.name == task else "multi",
-                "base": (base.get(metric) or {}).get("score"),
+                "base": (base_scores.get(metric) or {}).get("score"),
                 "single": doc["systems"][labels[0]]["metrics"][metric]["score"],
                 "single_ci95": doc["systems"][labels[0]]["metrics"][metric]["ci95"],
                 "multi": doc["systems"][labels[1]]["metrics"][metric]["score"],

@@ -8,6 +8,7 @@ every process computes its shard and the main process alone writes, through `pip
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,7 @@ from tunebench.pipeline.stages import (
     OneModel,
     bench_loaded,
     compare_paths,
+    decide_eval_precision,
     eval_examples,
     evaluate_into,
     read_summary,
@@ -104,14 +106,17 @@ def bench_reference(cfg: RunConfig, *, tasks: list[str], data_dir: str | Path | 
 
 
 def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0,
-            world_size: int = 1, base: RunDir | None = None) -> dict[str, Path]:
+            world_size: int = 1, base: RunDir | None = None,
+            precision: str | Mapping[str, str] | None = None) -> dict[str, Path]:
     """`tunebench run`: train, evaluate base (zero/few-shot) and tuned, compare, benchmark, report.
 
     `rank` of `world_size` processes (`accelerate launch`): training is data-parallel, evaluation and benchmarks
     are sharded and gathered, and the main process alone writes the run directory and reports progress; the
     others return an empty dict. base: where the base model's evaluations and benchmarks live (default: the run
     directory itself); a sweep passes its shared `base/` folder, so the base is evaluated once for every method
-    (whichever comes first).
+    (whichever comes first). precision: the precision the evaluations request instead of eval.precision (a
+    mixture's: per task name), still parity-gated: a sweep pins every method to its shared base's, so an `auto`
+    probe that would pick differently later cannot leave a method's evaluation unlike the base's.
     """
     from tunebench.train.loop import train
 
@@ -146,26 +151,26 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
     systems: list[tuple[str, str | None, int]] = [(f"base-{k}shot", None, k) for k in cfg.eval.shots]
     systems.append(("tuned", str(run_dir), 0))
     models = OneModel(cfg)
-    precision = None
+    decided = None
     computed: dict[Path, Any] = {}  # each evaluation's statistics, for compare (resumed ones are recomputed)
     if cfg.data.multitask:
-        evaluate_run_tasks(cfg, prepared, systems, models, rank=rank, world_size=world_size)
+        evaluate_run_tasks(cfg, prepared, systems, models, rank=rank, world_size=world_size,
+                           pinned=precision if isinstance(precision, Mapping) else None, home=home)
     else:
         for name, adapter, shots in systems:
             out = (run if adapter else home).eval_dir(name)
             if out.scores.is_file():
                 log(f"evaluation {name} already done")
                 continue
-            if precision is None:  # one precision for every system compared: a fast one only where all pass
-                from tunebench.evaluate.parity import decide_precision
-
+            if decided is None:  # one precision for every system compared: a fast one only where all pass
                 getters = [lambda a=a: models.get(a) for a in dict.fromkeys(a for _, a, _ in systems)]
-                precision = from_main(partial(decide_precision, getters, examples, cfg.eval, seed=cfg.seed), rank,
-                                      world_size)
+                decided = from_main(partial(decide_eval_precision, getters, examples, cfg.eval, seed=cfg.seed,
+                                            pinned=precision if isinstance(precision, str) else None), rank,
+                                    world_size)
             log(f"evaluating {name} on {len(examples)} {cfg.eval.split} examples")
             system = {"name": name, "model": cfg.model.ref, "adapter": adapter, "shots": shots}
             computed[out.path] = evaluate_into(out, cfg, models.get(adapter), examples, prepared, system, shots,
-                                               rank=rank, world_size=world_size, precision=precision).stats
+                                               rank=rank, world_size=world_size, precision=decided).stats
 
     if cfg.bench.enabled and cfg.bench.tasks:
         from tunebench.bench.spec import resolve_tasks
@@ -194,17 +199,17 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
         return {}
 
     log("comparing systems")
-    if cfg.data.multitask:
+    if base is not None:
+        compare_with_base(cfg, run, base, [name for name, adapter, _ in systems if adapter is None])
+    elif cfg.data.multitask:
         for task in cfg.data.tasks:
             task_dir = run.task_dir(task.name)
             compare_paths([task_dir.path], task_dir.compare_dir.path, baseline=systems[0][0],
                           n_resamples=cfg.eval.bootstrap, seed=cfg.seed)
         forgetting_only(run, n_resamples=cfg.eval.bootstrap, seed=cfg.seed)
-    elif base is None:
+    else:
         compare_paths([run_dir], run.compare_dir.path, baseline=systems[0][0], n_resamples=cfg.eval.bootstrap,
                       seed=cfg.seed, computed=computed)
-    else:
-        compare_with_base(cfg, run, base, [name for name, adapter, _ in systems if adapter is None])
     log("writing the report")
     paths = write_report(run_dir)
     barrier(world_size)
@@ -213,10 +218,14 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
 
 def compare_with_base(cfg: RunConfig, run: RunDir, base: RunDir, base_systems: list[str]) -> None:
     """A run's comparison against base evaluations kept elsewhere (a sweep's shared base): comparison.json over
-    the base systems and the run's tuned one, forgetting.json from the base's and the run's benchmarks."""
-    paths = [base.eval_dir(name).path.resolve() for name in base_systems] + [run.eval_dir("tuned").path.resolve()]
-    compare_paths(paths, run.compare_dir.path, baseline=base_systems[0], n_resamples=cfg.eval.bootstrap,
-                  seed=cfg.seed)
+    the base systems and the run's tuned one (a mixture: per task, tasks/<task>/compare/), forgetting.json from
+    the base's and the run's benchmarks."""
+    pairs = [(base.task_dir(t.name), run.task_dir(t.name)) for t in cfg.data.tasks] if cfg.data.multitask \
+        else [(base, run)]
+    for home, own in pairs:
+        paths = [home.eval_dir(name).path.resolve() for name in base_systems] + [own.eval_dir("tuned").path.resolve()]
+        compare_paths(paths, own.compare_dir.path, baseline=base_systems[0], n_resamples=cfg.eval.bootstrap,
+                      seed=cfg.seed)
     base_bench, tuned_bench = base.bench_dir("base"), run.bench_dir("tuned")
     if base_bench.results.is_file() and tuned_bench.results.is_file():
         from tunebench.bench.forgetting import forgetting_table

@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunebench.config import RunConfig, adopt_trained, load_config
+from tunebench.config import EvalConfig, RunConfig, adopt_trained, load_config
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json
 from tunebench.pipeline.write import (
@@ -75,6 +75,20 @@ def trained_settings(cfg: RunConfig, adapter: str | None) -> None:
 
 def read_summary(path: Path) -> dict[str, Any]:
     return read_json(path, what="the training summary", fix="train the run again or pass a finished run")
+
+
+def decide_eval_precision(getters, examples, eval_cfg: EvalConfig, *, seed: int,
+                          pinned: str | None = None) -> tuple[str | None, dict[str, Any]]:
+    """`evaluate.parity.decide_precision` for the systems of one comparison, or, with `pinned` (a sweep's: the
+    precision its shared base was evaluated in), that precision requested instead of eval.precision
+    (parity-gated all the same) and the record saying so."""
+    from tunebench.evaluate.parity import decide_precision
+
+    if pinned is None:
+        return decide_precision(getters, examples, eval_cfg, seed=seed)
+    used, record = decide_precision(getters, examples, eval_cfg.model_copy(update={"precision": pinned}), seed=seed)
+    return used, {**record, "requested": eval_cfg.precision, "pinned": pinned,
+                  "reason": f"pinned to the sweep's shared base precision {pinned}; {record['reason']}"}
 
 
 class OneModel:

@@ -76,7 +76,8 @@ def write_helm(out: BenchDir, helm: HelmResults) -> None:
 
 
 def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
-    """`tunebench report`: results.json, report.md and report.html for a run, compare, eval or bench directory.
+    """`tunebench report`: results.json, report.md and report.html for a run, compare, eval or bench directory;
+    for a sweep folder, its report from sweep.json (`rewrite_sweep_report`).
 
     The default place is the directory itself, except for a bench folder, whose own results.json must stay: its
     report goes to DIR/report/. Everything is rendered before anything is written, so a failure never leaves a
@@ -84,7 +85,10 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
     """
     from tunebench.errors import DataError
     from tunebench.report.html import render_report
+    from tunebench.rundir import SweepDir
 
+    if SweepDir(run_dir).sweep_json.is_file():
+        return rewrite_sweep_report(Path(run_dir), out_dir)
     report = render_report(Path(run_dir))
     default = Path(run_dir) / "report" if report.results["source"]["kind"] == "bench" else Path(run_dir)
     out = RunDir(Path(out_dir) if out_dir is not None else default)
@@ -206,6 +210,7 @@ def prepare_base_dir(cfg: RunConfig) -> None:
         return
     sections = {k.split(".")[0] for k in changed}
     for folder, depends in ((run.eval_root, {"seed", "model", "data", "eval"}),
+                            (run.tasks_root, {"seed", "model", "data", "eval"}),
                             (run.bench_root, {"seed", "model", "bench"})):
         if sections & depends and folder.exists():
             announce(f"the base model's settings changed ({', '.join(changed[:4])}): redoing {folder}")
@@ -218,15 +223,39 @@ def write_sweep_json(sweep: SweepDir, doc: dict[str, Any]) -> Path:
     return atomic_write_json(sweep.sweep_json, doc)
 
 
-def write_sweep_report(sweep: SweepDir, doc: dict[str, Any]) -> dict[str, Path]:
-    """sweep.json, the gain-vs-forgetting chart and report.html of a sweep folder, all rendered first."""
+def write_sweep_report(sweep: SweepDir, doc: dict[str, Any], *, out: SweepDir | None = None) -> dict[str, Path]:
+    """sweep.json, the gain-vs-forgetting chart and report.html of a sweep folder, all rendered first.
+
+    out: where the chart and report.html go instead (`tunebench report SWEEP`); sweep.json, the data, is then
+    not written.
+    """
     from tunebench.io import atomic_write_bytes
     from tunebench.report.sweep import gain_forgetting_png, render_sweep_html
 
     chart = gain_forgetting_png(doc)
     html = render_sweep_html(doc, chart)
-    paths = {"sweep": atomic_write_json(sweep.sweep_json, doc)}
+    paths = {"sweep": atomic_write_json(sweep.sweep_json, doc)} if out is None else {}
+    target = sweep if out is None else out
     if chart is not None:
-        paths["chart"] = atomic_write_bytes(sweep.chart, chart)
-    paths["html"] = atomic_write_text(sweep.report_html, html)
+        paths["chart"] = atomic_write_bytes(target.chart, chart)
+    paths["html"] = atomic_write_text(target.report_html, html)
     return paths
+
+
+def rewrite_sweep_report(sweep_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
+    """`tunebench report SWEEP`: the chart and report.html rendered again from the sweep's stored sweep.json
+    (in place, or into `out_dir`), nothing trained or evaluated. Raises DataError for a sweep.json that cannot
+    be read or is not a sweep's (schema tunebench.sweep/1)."""
+    from tunebench.errors import DataError
+    from tunebench.rundir import SWEEP_SCHEMA, SweepDir
+
+    sweep = SweepDir(sweep_dir)
+    doc = read_json(sweep.sweep_json, what="the sweep's data", fix="rerun the sweep to write it again")
+    if not isinstance(doc, dict) or doc.get("schema") != SWEEP_SCHEMA or not isinstance(doc.get("rows"), list):
+        schema = doc.get("schema") if isinstance(doc, dict) else None
+        raise DataError(f"{sweep.sweep_json} is not a sweep's data (schema {schema!r}, expected {SWEEP_SCHEMA}); "
+                        "rerun the sweep to write it again")
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return write_sweep_report(sweep, doc, out=SweepDir(out_dir))
+    return {**write_sweep_report(sweep, doc, out=sweep), "sweep": sweep.sweep_json}

@@ -1,4 +1,5 @@
-"""The sweep report: one table row per method, the task-gain-vs-forgetting chart, pairwise deltas (--against).
+"""The sweep report: one table row per method, the task-gain-vs-forgetting chart, pairwise deltas (--against),
+and with --mixtures each method's mixture run beside its single-task twin.
 
 Rendered from sweep.json's content alone (`tunebench.sweep.sweep_document`), through the report package's one
 sandboxed, autoescaping Jinja environment, so a method's error text or a task name is always escaped. The chart
@@ -42,8 +43,8 @@ def _with_direction(entry: dict[str, Any] | None, metric: str) -> dict[str, Any]
     from tunebench.errors import TunebenchError
     from tunebench.evaluate.metrics import metric_class
 
-    try:
-        return {**entry, "higher_is_better": metric_class(metric).higher_is_better}
+    try:  # a mixture's entries name their metric (their key is <task>/<metric>)
+        return {**entry, "higher_is_better": metric_class(entry.get("metric") or metric).higher_is_better}
     except TunebenchError:
         return entry
 
@@ -79,6 +80,45 @@ def sweep_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             "forgetting": [{"task": t, "metric": m, **_delta_cell(forgetting_entry(r, (t, m)))}
                            for t, m in measures],
         })
+    return out
+
+
+def _score_ci(value: Any, ci: Any, digits: int) -> str:
+    return f"{fmt_num(value, digits)} {fmt_ci(ci, digits)}" if _is_num(value) else DASH
+
+
+def single_vs_multi_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per method of a `--mixtures` sweep: its mixture run beside its single-task twin, as strings. Task rows:
+    base, single-task and multi-task scores with their 95% intervals, multi - single (paired bootstrap) with
+    interval and p-value; forgetting rows: each model's delta from the base and multi - single."""
+    out = []
+    for r in doc["rows"]:
+        entry = r.get("single_vs_multi")
+        if r["status"] != "done" or not entry:
+            continue
+        tasks = []
+        for t in entry["tasks"]:
+            d = digits_for(t.get("single"), t.get("multi"))
+            cell = _delta_cell(_with_direction({**t, "baseline": t.get("single"), "candidate": t.get("multi")},
+                                               t["metric"]))
+            tasks.append({"task": t["task"], "metric": t["metric"],
+                          "trained_on": "both" if t.get("trained_on") == "both" else "mixture only",
+                          "base": fmt_num(t.get("base"), d) if _is_num(t.get("base")) else DASH,
+                          "single": _score_ci(t.get("single"), t.get("single_ci95"), d),
+                          "multi": _score_ci(t.get("multi"), t.get("multi_ci95"), d), **cell})
+        forgetting = []
+        for f in entry["forgetting"]:
+            d = digits_for(f.get("single"), f.get("multi"))
+            forgetting.append({
+                "task": f["task"], "metric": f["metric"], "base": fmt_num(f.get("base"), d),
+                "single": f"{fmt_num(f.get('single'), d)} ({fmt_signed(f.get('single_delta'), d)}, "
+                          f"p {fmt_p(f.get('single_p_value'))})",
+                "multi": f"{fmt_num(f.get('multi'), d)} ({fmt_signed(f.get('multi_delta'), d)}, "
+                         f"p {fmt_p(f.get('multi_p_value'))})",
+                **_delta_cell({**f, "baseline": f.get("single"), "candidate": f.get("multi")})})
+        out.append({"method": r["method"], "task": entry["task"], "status": entry["status"],
+                    "error": entry.get("error"), "run_dir": entry.get("run_dir"),
+                    "steps": entry.get("optimizer_steps"), "tasks": tasks, "forgetting": forgetting})
     return out
 
 
@@ -149,7 +189,7 @@ def render_sweep_html(doc: dict[str, Any], chart: bytes | None = None) -> str:
     from tunebench.report.html import _environment
 
     context = {
-        "d": doc, "rows": sweep_rows(doc), "pairwise": pairwise_rows(doc),
+        "d": doc, "rows": sweep_rows(doc), "pairwise": pairwise_rows(doc), "mixtures": single_vs_multi_rows(doc),
         "chart": base64.b64encode(chart).decode("ascii") if chart else None,
     }
     return _environment().get_template(TEMPLATE).render(**context)
