@@ -24,6 +24,10 @@ def _logits(model, batch, autocast: bool) -> torch.Tensor:
 
 
 def test_frozen_bf16_training_scores_in_float32_as_trained(tmp_path, tiny_causal_dir, data_dir):
+    # a float32 run first, in the same process: a later run must still be able to train in bf16 (Accelerate keeps
+    # one process-wide state and refused the second precision until the trainer cleared it)
+    train(make_cfg(tmp_path, tiny_causal_dir, name="fp32-first", method="lora", bf16="off", max_steps=1), data_dir=data_dir,
+          progress=False)
     cfg = make_cfg(tmp_path, tiny_causal_dir, method="lora", bf16="on", frozen_bf16=True, lr=5e-2, max_steps=6,
                    n_train=12, lora={"dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]})
     result = train(cfg, data_dir=data_dir, progress=False)

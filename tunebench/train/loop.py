@@ -125,6 +125,24 @@ class TrainerState:
         return better
 
 
+
+def _forget_other_precision(mixed_precision: str) -> None:
+    """Let a second run in one process train in another precision (a notebook: bf16 after fp32).
+
+    Accelerate keeps one process-wide `AcceleratorState` and raises ValueError when a later `Accelerator` asks for
+    another `mixed_precision`. On a single process the state holds nothing else a later run needs, so it is
+    cleared the way Accelerate's own test case does between tests (`AcceleratorState._reset_state`); the
+    process-group state (`PartialState`) is kept. Under a launcher every rank asks for the same precision, so
+    nothing is cleared there.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if not state or PartialState().num_processes > 1:
+        return
+    if state.get("_mixed_precision", mixed_precision) != mixed_precision:  # a str enum: equal to its value
+        AcceleratorState._reset_state()
+
 class Recipe:
     """One fine-tuning run of `cfg`: `setup()` once, then `train()`; everything lands in `cfg.run_dir`.
 
@@ -156,6 +174,7 @@ class Recipe:
         device = resolve_device(self.cfg.model.device)
         check_fsdp_device(device.type)  # Accelerate's FSDP plugin would raise a traceback on the CPU
         self.use_bf16, self.precision = self._choose_precision(device)
+        _forget_other_precision("bf16" if self.use_bf16 else "no")
         self.accelerator = Accelerator(mixed_precision="bf16" if self.use_bf16 else "no", cpu=accelerate_cpu(device))
         acc = self.accelerator
         check_sharding(get_method(self.tc.method), acc.state)  # before anything is written
