@@ -78,16 +78,18 @@ def test_every_option_of_every_command_has_help_and_shows_its_default():
                     f"{name} {action.option_strings}: default {action.default!r} not shown"
 
 
-def test_one_convention_for_limit_lists_and_resamples():
+def test_one_convention_for_limit_lists_and_resamples(capsys):
     from tunebench.cli import build_parser
 
     parser = build_parser()
     for argv in (["eval", "--out", "o"], ["bench", "--out", "o"], ["data", "preview", "c.yaml"]):
         assert parser.parse_args([*argv, "-n", "5"]).limit == 5
         assert parser.parse_args([*argv, "--limit", "0"]).limit == 0  # 0 = all, everywhere
-        with pytest.raises(SystemExit) as exit_:
-            parser.parse_args([*argv, "--limit", "-1"])
-        assert exit_.value.code == 2
+        for bad, message in (("-1", "expected N >= 0 (0 means all)"), ("two", "expected a whole number, got 'two'")):
+            with pytest.raises(SystemExit) as exit_:
+                parser.parse_args([*argv, "--limit", bad])
+            assert exit_.value.code == 2
+            assert f"argument -n/--limit: {message}" in capsys.readouterr().err
     assert parser.parse_args(["eval", "--out", "o", "--shots", "0,3"]).shots == [0, 3]
     assert parser.parse_args(["bench", "--tasks", "sst2,rte"]).tasks == ["sst2", "rte"]
     assert parser.parse_args(["score", "--pred", "p", "--metric", "rouge,bleu"]).metric == ["rouge", "bleu"]

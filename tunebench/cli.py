@@ -51,26 +51,23 @@ def _int_list(value: str) -> list[int]:
     return items
 
 
+def _count(value: str, *, below_zero: str = "expected a whole number >= 0, got {value!r}") -> int:
+    """A whole number >= 0 (`bench --shots K`); argparse names the option in its message and exits 2.
+
+    below_zero: the message for a negative number (formatted with `value`), so each option can say what 0 means.
+    """
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(below_zero.format(value=value))
+    return n
+
+
 def _limit(value: str) -> int:
     """`--limit N`: at most N examples; 0 means all of them (every subcommand alike)."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError("expected N >= 0 (0 means all)")
-    return n
-
-
-def _count(value: str) -> int:
-    """A whole number >= 0 (`bench --shots K`); argparse names the option in its message and exits 2."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
-    return n
+    return _count(value, below_zero="expected N >= 0 (0 means all)")
 
 
 def _name(value: str) -> str:

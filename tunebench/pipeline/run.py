@@ -39,7 +39,7 @@ from tunebench.pipeline.stages import (
 from tunebench.pipeline.write import (
     announce,
     copy_base_results,
-    prepare_run_dir,
+    record_run_config,
     write_forgetting,
     write_report,
     write_single_vs_multi,
@@ -136,7 +136,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
 
         resolve_tasks(cfg.bench.tasks, resolved)
     if main:
-        prepare_run_dir(cfg)
+        record_run_config(cfg)
     barrier(world_size)
 
     summary_path = run.train_summary

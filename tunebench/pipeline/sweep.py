@@ -19,8 +19,8 @@ from tunebench.pipeline.run import run_all
 from tunebench.pipeline.stages import eval_examples, read_summary, splits_for, task_set_for
 from tunebench.pipeline.write import (
     announce,
-    prepare_base_dir,
-    prepare_run_dir,
+    record_base_config,
+    record_run_config,
     write_comparison,
     write_report,
     write_single_vs_multi,
@@ -68,7 +68,7 @@ def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str
         from tunebench.bench.spec import resolve_tasks
 
         resolve_tasks(cfg.bench.tasks, resolved)
-    prepare_base_dir(sw.base_config(config, overrides, sweep))
+    record_base_config(sw.base_config(config, overrides, sweep))
     eta, rows = sw.Eta(len(methods)), []
 
     def document(pairwise: list[dict[str, Any]]) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str
             "finished earlier, reading it back" if was_done else f"starting → {run.path}"))
         try:
             method_cfg = sw.method_config(config, overrides, method, sweep, lr)
-            prepare_run_dir(method_cfg)
+            record_run_config(method_cfg)
             if not run.train_summary.is_file():
                 _train_in_subprocess(method, run, resolved)
             run_all(method_cfg, data_dir=resolved, base=sweep.base, precision=sw.pinned_precision(cfg, sweep.base))
@@ -132,7 +132,7 @@ def _single_task_twin(sweep: Any, method: str, method_cfg: RunConfig, task: str,
     size = next(r["size"] for r in read_json(multi.mixture)["tasks"] if r["task"] == task)
     twin_cfg = single_task_config(method_cfg, task, steps, size)
     twin_cfg.output_dir, twin_cfg.name = str(twin.path.parent), twin.path.name
-    prepare_run_dir(twin_cfg)
+    record_run_config(twin_cfg)
     if not twin.train_summary.is_file():
         announce(f"{method}: single-task twin, {task} alone for {steps} optimizer steps → {twin.path}")
         _train_in_subprocess(twin.path.name, twin, data_dir)

@@ -3,9 +3,10 @@
 Evaluation, comparison, benchmark scoring, the HELM view, the report and the sweep's document are computed by
 stages that return data; these functions write them at the paths `tunebench.rundir` names, each atomically and
 the summary file last (scores.json, results.json, helm.json, sweep.json), so its presence means the stage
-finished. Callers write on the main process only. `prepare_run_dir` keeps a run directory's config.yaml true to
-the results beside it. Besides the run directory, the pipeline's only other output is its progress lines on
-stderr (`announce`).
+finished. Callers write on the main process only. `record_run_config` keeps a run directory's config.yaml true to
+the results beside it (the trainer's own check of the run directory before it trains is
+`train.rundir.prepare_run_dir`). Besides the run directory, the pipeline's only other output is its progress
+lines on stderr (`announce`).
 """
 
 from __future__ import annotations
@@ -145,13 +146,15 @@ STAGE_OUTPUTS = {"eval": (RunDir.eval_root.name, RunDir.tasks_root.name), "bench
 COMPARE_ONLY_KEYS = ("eval.bootstrap",)
 
 
-def prepare_run_dir(cfg: RunConfig) -> None:
-    """Create the run dir and record the resolved config, keeping config.yaml true to the results beside it.
+def record_run_config(cfg: RunConfig) -> None:
+    """Record the resolved config in the run dir (creating it), keeping config.yaml true to the results beside it.
 
     On a run dir that already holds a run: a change of a key that training depends on (seed, model, data, train)
-    is refused, naming the keys; a change of eval or bench settings removes exactly those stages' outputs, so
-    they are redone under the new settings, before the new config is recorded. Nothing is written when nothing
-    changed. A fresh run dir just gets its config.yaml.
+    is refused (ConfigError naming the keys); a change of eval or bench settings removes exactly those stages'
+    outputs, so they are redone under the new settings, before the new config is recorded. Nothing is written
+    when nothing changed. A fresh run dir just gets its config.yaml. Raises TunebenchError when the run dir is not
+    writable. Called by the pipeline before its stages; training's own check of the run dir (free or resumable,
+    writable on every process) is `train.rundir.prepare_run_dir`.
     """
     import shutil
 
@@ -195,9 +198,10 @@ def prepare_run_dir(cfg: RunConfig) -> None:
                              "set output_dir or --set output_dir=PATH") from None
 
 
-def prepare_base_dir(cfg: RunConfig) -> None:
-    """A sweep's shared base folder: record the config; a change of what the base's results depend on (seed,
-    model, data and eval for evaluations; seed, model and bench for benchmarks) removes those results first."""
+def record_base_config(cfg: RunConfig) -> None:
+    """Record the config of a sweep's shared base folder (`record_run_config`'s counterpart for a folder that
+    is never trained): a change of what the base's results depend on (seed, model, data and eval for
+    evaluations; seed, model and bench for benchmarks) removes those results first."""
     import shutil
 
     from tunebench.train.rundir import config_changes, read_saved_config
