@@ -7,6 +7,7 @@ import json
 
 import pytest
 import yaml
+from pipeline_helpers import mixture_tasks
 
 from tunebench.cli import main
 from tunebench.io import read_jsonl
@@ -22,13 +23,8 @@ def mix_run(tmp_path_factory, tiny_causal_dir, data_dir):
         "model": {"ref": str(tiny_causal_dir)},
         "data": {
             "tasks": [
-                {"name": "emotion", "source": "emotion", "template": {"name": "emotion", "variant": "random"},
-                 "splits": {"validation": "validation"}, "limits": {"train": 12, "validation": 4, "test": 6},
-                 "weight": 1},
-                {"name": "multi30k_en_de", "source": "multi30k", "format": "parallel",
-                 "template": {"name": "translation"}, "splits": {"validation": "val", "test": "test_2016_flickr"},
-                 "limits": {"train": 4, "validation": 4, "test": 5}, "generation": {"max_new_tokens": 6},
-                 "weight": 1},
+                *mixture_tasks({"train": 12, "validation": 4, "test": 6}, {"train": 4, "validation": 4, "test": 5},
+                               emotion_variant="random", weight=1),
                 # evaluated only (weight 0): seqeval on rebuilt tags, unparseable outputs counted
                 {"name": "conll2003", "source": "conll2003", "template": {"name": "conll2003"},
                  "limits": {"train": 4, "validation": 2, "test": 4}, "generation": {"max_new_tokens": 8},
@@ -40,7 +36,7 @@ def mix_run(tmp_path_factory, tiny_causal_dir, data_dir):
         "train": {"method": "lora", "lora": {"r": 4, "alpha": 8}, "batch_size": 4, "max_steps": 3, "lr": 1e-3,
                   "eval_every": 3, "save_every": None},
         "eval": {"shots": [0], "bootstrap": 100, "generation": {"batch_size": 4}},
-        "bench": {"tasks": ["sst2", "wikitext2"], "limit": 4, "shots": 0},
+        "bench": {"tasks": ["sst2", "wikitext2"], "limit": 4, "shots": 0, "limits": {"wikitext2": 1}},
     }
     path = root / "mix.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -3,7 +3,9 @@ task alone for the same optimizer steps, both against one shared base evaluated 
 method in sweep.json and the report; resumable; refused on a single-task config.
 
 One mixture sweep (lora and freeze, --against lora), kept small: the single-task sweep's fixture (test_sweep.py)
-cannot be extended to a mixture without changing what its tests read.
+cannot be extended to a mixture without changing what its tests read. Its methods train in the test's process
+(`train_in_process`): what is tested here is what the sweep does with their runs; test_sweep.py's sweep trains
+each method in its own process, as a user's does.
 """
 
 import json
@@ -11,6 +13,7 @@ import shutil
 
 import pytest
 import yaml
+from pipeline_helpers import mixture_tasks, train_in_process
 
 from tunebench.cli import main
 
@@ -19,8 +22,8 @@ TASKS = ("emotion", "multi30k_en_de")
 
 
 class Spies:
-    """Records every evaluation (as its folder relative to the sweep) and every training process, and lets them
-    run."""
+    """Records every evaluation (as its folder relative to the sweep) and every method's training, and lets them
+    run (training in this process)."""
 
     def __init__(self, monkeypatch, sweep_dir):
         import tunebench.pipeline.multitask as multitask
@@ -28,7 +31,7 @@ class Spies:
         import tunebench.pipeline.sweep as sweep_stages
 
         self.evaluated, self.trained = [], []
-        evaluate_into, train = multitask.evaluate_into, sweep_stages._train_in_subprocess
+        evaluate_into = multitask.evaluate_into
 
         def spy_evaluate(out, *args, **kwargs):
             self.evaluated.append(str(out.path.relative_to(sweep_dir)))
@@ -36,7 +39,7 @@ class Spies:
 
         def spy_train(method, run, data_dir):
             self.trained.append(method)
-            return train(method, run, data_dir)
+            return train_in_process(method, run, data_dir)
 
         for module in (multitask, run_stages):  # where a mixture's and a single task's evaluations are called
             monkeypatch.setattr(module, "evaluate_into", spy_evaluate)
@@ -50,13 +53,7 @@ def _config(root, tiny_causal_dir):
         "seed": 5,
         "model": {"ref": str(tiny_causal_dir)},
         "data": {
-            "tasks": [
-                {"name": "emotion", "source": "emotion", "template": {"name": "emotion"},
-                 "splits": {"validation": "validation"}, "limits": {"train": 8, "validation": 2, "test": 4}},
-                {"name": "multi30k_en_de", "source": "multi30k", "format": "parallel",
-                 "template": {"name": "translation"}, "splits": {"validation": "val", "test": "test_2016_flickr"},
-                 "limits": {"train": 4, "validation": 2, "test": 4}, "generation": {"max_new_tokens": 6}},
-            ],
+            "tasks": mixture_tasks({"train": 8, "validation": 2, "test": 4}, {"train": 4, "validation": 2, "test": 4}),
             "mixture": {"strategy": "weights", "examples_per_epoch": 8},
             "max_length": 128,
         },
