@@ -16,6 +16,7 @@ from tunebench.errors import ConfigError, TunebenchError
 from tunebench.processes import current_process, is_main
 
 _PARTIAL = "results.partial.json"  # tunebench.bench.runner.PARTIAL, not imported: the CLI starts fast
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # tunebench.config.PrecisionName, not imported: starts fast
 _SWEEP_METHODS = ("full", "lora", "freeze", "adapter", "ia3", "prompt_tuning")  # tunebench.sweep.DEFAULT_METHODS
 
 
@@ -359,6 +360,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tunebench.report.terminal import bench_table, helm_rows_table
 
     cfg = _model_config(args)
+    if args.precision is not None:
+        from tunebench.config import check_precision_device
+
+        try:
+            check_precision_device("--precision", args.precision, cfg.model.device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        cfg.bench.precision = args.precision
     out = Path(args.out)
     _refuse_existing(out, "results.json", args.overwrite, "--out")
     rank, world_size = current_process(cfg.model.device)
@@ -564,6 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=_count, default=None, metavar="K",
                    help="demonstrations per example for every task (default: each task's own)")
     p.add_argument("--helm", action="store_true", help="add the HELM-style metrics")
+    p.add_argument("--precision", default=None, choices=_PRECISIONS,
+                   help="score in this precision where the parity gate passes on the task (fp32 vs it on a "
+                   "seeded calibration slice, bench.parity), else fp32 (default: the config's bench.precision, "
+                   "else fp32 as loaded)")
     p.add_argument("--reference", default=None, metavar="MODEL",
                    help="perplexity tasks: also measure KL(p_MODEL ‖ p_model) (same tokenizer needed); an "
                         "--adapter is compared with its own base without this")

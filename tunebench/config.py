@@ -407,6 +407,10 @@ class GenerationConfig(Section):
         return self
 
 
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+"""An inference precision a config asks for: the precisions table's names (models/precision.py) or auto."""
+
+
 class ParityConfig(Section):
     """The parity gate a fast inference precision passes before it is used (tunebench.evaluate.parity)."""
 
@@ -452,7 +456,7 @@ class EvalConfig(Section):
         None, gt=8, description="Cap on few-shot prompt + max_new_tokens tokens (None: the model's maximum positions)."
     )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] | None = Field(
+    precision: PrecisionName | None = Field(
         None, description="Inference precision: auto = the fastest on this machine by measurement; bf16/fp16 cast "
         "the weights, int8 = dynamic int8 linears (CPU); a fast one is used only after the parity gate (eval.parity) "
         "passes, else fp32. None: as model.dtype loads the weights."
@@ -491,6 +495,21 @@ class EvalConfig(Section):
                               rouge_tokenize=self.rouge_tokenize, language=self.language)
 
 
+class BenchParityConfig(Section):
+    """The parity gate a fast benchmark precision passes before it is used (tunebench.bench.parity)."""
+
+    examples: int = Field(64, gt=0, description="Calibration slice per task: this many questions (documents for "
+                          "perplexity tasks) of the scored subset, a seeded sample (the run's seed), scored in "
+                          "fp32 and in the fast precision.")
+    accuracy_margin: float | None = Field(
+        None, gt=0, description="Accuracy and other per-question metrics: accept when the 95% interval of fast - "
+        "fp32 lies within ±margin (None: one hundredth of the metric's scale, i.e. 1 accuracy point).")
+    perplexity_margin: float = Field(
+        0.01, gt=0, lt=1, description="Perplexity tasks: accept when fast / fp32 token perplexity stays within "
+        "1 ± this (the NLL's 95% interval within ±ln(1 + margin) nats/token); 0.01 is half the 2% rise the "
+        "forgetting suite is sized to detect.")
+
+
 class BenchConfig(Section):
     tasks: list[str] = Field(
         default_factory=lambda: ["wikitext2", "piqa"],
@@ -511,6 +530,13 @@ class BenchConfig(Section):
         False, description="Wrap benchmark prompts in the chat template (as lm-eval's --apply_chat_template); off: "
         "the standard plain-prompt protocol published numbers use."
     )
+    precision: PrecisionName | None = Field(
+        None, description="Benchmark precision (`tunebench run`'s forgetting suite, `tunebench bench`): auto = the "
+        "fastest on this machine by measurement; bf16/fp16/int8 as eval.precision; a fast one is used for a task "
+        "only after the parity gate (bench.parity) passes on that task, else fp32. None: fp32 as the weights load, "
+        "the standard protocol."
+    )
+    parity: BenchParityConfig = Field(default_factory=BenchParityConfig)
     enabled: bool = Field(True, description="Run the forgetting suite in `tunebench run`.")
     helm: bool = Field(False, description="Add the HELM-style view (calibration, robustness, fairness, ...).")
 
@@ -576,17 +602,12 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _eval_precision_fits(self) -> RunConfig:
-        """Combinations decidable at load (after a template's own metrics apply): eval.precision on model.device
+        """Combinations decidable at load (after a template's own metrics apply): eval.precision and
+        bench.precision on model.device
         (the precisions table's `devices`; device `auto` is decided at run time), and eval.parity.metric among the
         metrics a single-task config evaluates (a mixture's tasks bring their own metrics)."""
-        from tunebench.models.precision import PRECISIONS  # torch-free (torch inside its functions)
-
-        precision, device = self.eval.precision, self.model.device
-        if precision not in (None, "auto") and device != "auto" and device not in PRECISIONS[precision].devices:
-            runs_on = [name for name, p in PRECISIONS.items() if device in p.devices]
-            raise ValueError(f"eval.precision: '{precision}' does not run on model.device '{device}' "
-                             f"({precision} runs on {', '.join(PRECISIONS[precision].devices)}; on {device}: "
-                             f"{', '.join(runs_on)}, or auto)")
+        for key, precision in (("eval.precision", self.eval.precision), ("bench.precision", self.bench.precision)):
+            check_precision_device(key, precision, self.model.device)
         metric = self.eval.parity.metric
         if metric and not self.data.multitask:
             from tunebench.evaluate.metrics import expand_metrics_any
@@ -600,6 +621,18 @@ class RunConfig(Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+
+def check_precision_device(key: str, precision: str | None, device: str) -> None:
+    """ValueError naming `key` when `precision` cannot run on model.device `device` (the precisions table's
+    `devices`); None, auto and an `auto` device (decided at run time) always pass."""
+    from tunebench.models.precision import PRECISIONS  # torch-free (torch inside its functions)
+
+    if precision not in (None, "auto") and device != "auto" and device not in PRECISIONS[precision].devices:
+        runs_on = [name for name, p in PRECISIONS.items() if device in p.devices]
+        raise ValueError(f"{key}: '{precision}' does not run on model.device '{device}' "
+                         f"({precision} runs on {', '.join(PRECISIONS[precision].devices)}; on {device}: "
+                         f"{', '.join(runs_on)}, or auto)")
 
 
 def _check_name(key: str | None, value: Any, known: list[str], what: str) -> None:

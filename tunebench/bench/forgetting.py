@@ -1,7 +1,7 @@
 """What fine-tuning cost on general benchmarks: base vs tuned, per task and metric, with paired statistics.
 
 Both runs must have scored the same examples (matched on sample ids) with the same task version, number of
-demonstrations and protocol (chat template, demonstration sampler, limit); anything else is refused rather than
+demonstrations, protocol (chat template, demonstration sampler, limit) and precision; anything else is refused rather than
 compared, since a delta between different example sets or prompts measures those, not the tuning. Every row says
 whether it can measure a drop at all (`sensitivity.py`): a row at chance is "not measurable at this size", never
 "no forgetting".
@@ -50,7 +50,19 @@ def _protocol(entry: dict[str, Any]) -> dict[str, Any] | None:
     return entry.get("protocol") if isinstance(entry.get("protocol"), dict) else None
 
 
-def _check_same(task: str, b_entry: dict[str, Any], t_entry: dict[str, Any]) -> None:
+def scored_precision(results: dict[str, Any], entry: dict[str, Any]) -> str | None:
+    """The precision a task was scored in: its entry's `precision`, else (results written before benchmarks had
+    one) the precision of the weights' dtype the results name (float32 -> fp32)."""
+    if entry.get("precision"):
+        return str(entry["precision"])
+    from tunebench.models.precision import PRECISIONS
+
+    dtype = (results.get("model") or {}).get("dtype") if isinstance(results.get("model"), dict) else None
+    return next((name for name, p in PRECISIONS.items() if p.dtype == dtype), None)
+
+
+def _check_same(task: str, b_entry: dict[str, Any], t_entry: dict[str, Any],
+                precisions: tuple[str | None, str | None] = (None, None)) -> None:
     if b_entry.get("version") != t_entry.get("version"):
         raise DataError(
             f"task '{task}': base ran version {b_entry.get('version')} and tuned version "
@@ -61,6 +73,10 @@ def _check_same(task: str, b_entry: dict[str, Any], t_entry: dict[str, Any]) -> 
             f"task '{task}': base ran {b_entry.get('shots')}-shot and tuned {t_entry.get('shots')}-shot; "
             "rerun both with the same --shots"
         )
+    b_prec, t_prec = precisions
+    if b_prec is not None and t_prec is not None and b_prec != t_prec:
+        raise DataError(f"task '{task}': base was scored at precision {b_prec} and tuned at {t_prec}; rerun both "
+                        "with the same bench.precision")
     b_proto, t_proto = _protocol(b_entry), _protocol(t_entry)
     if b_proto is not None and t_proto is not None:
         # a key one side lacks counts as None (results written before the key existed)
@@ -94,7 +110,7 @@ def forgetting_table(
 
     Perplexity tasks give ratio metrics (NLL per token, perplexities; lower is better) paired over documents, with
     the relative change, and the mean KL(base ‖ tuned) per token when the tuned run measured it (base: 0).
-    Raises DataError when the runs scored different examples, versions, shots or protocols.
+    Raises DataError when the runs scored different examples, versions, shots, protocols or precisions.
     """
     base, tuned = _results(Path(base_bench_dir)), _results(Path(tuned_bench_dir))
     rows: list[dict[str, Any]] = []
@@ -102,7 +118,7 @@ def forgetting_table(
         t_entry = tuned["tasks"].get(task)
         if t_entry is None:
             continue
-        _check_same(task, b_entry, t_entry)
+        _check_same(task, b_entry, t_entry, (scored_precision(base, b_entry), scored_precision(tuned, t_entry)))
         b_samples = _samples(Path(base_bench_dir), task, b_entry)
         t_samples = _samples(Path(tuned_bench_dir), task, t_entry)
         if set(b_samples) != set(t_samples):

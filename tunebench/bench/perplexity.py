@@ -221,15 +221,16 @@ def reference_for(loaded: Any, reference: Any | None) -> Reference | None:
 
 def score_documents(
     loaded: Any, documents: Sequence[tuple[str, str | None, str, str]], *, max_length: int | None = None, context_len: int = 1,
-    reference: Any | None = None, progress: bool = False,
+    reference: Any | None = None, progress: bool = False, kl: bool = True,
 ) -> list[dict[str, Any]]:
     """Per-document rows (id, subtask, tokens, words, bytes, nll, [kl]) for (id, subtask, text, counted) documents:
     `text` is scored, words and bytes are counted in `counted` (lm-eval's wikitext: the text before detokenizing).
 
-    max_length: window size in tokens (None: the model's context). reference: see `reference_for`.
+    max_length: window size in tokens (None: the model's context). reference: see `reference_for`; kl=False
+    measures no KL at all (the parity gate compares NLL only).
     """
     max_length = max_length or model_max_length(loaded.model, loaded.tokenizer)
-    ref = reference_for(loaded, reference)
+    ref = reference_for(loaded, reference) if kl else None
     bar = None
     if progress:
         from tqdm.auto import tqdm

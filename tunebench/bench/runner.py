@@ -21,6 +21,7 @@ from tunebench.bench.instances import PreparedTask, prepare_task
 from tunebench.bench.scoring import score_task, subtask_breakdown
 from tunebench.bench.sensitivity import accuracy_sensitivity, chance_level
 from tunebench.bench.spec import resolve_tasks
+from tunebench.models.precision import model_precision
 from tunebench.processes import check_rank, is_main
 from tunebench.rundir import BENCH_SCHEMA as SCHEMA
 from tunebench.rundir import samples_filename
@@ -75,6 +76,7 @@ def run_benchmarks(
     world_size: int = 1,
     reference: Any | None = None,
     limits: dict[str, int] | None = None,
+    precisions: Mapping[str, tuple[str | None, dict[str, Any]]] | None = None,
 ) -> BenchResults:
     """Run `tasks` (names, `name:subtask`, `bbh:<task>`, or .yaml/.json paths); returns results and sample logs.
 
@@ -86,14 +88,17 @@ def run_benchmarks(
     model, the settings, the task version and the example count agree. on_task(results so far, task name) runs
     after each scored task. `rank` of `world_size`: each process scores its shard of every task and every
     process returns the whole results (bench.scoring.score_task); only the main one prints progress. Raises ConfigError/DataError (bad task, missing data) before scoring anything.
+    precisions: {task: (precision, decision record)} from `bench.parity.decide_bench_precision`: the task is
+    scored by the model (and the KL reference) converted to that precision (`models.precision.precision_variant`);
+    a task absent or None is scored as loaded. Each task's entry records the precision it was scored in
+    (`precision`) and, where one was asked for, the decision (`precision_choice`).
     """
     check_rank(rank, world_size)
     progress = progress and is_main(rank)
-    specs = list({spec.name: spec for spec in resolve_tasks(tasks, data_dir)}.values())
     limits = dict(limits or {})
-    task_limit = {spec.name: limits.get(spec.name, limit) for spec in specs}
-    prepared = [prepare_task(spec, data_dir=data_dir, shots=shots, limit=task_limit[spec.name], seed=seed)
-                for spec in specs]
+    prepared = prepare_tasks(tasks, data_dir=data_dir, limit=limit, limits=limits, shots=shots, seed=seed)
+    task_limit = {task.spec.name: limits.get(task.spec.name, limit) for task in prepared}
+    precisions = dict(precisions or {})
     out = BenchResults({
         "schema": SCHEMA,
         "model": model_info(loaded),
@@ -103,15 +108,22 @@ def run_benchmarks(
         "tasks": {},
     })
     reusable = _reusable_tasks(finished, out.results)
+    variants = _Variants(loaded, reference)
     for task in prepared:
         name = task.spec.name
+        used, record = precisions.get(name, (None, None))
+        scored_in = used or model_precision(loaded.model)
         earlier = reusable.get(name)
-        if earlier is not None and earlier["version"] == task.spec.version and earlier["n"] == len(task.instances):
+        if earlier is not None and earlier["version"] == task.spec.version and earlier["n"] == len(task.instances) \
+                and earlier.get("precision") == scored_in:
             out.results["tasks"][name] = earlier
             continue
         if progress:
             print(f"bench: {name} ({len(task.instances)} examples, {task.shots}-shot)", file=sys.stderr)
-        scores = score_task(loaded, task, batch_size=batch_size, progress=progress, seed=seed, reference=reference,
+            if record is not None and record.get("requested") is not None:
+                print(f"bench: {name} in {scored_in}: {record['reason']}", file=sys.stderr)
+        model, ref = variants.get(used)
+        scores = score_task(model, task, batch_size=batch_size, progress=progress, seed=seed, reference=ref,
                             rank=rank, world_size=world_size)
         filename = samples_filename(name)
         out.samples[filename] = scores.samples
@@ -124,7 +136,10 @@ def run_benchmarks(
             "samples": filename,
             "time_s": round(scores.time_s, 3),
             "protocol": protocol(loaded, task, task_limit[name]),
+            "precision": scored_in,
         }
+        if record is not None and record.get("requested") is not None:
+            entry["precision_choice"] = record
         if task.output_type == "multiple_choice":
             entry["sensitivity"] = base_sensitivity(scores.samples, task.metrics)
         if task.spec.subtasks is not None and len(task.spec.subtasks.values) > 1:
@@ -133,6 +148,38 @@ def run_benchmarks(
         if on_task is not None:
             on_task(out, name)
     return out
+
+
+def prepare_tasks(tasks: list[str], *, data_dir: Path | None, limit: int | None, limits: Mapping[str, int] | None,
+                  shots: int | None, seed: int) -> list[PreparedTask]:
+    """Every task of `tasks` prepared (data read, demonstrations drawn, seeded subset of `limits[name]`, else
+    `limit`, taken), duplicates once; ConfigError/DataError before anything is scored."""
+    specs = list({spec.name: spec for spec in resolve_tasks(tasks, data_dir)}.values())
+    return [prepare_task(spec, data_dir=data_dir, shots=shots, limit=(limits or {}).get(spec.name, limit), seed=seed)
+            for spec in specs]
+
+
+class _Variants:
+    """The scored model and its KL reference in each precision asked for, each converted once per call."""
+
+    def __init__(self, loaded: Any, reference: Any | None) -> None:
+        self.loaded, self.reference = loaded, reference
+        self.made: dict[str, tuple[Any, Any | None]] = {}
+
+    def get(self, precision: str | None) -> tuple[Any, Any | None]:
+        import dataclasses
+
+        if precision is None:
+            return self.loaded, self.reference
+        if precision not in self.made:
+            from tunebench.models.precision import precision_variant
+
+            def convert(loaded: Any) -> Any:
+                return dataclasses.replace(loaded, model=precision_variant(loaded.model, precision))
+
+            self.made = {precision: (convert(self.loaded),  # one conversion held at a time
+                                     convert(self.reference) if self.reference is not None else None)}
+        return self.made[precision]
 
 
 def protocol(loaded: Any, task: PreparedTask, limit: int | None) -> dict[str, Any]:

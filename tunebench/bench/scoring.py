@@ -94,7 +94,7 @@ def score_multiple_choice(
     return rows
 
 
-def _choice_stats(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, MetricStats]:
+def choice_stats(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, MetricStats]:
     """acc from each row's prediction, acc_norm from its length-normalised one, against the gold index."""
     golds = [[r["target"]] for r in rows]
     picked = {"acc_norm": [r["prediction_norm"] for r in rows]}
@@ -175,7 +175,7 @@ def score_task(
         samples = map_sharded(lambda shard: score_multiple_choice(loaded, shard, batch_size=batch_size,
                                                                   progress=progress),
                               items, rank=rank, world_size=world_size, keys=[inst.prefix for inst in items])
-        stats = _choice_stats(samples, list(dict.fromkeys([*MC_DEFAULT_METRICS, *task.metrics])))
+        stats = choice_stats(samples, list(dict.fromkeys([*MC_DEFAULT_METRICS, *task.metrics])))
         for k, row in enumerate(samples):
             row["scores"] = {name: float(ms.stats[k, 0]) for name, ms in stats.items()}
     else:
@@ -198,13 +198,21 @@ def _score_perplexity(loaded: Any, task: PreparedTask, items: Sequence[Instance]
         raise ValueError(f"task {task.spec.name}: perplexity needs a decoder-only (causal) model")
     start = time.perf_counter()
     settings = task.spec.perplexity
-    counted = [str(inst.fields[settings.count_field]) if settings.count_field else inst.prompt for inst in items]
-    docs = [(inst.id, inst.subtask, inst.prompt, c) for inst, c in zip(items, counted, strict=True)]
+    docs = perplexity_documents(task, items)
     samples = map_sharded(lambda shard: score_documents(loaded, shard, max_length=settings.max_length,
                                                         context_len=settings.context_len, reference=reference,
                                                         progress=progress),
                           docs, rank=rank, world_size=world_size)
     return TaskScores(samples, corpus_metrics(samples, task.metrics, seed=seed), time.perf_counter() - start)
+
+
+def perplexity_documents(task: PreparedTask, items: Sequence[Instance]) -> list[tuple[str, str | None, str, str]]:
+    """(id, subtask, text scored, text counted) per instance of a perplexity task, as `score_documents` takes them:
+    words and bytes are counted in the spec's `count_field` (WikiText: the text before detokenizing), else the text
+    scored."""
+    settings = task.spec.perplexity
+    counted = [str(inst.fields[settings.count_field]) if settings.count_field else inst.prompt for inst in items]
+    return [(inst.id, inst.subtask, inst.prompt, c) for inst, c in zip(items, counted, strict=True)]
 
 
 def subtask_breakdown(samples: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, dict[str, Any]]:

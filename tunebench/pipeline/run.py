@@ -27,11 +27,14 @@ from tunebench.pipeline.multitask import (
 from tunebench.pipeline.stages import (
     OneModel,
     bench_loaded,
+    bench_view,
     compare_paths,
+    decide_bench_precisions,
     decide_eval_precision,
     eval_examples,
     evaluate_into,
     read_summary,
+    recorded_bench_precisions,
     splits_for,
     task_set_for,
     trained_settings,
@@ -177,8 +180,19 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
         from tunebench.models.methods import attached_method
 
         drift = any(s.output_type == "perplexity" for s in resolve_tasks(cfg.bench.tasks, resolved))
-        for name, adapter in (("tuned", str(run_dir)), ("base", None)):
-            bench_dir = (run if adapter else home).bench_dir(name)
+        pair = (("tuned", str(run_dir)), ("base", None))
+        dirs = {name: (run if adapter else home).bench_dir(name) for name, adapter in pair}
+        bench_precisions = None
+        if cfg.bench.precision is not None and not all(d.results.is_file() for d in dirs.values()):
+            # one decision for base and tuned: a fast precision per task only where both pass its gate; a side
+            # scored earlier (a sweep's shared base, a resumed run) pins the other to its precision
+            getters = [lambda a=a: bench_view(cfg, models.get(a, merge=not drift)) for _, a in pair]
+            bench_precisions = decide_bench_precisions(
+                cfg, getters, cfg.bench.tasks, data_dir=resolved, limit=cfg.bench.limit, limits=cfg.bench.limits,
+                shots=cfg.bench.shots, pinned=recorded_bench_precisions(*dirs.values()), rank=rank,
+                world_size=world_size)
+        for name, adapter in pair:
+            bench_dir = dirs[name]
             if bench_dir.results.is_file():
                 log(f"benchmarks for {name} already done")
                 continue
@@ -191,7 +205,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
 
                 reference = load_model(cfg.model)  # a full fine-tune: KL needs the base as a second copy
             bench_loaded(cfg, loaded, bench_dir.path, resolved, summary, limit=cfg.bench.limit, limits=cfg.bench.limits,
-                         reference=reference, rank=rank, world_size=world_size)
+                         reference=reference, rank=rank, world_size=world_size, precisions=bench_precisions)
             reference = None
     models.release()
     if not main:

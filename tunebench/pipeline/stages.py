@@ -91,6 +91,43 @@ def decide_eval_precision(getters, examples, eval_cfg: EvalConfig, *, seed: int,
                   "reason": f"pinned to the sweep's shared base precision {pinned}; {record['reason']}"}
 
 
+def bench_view(cfg: RunConfig, loaded):
+    """The loaded model as benchmarks see it: plain prompts unless bench.chat_template asks for the chat template
+    (and the model has one)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(loaded):
+        return dataclasses.replace(loaded, use_chat=bool(cfg.bench.chat_template and loaded.use_chat))
+    return loaded
+
+
+def decide_bench_precisions(cfg: RunConfig, getters, tasks: list[str], *, data_dir: Path | None,
+                            limit: int | None, limits: dict[str, int] | None, shots: int | None,
+                            pinned: Mapping[str, str] | None = None, rank: int = 0,
+                            world_size: int = 1) -> dict[str, tuple[str | None, dict[str, Any]]]:
+    """`bench.parity.decide_bench_precision` on bench.precision for the models of `getters` (one model, or the
+    base and tuned of a run) over `tasks` prepared as the benchmarks will score them; computed by the main process
+    and shared with the others. pinned: per task, the precision the pair's other system was scored in."""
+    from tunebench.bench.parity import decide_bench_precision
+    from tunebench.bench.runner import prepare_tasks
+
+    prepared = prepare_tasks(tasks, data_dir=data_dir, limit=limit, limits=limits, shots=shots, seed=cfg.seed)
+    return from_main(partial(decide_bench_precision, getters, prepared, cfg.bench, seed=cfg.seed,
+                             n_resamples=cfg.eval.bootstrap, pinned=pinned), rank, world_size)
+
+
+def recorded_bench_precisions(*bench_dirs: BenchDir) -> dict[str, str]:
+    """{task: the precision it was scored in} from finished results.json files (the first that has a task wins)."""
+    out: dict[str, str] = {}
+    for bench_dir in bench_dirs:
+        if bench_dir.results.is_file():
+            tasks = read_json(bench_dir.results).get("tasks", {})
+            for task, entry in tasks.items():
+                if isinstance(entry, dict) and entry.get("precision"):
+                    out.setdefault(task, entry["precision"])
+    return out
+
+
 class OneModel:
     """Keeps one loaded model at a time: the base for base systems, base + adapter for tuned ones."""
 
@@ -147,10 +184,11 @@ def evaluate_into(out: EvalDir, cfg: RunConfig, loaded, examples, splits, system
 def bench_into(out: BenchDir, loaded, tasks: list[str], *, data_dir: Path | None, limit: int | None,
                shots: int | None, seed: int = 0, progress: bool = True, rank: int = 0,
                world_size: int = 1, reference: Any | None = None,
-               limits: dict[str, int] | None = None) -> dict[str, Any]:
+               limits: dict[str, int] | None = None,
+               precisions: Mapping[str, tuple[str | None, dict[str, Any]]] | None = None) -> dict[str, Any]:
     """Score benchmark tasks and write `out` (main process only): each task's log as it finishes, results.json
-    at the end; tasks an interrupted run with the same model and settings finished are reused. Returns
-    results.json's content."""
+    at the end; tasks an interrupted run with the same model and settings finished are reused. precisions: each
+    task's (precision, record) from `decide_bench_precision` (None: as loaded). Returns results.json's content."""
     from tunebench.bench.runner import run_benchmarks
 
     main = is_main(rank)
@@ -161,7 +199,7 @@ def bench_into(out: BenchDir, loaded, tasks: list[str], *, data_dir: Path | None
 
     bench = run_benchmarks(loaded, tasks, data_dir=data_dir, limit=limit, shots=shots, seed=seed, progress=progress,
                            finished=read_finished_tasks(out), on_task=task_done, rank=rank, world_size=world_size,
-                           reference=reference, limits=limits)
+                           reference=reference, limits=limits, precisions=precisions)
     if main:
         write_benchmarks(out, bench, samples=False)
     return bench.results
@@ -171,22 +209,27 @@ def bench_loaded(cfg: RunConfig, loaded, out_dir: Path, data_dir: Path | None,
                  train_summary: dict[str, Any] | None = None, *, tasks: list[str] | None = None,
                  limit: int | None = None, shots: int | None = None, helm: bool | None = None, rank: int = 0,
                  world_size: int = 1, reference: Any | None = None,
-                 limits: dict[str, int] | None = None) -> dict[str, Any]:
+                 limits: dict[str, int] | None = None,
+                 precisions: Mapping[str, tuple[str | None, dict[str, Any]]] | None = None) -> dict[str, Any]:
     """Benchmarks (and the HELM-style view when asked) for an already loaded model, written to `out_dir`.
 
     limit: examples per task (None: whole tasks). Prompts are plain unless bench.chat_template asks for the chat
-    template (and the model has one). reference: the model perplexity tasks measure KL against.
+    template (and the model has one). reference: the model perplexity tasks measure KL against. precisions: each
+    task's (precision, record) decided for a pair of models (`decide_bench_precisions`); None decides for this
+    model alone when bench.precision asks for one (probe and parity gate per task).
     """
-    import dataclasses
 
     out = BenchDir(out_dir)
     tasks = tasks or cfg.bench.tasks
     limit = limit or None  # --limit 0 (or none): every example
     shots = shots if shots is not None else cfg.bench.shots
-    if dataclasses.is_dataclass(loaded):
-        loaded = dataclasses.replace(loaded, use_chat=bool(cfg.bench.chat_template and loaded.use_chat))
+    loaded = bench_view(cfg, loaded)
+    if precisions is None and cfg.bench.precision is not None:
+        precisions = decide_bench_precisions(cfg, [lambda: loaded], tasks, data_dir=data_dir, limit=limit,
+                                             limits=limits, shots=shots, rank=rank, world_size=world_size)
     results = bench_into(out, loaded, tasks, data_dir=data_dir, limit=limit, shots=shots, seed=cfg.seed,
-                         rank=rank, world_size=world_size, reference=reference, limits=limits)
+                         rank=rank, world_size=world_size, reference=reference, limits=limits,
+                         precisions=precisions)
     if cfg.bench.helm if helm is None else helm:
         from tunebench.bench.helm.runner import helm_evaluate
 
