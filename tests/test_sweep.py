@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import yaml
+from pipeline_helpers import train_in_process
 
 from tunebench.cli import main
 
@@ -16,15 +17,16 @@ METHODS = "lora,full,adapter"
 
 
 class Spies:
-    """Records the sweep's evaluations, benchmark runs and training processes, and lets them run."""
+    """Records the sweep's evaluations, benchmark runs and methods' trainings, and lets them run: each training in
+    its own process as the sweep does, or with `in_process` in this one (`train_in_process`)."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, in_process=False):
         import tunebench.pipeline.run as run_stages
         import tunebench.pipeline.sweep as sweep_stages
 
         self.evaluated, self.benched, self.trained = [], [], []
         evaluate_into, bench_loaded = run_stages.evaluate_into, run_stages.bench_loaded
-        train = sweep_stages._train_in_subprocess
+        train = train_in_process if in_process else sweep_stages._train_in_subprocess
 
         def spy_evaluate(out, cfg, loaded, examples, splits, system, shots, *args, **kwargs):
             self.evaluated.append((system["name"], out.path.parent.parent.name))
@@ -251,7 +253,7 @@ def test_rerun_finishes_only_the_missing_methods(sweep_setup, data_dir, monkeypa
     base_scores = (sweep_dir / "base/eval/base-0shot/scores.json").stat().st_mtime_ns
     shutil.rmtree(sweep_dir / "full")  # the sweep was killed before full's run existed
     (sweep_dir / "sweep.json").unlink()
-    spies = Spies(monkeypatch)
+    spies = Spies(monkeypatch, in_process=True)  # the fixture's sweep trained each method in its own process
     code = main(["sweep", str(sweep_setup["config"]), "--methods", METHODS, "--against", "lora",
                  "--out", str(sweep_dir), "--data-dir", str(data_dir)])
     assert code == 2
