@@ -273,8 +273,8 @@ def test_bench_precision_in_the_schema_and_defaults():
 
 
 def test_run_decides_once_for_base_and_tuned(tmp_path, tiny_causal_dir, data_dir, monkeypatch):
-    """`tunebench run` with bench.precision: one gated decision per task for the pair (tuned's gate, then the
-    base's), recorded alike in both results.json, and the forgetting table compares them."""
+    """`tunebench run` with bench.precision: one gated decision per task for the pair (the base's gate, then the
+    tuned model's), recorded alike in both results.json, and the forgetting table compares them."""
     import yaml
 
     from tunebench.cli import main
@@ -304,8 +304,20 @@ def test_run_decides_once_for_base_and_tuned(tmp_path, tiny_causal_dir, data_dir
     assert entries[0]["precision"] == entries[1]["precision"] == "bf16"
     assert entries[0]["precision_choice"] == entries[1]["precision_choice"]
     gates = entries[0]["precision_choice"]["gates"]
-    assert [g["adapter"] is None for g in gates] == [False, True] and all(g["n"] == 3 for g in gates)
+    assert [g["adapter"] is None for g in gates] == [True, False] and all(g["n"] == 3 for g in gates)
     forgetting = json.loads((run_dir / "compare" / "forgetting.json").read_text())
     rows = forgetting["rows"] if isinstance(forgetting, dict) else forgetting
     assert {r["metric"] for r in rows if r["task"] == "piqa"} == {"acc", "acc_norm"}
     assert "bf16" in made  # the scoring asked for the bf16 copy
+
+
+def test_the_report_signature_and_bench_output_name_the_precision():
+    from tunebench.report.tables import bench_summary_lines, signature_rows
+
+    choice = {"requested": "int8", "used": "fp32", "reason": "fell back to fp32: the parity gate failed for tiny (x)"}
+    task = {"version": 1, "shots": 0, "n": 6, "precision": "fp32", "precision_choice": choice,
+            "metrics": {"acc": {"value": 0.5, "stderr": 0.2}}}
+    rows = signature_rows({"systems": {}, "comparisons": [], "benchmarks": {"tuned": {"tasks": {"piqa": task}}}})
+    assert rows == [{"system": "bench/tuned", "metric": "piqa", "signature": "version:1|shots:0|n:6|precision:fp32"}]
+    lines = bench_summary_lines({"tasks": {"piqa": task}})
+    assert lines[1].split() == ["precision", "fp32:", *choice["reason"].split()]

@@ -186,7 +186,8 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
         if cfg.bench.precision is not None and not all(d.results.is_file() for d in dirs.values()):
             # one decision for base and tuned: a fast precision per task only where both pass its gate; a side
             # scored earlier (a sweep's shared base, a resumed run) pins the other to its precision
-            getters = [lambda a=a: bench_view(cfg, models.get(a, merge=not drift)) for _, a in pair]
+            # the base first: the tuned model, gated last, is the one in memory when its benchmarks start
+            getters = [lambda a=a: bench_view(cfg, models.get(a, merge=not drift)) for _, a in reversed(pair)]
             bench_precisions = decide_bench_precisions(
                 cfg, getters, cfg.bench.tasks, data_dir=resolved, limit=cfg.bench.limit, limits=cfg.bench.limits,
                 shots=cfg.bench.shots, pinned=recorded_bench_precisions(*dirs.values()), rank=rank,

@@ -386,6 +386,8 @@ def bench_summary_lines(results: dict[str, Any]) -> list[str]:
             else:
                 parts.append(f"{name} {fmt_num(value)} {fmt_ci(m.get('ci95'))}".rstrip(f" {DASH}"))
         lines.append(f"{task:32s} n={res['n']:<6d} {', '.join(parts)}")
+        if res.get("precision_choice"):
+            lines.append(f"{'':32s}   precision {res['precision']}: {res['precision_choice']['reason']}")
         for name, sens in (res.get("sensitivity") or {}).items():
             verdict_ = "measurable" if sens.get("measurable") else "not measurable at this size"
             chance = fmt_chance(sens, "model") if sens.get("chance") is not None else "unknown"
@@ -416,9 +418,10 @@ def signature_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                          "signature": str(m.get("signature") or f"method:{m['method']}")})
     for system, doc in results["benchmarks"].items():
         for task, t in doc["tasks"].items():
+            precision = f"|precision:{t['precision']}" if t.get("precision") else ""  # absent before it was kept
             rows.append({"system": f"bench/{system}", "metric": task,
                          "signature": f"version:{fmt_value(t.get('version'))}|shots:{fmt_num(t.get('shots'))}"
-                                      f"|n:{fmt_num(t.get('n'))}"})
+                                      f"|n:{fmt_num(t.get('n'))}{precision}"})
     return rows
 
 
