@@ -68,6 +68,26 @@ def test_cached_scorer_equals_straightforward(tiny, data_dir: Path, name: str, u
     assert max(calls[1:]) < calls[0]
 
 
+def test_zero_shot_questions_are_batched_across_questions_exactly(tiny_causal_loaded, data_dir: Path) -> None:
+    """PIQA zero-shot: every question is one prefix group, so rows of different questions and lengths share right-
+    padded batches; each choice's log-likelihood equals the one-forward-per-choice path's to 1e-6 relative (fp32:
+    these sums are 100-300 nats, where one float32 step is already 1.5e-5 to 3e-5 absolute)."""
+    plain = tiny_causal_loaded(use_chat=False)
+    (spec,) = resolve_tasks(["piqa"], data_dir)
+    task = prepare_task(spec, data_dir=data_dir, shots=0, limit=10, seed=0)
+    requests = [Request(i.prompt, tuple(i.target_delimiter + c for c in i.choices), i.prefix) for i in task.instances]
+    assert len({r.group for r in requests}) == 1
+    calls, handle = count_forwards(plain.model)
+    try:
+        fast = loglikelihoods(plain.model, plain.tokenizer, requests, batch_size=8)
+    finally:
+        handle.remove()
+    slow = loglikelihoods_naive(plain.model, plain.tokenizer, requests)
+    assert max(abs(a - b) / abs(b) for fr, sr in zip(fast, slow, strict=True) for a, b in zip(fr, sr, strict=True)) \
+        < 1e-6
+    assert len(calls) <= 1 + -(-20 // 8)  # 20 rows (2 choices x 10 questions): a shared prefix, then 3 batches
+
+
 def test_letter_scoring_is_one_pass_per_question(tiny, data_dir: Path) -> None:
     from tunebench.bench.loglik import _rows
 
