@@ -321,3 +321,23 @@ def test_the_report_signature_and_bench_output_name_the_precision():
     assert rows == [{"system": "bench/tuned", "metric": "piqa", "signature": "version:1|shots:0|n:6|precision:fp32"}]
     lines = bench_summary_lines({"tasks": {"piqa": task}})
     assert lines[1].split() == ["precision", "fp32:", *choice["reason"].split()]
+
+
+def test_a_finished_task_is_reused_only_at_the_same_precision(tiny, data_dir, tmp_path):
+    from tunebench.pipeline.stages import recorded_bench_precisions
+    from tunebench.rundir import BenchDir
+
+    first = run_benchmarks(tiny, ["sst2"], data_dir=data_dir, limit=2, shots=0, progress=False)
+    same = run_benchmarks(tiny, ["sst2"], data_dir=data_dir, limit=2, shots=0, progress=False,
+                          finished=first.results)
+    assert same.samples == {} and same.results["tasks"] == first.results["tasks"]
+    record = {"requested": "bf16", "used": "bf16", "reason": "parity gate passed: (constructed)"}
+    other = run_benchmarks(tiny, ["sst2"], data_dir=data_dir, limit=2, shots=0, progress=False,
+                           finished=first.results, precisions={"sst2": ("bf16", record)})
+    assert list(other.samples) == ["samples_sst2.jsonl"] and other.results["tasks"]["sst2"]["precision"] == "bf16"
+    # a run whose base (or tuned) side was scored earlier pins the other side to that side's precisions
+    for name, results in (("base", other.results), ("tuned", first.results)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    assert recorded_bench_precisions(BenchDir(tmp_path / "base"), BenchDir(tmp_path / "tuned")) == {"sst2": "bf16"}
+    assert recorded_bench_precisions(BenchDir(tmp_path / "none"), BenchDir(tmp_path / "tuned")) == {"sst2": "fp32"}
