@@ -42,3 +42,31 @@ def train_in_process(method: str, run: Any, data_dir: Path | None) -> None:
         raise _MethodFailed(f"method '{method}': {exc}", exc.exit_code if exc.exit_code in (1, 2) else 1) from None
     if result.interrupted:
         raise KeyboardInterrupt
+
+
+def build_splits_once(monkeypatch: Any) -> None:
+    """Within `monkeypatch`'s scope, each task's splits are built once per (task config, data dir, seed) and then
+    handed out again: the same SplitResult the builder returns (fresh lists and stats, the frozen examples shared).
+
+    A run builds its splits again in every stage that needs them (the pipeline's check before training, the
+    trainer, the evaluations; a sweep once more per method and twin), and each build renders every row of the
+    source's split files (tens of thousands for emotion and Multi30k) to remove duplicates before the limits
+    apply. The data files do not change while a fixture runs, so the repeats are the same work; what the builder
+    computes is tested in test_data_splits.py and test_data_mixture.py."""
+    import tunebench.data.prepare as prepare
+    import tunebench.data.tasks as tasks
+    from tunebench.data.splits import SplitResult
+
+    real = prepare.build_splits
+    built: dict[tuple, Any] = {}
+
+    def build(cfg: Any, data_dir: Path | None, seed: int, *, only: str | None = None) -> Any:
+        key = (type(cfg).__name__, cfg.model_dump_json(), str(data_dir), seed, only)
+        if key not in built:
+            built[key] = real(cfg, data_dir, seed, only=only)
+        done = built[key]
+        return SplitResult(train=list(done.train), validation=list(done.validation), test=list(done.test),
+                           stats=copy.deepcopy(done.stats))
+
+    for module in (prepare, tasks):  # stages.splits_for imports it from prepare when called; tasks at its import
+        monkeypatch.setattr(module, "build_splits", build)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from pipeline_helpers import mixture_tasks
+from pipeline_helpers import build_splits_once, mixture_tasks
 
 from tunebench.cli import main
 from tunebench.io import read_jsonl
@@ -41,7 +41,9 @@ def mix_run(tmp_path_factory, tiny_causal_dir, data_dir):
     path = root / "mix.yaml"
     path.write_text(yaml.safe_dump(cfg))
     # the mixture run and its single-task twin (emotion alone, same optimizer steps), side by side
-    assert main(["run", str(path), "--data-dir", str(data_dir), "--single-task", "emotion"]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        build_splits_once(mp)  # each task's splits built once for the pipeline's stages and both trainings
+        assert main(["run", str(path), "--data-dir", str(data_dir), "--single-task", "emotion"]) == 0
     return root / "runs" / "mix"
 
 

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 import yaml
-from pipeline_helpers import mixture_tasks, train_in_process
+from pipeline_helpers import build_splits_once, mixture_tasks, train_in_process
 
 from tunebench.cli import main
 
@@ -23,13 +23,14 @@ TASKS = ("emotion", "multi30k_en_de")
 
 class Spies:
     """Records every evaluation (as its folder relative to the sweep) and every method's training, and lets them
-    run (training in this process)."""
+    run (training in this process, each task's splits built once: `build_splits_once`)."""
 
     def __init__(self, monkeypatch, sweep_dir):
         import tunebench.pipeline.multitask as multitask
         import tunebench.pipeline.run as run_stages
         import tunebench.pipeline.sweep as sweep_stages
 
+        build_splits_once(monkeypatch)
         self.evaluated, self.trained = [], []
         evaluate_into = multitask.evaluate_into
 

@@ -6,18 +6,16 @@ import json
 import os
 import signal
 
+import pytest
+from pipeline_helpers import build_splits_once, mixture_tasks
 from test_train_resume import RUN, assert_same_run, stop_at_training_call
 
 from tunebench.config import config_from_dict
 from tunebench.data.mixture import build_mixture
 from tunebench.train.loop import train
 
-TASKS = [
-    {"name": "emotion", "source": "emotion", "template": {"name": "emotion", "variant": "random"},
-     "splits": {"validation": "validation"}, "limits": {"train": 6, "validation": 2, "test": 1}},
-    {"name": "multi30k_en_de", "source": "multi30k", "format": "parallel", "template": {"name": "translation"},
-     "splits": {"validation": "val", "test": "test_2016_flickr"}, "limits": {"train": 3, "validation": 2, "test": 1}},
-]
+TASKS = mixture_tasks({"train": 6, "validation": 2, "test": 1}, {"train": 3, "validation": 2, "test": 1},
+                      emotion_variant="random")
 
 
 def mix_cfg(tmp_path, model_dir, name):
@@ -30,7 +28,15 @@ def mix_cfg(tmp_path, model_dir, name):
     })
 
 
-def test_mixture_run_resumes_mid_epoch_exactly(tmp_path, tiny_causal_dir, data_dir, monkeypatch):
+@pytest.fixture
+def splits_built_once():
+    """The three trainings below build the same splits: once (`build_splits_once`), kept past monkeypatch.undo()."""
+    with pytest.MonkeyPatch.context() as mp:
+        build_splits_once(mp)
+        yield
+
+
+def test_mixture_run_resumes_mid_epoch_exactly(tmp_path, tiny_causal_dir, data_dir, monkeypatch, splits_built_once):
     whole = train(mix_cfg(tmp_path / "a", tiny_causal_dir, "whole"), data_dir=data_dir, progress=False)
     mixture = json.loads((whole.run_dir / "mixture.json").read_text())
     # sizes 6 and 3, T = 3: rates ∝ (2/3)^(1/3), (1/3)^(1/3) = 0.5575, 0.4425 of 9 -> 5 and 4 (multi30k upsampled)
