@@ -1,5 +1,6 @@
-"""Shared set-up of the pipeline tests: the two-task mixture that the multi-task run and the mixture sweep both
-train, and a sweep method's training run in the test's own process."""
+"""Shared set-up of the pipeline tests: the two-task mixture that the multi-task run, the mixture sweep and the
+mixture resume test train, a sweep method's training run in the test's own process, and each task's splits
+built once while a fixture runs the pipeline."""
 
 from __future__ import annotations
 
