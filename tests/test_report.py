@@ -344,6 +344,22 @@ def test_forgetting_headline_speaks_only_from_measurable_rows(tmp_path: Path) ->
     assert rows["piqa"]["mde"] == "2.5 pts" and rows["wikitext2"]["mde"] == "1.5%"
     assert rows["wikitext2"]["delta"] == "+1.00 (+2.5%)"
 
+    # the terminal table `tunebench run` and `compare` print: the same sensitivity columns and the same headline
+    from rich.console import Console
+
+    from tunebench.report.terminal import forgetting_table
+
+    table, headline = forgetting_table([at_chance, piqa, ppl])
+    assert headline == loud
+    console = Console(width=250, record=True)
+    console.print(table)
+    lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+             for line in console.export_text().splitlines() if line.startswith("│")}
+    assert lines["mmlu"][-1] == "not measurable at this size" and lines["mmlu"][-4:-1] == ["0.25", "0.5000", "12.0 pts"]
+    assert lines["piqa"][-1] == "no significant drop" and lines["piqa"][-3:-1] == ["<0.0001", "2.5 pts"]
+    assert lines["wikitext2"][-1] == "DROP significant drop" and lines["wikitext2"][-2] == "1.5%"
+    assert forgetting_table({"rows": [piqa]})[1] == quiet.replace("; not measurable at this size: mmlu acc", "")
+
 
 def test_bench_summary_speaks_of_the_one_model_and_says_why_no_drop_is_detectable():
     from tunebench.bench.sensitivity import above_chance_p, accuracy_sensitivity

@@ -274,7 +274,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             _print(table)
     forgetting = out_dir / "forgetting.json"
     if forgetting.is_file():
-        _print(forgetting_table(json.loads(forgetting.read_text(encoding="utf-8"))))
+        for renderable in forgetting_table(json.loads(forgetting.read_text(encoding="utf-8"))):
+            _print(renderable)
     print(f"comparison: {out}")
     return 0
 
@@ -291,7 +292,8 @@ def _print_run_summary(paths: dict[str, Path]) -> None:
             _print(table)
     forgetting = run_dir / "compare" / "forgetting.json"
     if forgetting.is_file():
-        _print(forgetting_table(json.loads(forgetting.read_text(encoding="utf-8"))))
+        for renderable in forgetting_table(json.loads(forgetting.read_text(encoding="utf-8"))):
+            _print(renderable)
     print(f"report: {paths['html']}")
 
 
@@ -455,7 +457,7 @@ def _print(renderable: object) -> None:
 
     console = Console()
     if not console.is_terminal:  # a pipe or a log: rich's 80-column default would wrap the tables' cells
-        console = Console(width=max(console.width, 160))
+        console = Console(width=max(console.width, 180))
     console.print(renderable)
 
 

@@ -20,6 +20,8 @@ from tunebench.report.tables import (
     fmt_p,
     fmt_signed,
     fmt_tests,
+    forgetting_headline,
+    forgetting_rows,
     verdict,
 )
 
@@ -118,20 +120,26 @@ def diagnostics_tables(diagnostics: dict[str, Any] | None, name: str = "predicti
     return out
 
 
-def forgetting_table(rows: list[dict[str, Any]] | dict[str, Any]) -> Any:
-    """Benchmarks before and after tuning: Δ with its paired-bootstrap 95% CI and p, significant drops marked.
+def forgetting_table(rows: list[dict[str, Any]] | dict[str, Any]) -> list[Any]:
+    """Benchmarks before and after tuning, as the report shows them: Δ with its paired-bootstrap 95% CI and p, the
+    chance level, the minimum detectable drop and the verdict ("not measurable at this size" for a row that cannot
+    see a drop), then the report's one-sentence forgetting headline, which speaks only from measurable rows.
 
     `rows`: forgetting.json's content (a list of rows, or {"rows": [...]} from comparing two bench folders).
+    Returns renderables to print in order (the table, then the headline).
     """
     rows = rows["rows"] if isinstance(rows, dict) else rows
-    out = []
-    for r in rows:
-        d = digits_for(r["base"], r["tuned"])
-        out.append([r["task"], r["metric"], fmt_num(r.get("n")), fmt_num(r["base"], d), fmt_num(r["tuned"], d),
-                    fmt_signed(r["delta"], d), fmt_ci(r["ci95"], d), f"{fmt_p(r['p_value'])} (paired-bootstrap)",
-                    "DROP" if r.get("significant_drop") else ""])
-    return _table("forgetting (base → tuned)", ["task", "metric", "n", "base", "tuned", "Δ", "95% CI of Δ",
-                                                "p (test)", ""], out, left=2)
+    results = {"forgetting": rows}
+    out = [[r["task"], r["metric"], fmt_num(raw.get("n")), r["base"], r["tuned"], r["delta"], r["ci"], r["p"],
+            fmt_num(raw.get("chance"), 2) if raw.get("chance") is not None else DASH,
+            fmt_p(raw["above_chance_p"]) if raw.get("above_chance_p") is not None else DASH, r["mde"],
+            ("DROP " if r["drop"] else "") + r["status"]]
+           for r, raw in zip(forgetting_rows(results), rows, strict=True)]
+    table = _table("forgetting (base → tuned)", ["task", "metric", "n", "base", "tuned", "Δ", "95% CI of Δ",
+                                                "p (paired bootstrap)", "chance", "p (base > chance)",
+                                                "min. detectable drop", "verdict"], out, left=2)
+    headline = forgetting_headline(results)
+    return [table, headline] if headline else [table]
 
 
 def bench_table(results: dict[str, Any]) -> Any:
