@@ -57,6 +57,17 @@ def test_clear_drop_flagged_tie_not(tmp_path: Path) -> None:
                                                                          "not measurable at this size")
 
 
+def test_one_question_has_no_interval_and_is_not_a_drop(tmp_path: Path) -> None:
+    # one question, right before and wrong after: the bootstrap would redraw it every time (zero-width interval,
+    # p at its floor 1/(resamples + 1)) and call it a significant drop
+    rows = forgetting_table(write_run(tmp_path / "base", {"piqa": [1.0]}), write_run(tmp_path / "tuned", {"piqa": [0.0]}),
+                            n_resamples=200, seed=0)
+    for row in rows:
+        assert row["delta"] == -1.0 and row["ci95"] is None and row["p_value"] is None
+        assert not row["significant_drop"] and not row["measurable"]
+        assert row["status"] == "not measurable at this size"
+
+
 def test_an_improvement_is_not_a_drop(tmp_path: Path) -> None:
     base = write_run(tmp_path / "base", {"rte": [0.0] * 80 + [1.0] * 20})
     tuned = write_run(tmp_path / "tuned", {"rte": [1.0] * 80 + [1.0] * 20})

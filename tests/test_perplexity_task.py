@@ -99,3 +99,11 @@ def test_forgetting_rows_for_perplexity_and_kl(tmp_path: Path) -> None:
     assert word["relative_delta"] == pytest.approx(math.exp((sum(tuned_nll) - sum(base_nll)) / 1600) - 1)
     assert rows["kl"]["base"] == 0.0 and rows["kl"]["tuned"] == pytest.approx(5.0 / 100)
     assert not rows["kl"]["significant_drop"] and rows["kl"]["status"] == "drift"
+    # one document: the perplexity and KL rows keep their deltas but have no interval, no p and no verdict
+    one = {r["metric"]: r for r in forgetting_table(_ppl_run(tmp_path / "b1", base_nll[:1]),
+                                                    _ppl_run(tmp_path / "t1", tuned_nll[:1], kl=[5.0]),
+                                                    n_resamples=300)}
+    assert one["nll"]["delta"] == pytest.approx(0.03 * 300.0 / 100) and one["kl"]["tuned"] == pytest.approx(0.05)
+    for row in one.values():
+        assert row["ci95"] is None and row["p_value"] is None and not row["significant_drop"]
+        assert row["status"] == "not measurable at this size"

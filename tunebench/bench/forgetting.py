@@ -91,9 +91,23 @@ def _check_same(task: str, b_entry: dict[str, Any], t_entry: dict[str, Any],
 def _status(row: dict[str, Any]) -> str:
     if row["significant_drop"]:
         return "significant drop"
+    if row["p_value"] is None:
+        return "not measurable at this size"
     if row["metric"] == "kl":
         return "drift" if row["p_value"] < ALPHA else "no significant drift"
     return "no significant drop" if row["measurable"] else "not measurable at this size"
+
+
+def _defined(test: dict[str, Any], n: int) -> dict[str, Any]:
+    """`test` (a paired bootstrap's delta, ci95, p_value) with no interval and no p-value when fewer than two
+    examples (documents) were paired: resampling one example always redraws it, so the bootstrap's interval has
+    zero width and its p-value is its floor (1 / (resamples + 1)) whatever the data -- one question lost would read
+    as a significant drop at p = 0.001. The delta stays; the row is "not measurable at this size"."""
+    return test if n >= 2 else {**test, "ci95": None, "p_value": None}
+
+
+def _significant(delta_worse: bool, p_value: float | None, alpha: float) -> bool:
+    return bool(delta_worse and p_value is not None and p_value < alpha)
 
 
 def forgetting_table(
@@ -140,14 +154,14 @@ def forgetting_table(
                 continue
             a = _values(b_rows, metric, f"{base_bench_dir}/{b_entry['samples']}")
             b = _values(t_rows, metric, f"{tuned_bench_dir}/{t_entry['samples']}")
-            test = paired_bootstrap(a, b, n_resamples=n_resamples, seed=seed)
+            test = _defined(paired_bootstrap(a, b, n_resamples=n_resamples, seed=seed), len(ids))
             binary = all(v in (0.0, 1.0) for v in a + b)
             sens = accuracy_sensitivity(a, b, chance if metric in ("acc", "acc_norm") else None, alpha=alpha) \
                 if binary else {"chance": None, "measurable": True}
             row = {
                 "task": task, "metric": metric, "n": len(ids), "base": sum(a) / len(a), "tuned": sum(b) / len(b),
                 "delta": test["delta"], "ci95": test["ci95"], "p_value": test["p_value"], "higher_is_better": True,
-                "significant_drop": bool(test["delta"] < 0 and test["p_value"] < alpha), **sens,
+                "significant_drop": _significant(test["delta"] < 0, test["p_value"], alpha), **sens,
             }
             row["status"] = _status(row)
             rows.append(row)
@@ -172,7 +186,8 @@ def _perplexity_rows(task: str, b_entry: dict[str, Any], t_entry: dict[str, Any]
         else:
             continue
         b = metric.stats(t_rows)
-        test = paired_bootstrap_stats(a, b, metric.score_sums, n_resamples=n_resamples, seed=seed)
+        test = _defined(paired_bootstrap_stats(a, b, metric.score_sums, n_resamples=n_resamples, seed=seed),
+                        len(b_rows))
         base_value = float(metric.score_sums(a.sum(0, keepdims=True))[0])
         worse = test["delta"] > 0 if not metric.higher_is_better else test["delta"] < 0
         row = {
@@ -180,7 +195,7 @@ def _perplexity_rows(task: str, b_entry: dict[str, Any], t_entry: dict[str, Any]
             "tuned": float(metric.score_sums(b.sum(0, keepdims=True))[0]), "delta": test["delta"],
             "relative_delta": test["delta"] / base_value if base_value else None,
             "ci95": test["ci95"], "p_value": test["p_value"], "higher_is_better": metric.higher_is_better,
-            "significant_drop": bool(name != "kl" and worse and test["p_value"] < alpha),
+            "significant_drop": _significant(name != "kl" and worse, test["p_value"], alpha),
             **ratio_sensitivity(base_value, test["ci95"], len(b_rows)),
         }
         if name == "kl":

@@ -136,7 +136,7 @@ def forgetting_table(rows: list[dict[str, Any]] | dict[str, Any]) -> list[Any]:
             ("DROP " if r["drop"] else "") + r["status"]]
            for r, raw in zip(forgetting_rows(results), rows, strict=True)]
     table = _table("forgetting (base → tuned)", ["task", "metric", "n", "base", "tuned", "Δ", "95% CI of Δ",
-                                                "p (paired bootstrap)", "chance", "p (base > chance)",
+                                                "p (paired-bootstrap)", "chance", "p (base > chance)",
                                                 "min. detectable drop", "verdict"], out, left=2)
     headline = forgetting_headline(results)
     return [table, headline] if headline else [table]
