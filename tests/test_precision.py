@@ -135,11 +135,6 @@ def test_bf16_and_int8_variants_convert_a_copy(loaded):
     int8 = prec.precision_variant(loaded.model, "int8")
     assert prec.model_precision(int8) == "int8"
     assert not any(type(m) is torch.nn.Linear for m in int8.model.layers.modules())
-    # every block linear carries per-output-channel int8 weights; the LM head stays an fp32 nn.Linear
-    quantized = [m for m in int8.model.layers.modules() if hasattr(m, "weight") and callable(m.weight)]
-    per_channel = (torch.per_channel_affine, torch.per_channel_symmetric)
-    assert quantized and all(m.weight().qscheme() in per_channel for m in quantized)
-    assert type(int8.lm_head) is torch.nn.Linear and int8.lm_head.weight.dtype == torch.float32
     for model in (bf16, int8):  # both generate
         evaluation = run_eval.evaluate(dataclasses.replace(loaded, model=model), EXAMPLES[:2], cfg=_cfg(),
                                        system={"name": "s"}, progress=False)

@@ -10,8 +10,8 @@ the GPU's name), the torch version and the shape set, so a run on the same machi
 
 Inference precisions are applied to a copy of the model (`precision_variant`): bf16 and fp16 cast the weights
 (faster than autocast, which re-casts every weight on every call), int8 is PyTorch's dynamic quantization of the
-nn.Linear layers but the LM head (`torch.ao.quantization.quantize_dynamic`: int8 weights with per-channel scales,
-activations quantized per batch), CPU only. Hand-written because the measurement is this project's policy; the conversions are torch's own.
+nn.Linear layers (`torch.ao.quantization.quantize_dynamic`: int8 weights, activations quantized per batch), CPU
+only. Hand-written because the measurement is this project's policy; the conversions are torch's own.
 """
 
 from __future__ import annotations
@@ -322,8 +322,7 @@ def resolve_bf16(mode: Literal["auto", "on", "off"], device: torch.device, *, co
 
 def precision_variant(model: Any, name: str) -> Any:
     """`model` computing in precision `name`: the model itself when it already does, else a converted copy
-    (bf16/fp16: weights cast; int8: dynamic quantization of every nn.Linear but the LM head, per-channel weight
-    scales, CPU only: `int8_linears`). ConfigError where the
+    (bf16/fp16: weights cast; int8: dynamic quantization of every nn.Linear, CPU only). ConfigError where the
     precision cannot run on the model's device or this torch lacks dynamic quantization."""
     import copy
 
@@ -340,29 +339,12 @@ def precision_variant(model: Any, name: str) -> Any:
         if quantize is None or not hasattr(quantize, "quantize_dynamic"):
             raise ConfigError(f"precision int8 needs torch.ao.quantization.quantize_dynamic, which torch "
                               f"{torch.__version__} lacks: use fp32 or bf16")
-        fp32 = copy.deepcopy(precision_variant(model, REFERENCE))
-        return quantize.quantize_dynamic(fp32, int8_linears(fp32), dtype=torch.qint8)
+        fp32 = precision_variant(model, REFERENCE)
+        return quantize.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
     dtype = dtype_of(name)
     if all(p.dtype == dtype for p in model.parameters() if p.is_floating_point()):
         return model
     return copy.deepcopy(model).to(dtype)
-
-
-def int8_linears(model: Any) -> dict[str, Any]:
-    """`quantize_dynamic`'s qconfig_spec for `model`: every nn.Linear by qualified name, int8 weights per output
-    channel (symmetric), except the output embeddings (the LM head), which stay in fp32.
-
-    Why: with torch's default per-tensor weight scale and the LM head quantized too, SmolLM2-135M's greedy DialogSum
-    summaries fell from ROUGE-1 0.239 to 0.092 (64 test dialogues), far outside the parity gate. A per-channel
-    scale follows each output row's own range instead of the largest weight of the whole matrix, and keeping the
-    head out of int8 is the usual practice (bitsandbytes' LLM.int8() integration skips `lm_head` by default,
-    `llm_int8_skip_modules`). Whether int8 then passes the gate is the gate's to say, per model and task."""
-    import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig
-
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and module is not head}
 
 
 def model_precision(model: Any) -> str:
