@@ -1,14 +1,19 @@
 """Training throughput: tunebench's loop against Hugging Face `Trainer` (+ PEFT) on the same model, data and method.
 
     python speed/train_throughput.py [--methods lora,full,ia3,...] [--steps 12] [--examples 96] [--batch-size 8]
-                                     [--data-dir DIR] [--compile] [--ablate]
+                                     [--reference-batches same|own] [--data-dir DIR] [--compile] [--ablate]
     python speed/train_throughput.py --precisions   # ours only: tokens/s in fp32 and bf16, and what auto picked
     python speed/train_throughput.py --processes 1,2  # ours only: 1 process against 2 (gloo), same global batch
 
 Both trainers get the same tokenized DialogSum dev dialogues (chat template, completion-only labels), the same
 method applied to the model by the methods table (LoRA: all-linear, r16, alpha 32, dropout 0.05; every other
 method its config defaults), batch size, learning rate (LoRA 5e-4, the others their methods-table default),
-warmup and number of steps. The reference is a plain `Trainer` set-up: DataCollatorForSeq2Seq padding, bf16
+warmup and number of steps, and by default the same batches in the same order: the reference's DataLoader is
+given our trainer's batch list for the run (`epoch_batches`: length-grouped, seed 0), so both train on exactly
+the same examples, padded alike, and count the same tokens. `--reference-batches own` lets the reference draw its
+own batches instead (Trainer's default random sampler: more padding per real token, and, unless --steps x
+--batch-size covers --examples exactly, other examples than ours). The reference is a plain `Trainer` set-up:
+DataCollatorForSeq2Seq padding, bf16
 autocast when the CPU has native bf16, fp32 weights, the model's own loss; it is "Trainer + PEFT" for the
 methods PEFT implements (lora, ia3, prompt_tuning, prefix_tuning) and plain `Trainer` on the same prepared model
 for the others (full; freeze and the bottleneck adapter, which PEFT does not have). Each trainer runs in its own
@@ -123,7 +128,22 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
             "bf16": s["bf16"], "precision": s["precision"]}
 
 
+def our_batches(lengths: list[int], cfg: Any, steps: int) -> list[list[int]]:
+    """The batches (example indices) our trainer draws for `steps` optimizer steps of one process without gradient
+    accumulation: each epoch's `epoch_batches` (the config's seed and group_by_length), epoch after epoch."""
+    from tunebench.data.batching import epoch_batches
+
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < steps:
+        batches += epoch_batches(lengths, cfg.train.batch_size, cfg.seed, epoch,
+                                 group_by_length=cfg.train.group_by_length)
+        epoch += 1
+    return batches[:steps]
+
+
 def run_hf(args: argparse.Namespace) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from tunebench.config import resolve_data_dir
@@ -160,7 +180,18 @@ def run_hf(args: argparse.Namespace) -> dict[str, Any]:
             save_strategy="no", report_to="none", disable_tqdm=True, remove_unused_columns=False,
             dataloader_num_workers=0, torch_compile=args.compile,
         )
-        trainer = Trainer(model=model, args=targs, train_dataset=dataset, data_collator=collate)
+        trainer_class = Trainer
+        if args.reference_batches == "same":
+            batches = our_batches([r.length for r in rows], cfg, args.steps)
+
+            class SameBatchesTrainer(Trainer):
+                """Trainer whose training DataLoader yields our trainer's batches, in our order."""
+
+                def get_train_dataloader(self) -> DataLoader:
+                    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
+
+            trainer_class = SameBatchesTrainer
+        trainer = trainer_class(model=model, args=targs, train_dataset=dataset, data_collator=collate)
         start, cpu_start = time.perf_counter(), time.process_time()
         trainer.train()
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
@@ -197,6 +228,7 @@ def in_subprocess(which: str, args: argparse.Namespace, without: str | None = No
            "--batch-size", str(args.batch_size), "--model", args.model, "--bf16", bf16 or args.bf16,
            "--method", method]
     cmd += ["--compile"] if args.compile else []
+    cmd += ["--reference-batches", args.reference_batches]
     cmd += ["--global-batch", str(global_batch)] if global_batch else []
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
@@ -266,6 +298,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--data-dir", help="folder holding dialogsum/ (default: $TUNEBENCH_DATA_DIR)")
     parser.add_argument("--compile", action="store_true", help="torch.compile in both trainers")
+    parser.add_argument("--reference-batches", choices=["same", "own"], default="same",
+                        help="same: the reference trains on our trainer's batches in our order (default); own: on "
+                        "Trainer's default random batches")
     parser.add_argument("--ablate", action="store_true", help="also rerun ours with each speed lever switched off")
     parser.add_argument("--precisions", action="store_true",
                         help="ours only, once per precision (train.bf16 off, on, auto): tokens/s of each and which "
@@ -302,6 +337,8 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     peak = max(peak_bf16, peak_fp32)  # "of peak" against the faster: bf16 is emulated (far slower) on some CPUs
     print(f"measured matmul peak: bf16 {peak_bf16 / 1e9:.1f} GFLOP/s, fp32 {peak_fp32 / 1e9:.1f} GFLOP/s")
+    print("reference batches: " + ("ours, in our order (both trainers see the same tokens)"
+                                   if args.reference_batches == "same" else "its own (Trainer's random sampler)"))
     print(f"{'method':<15}{'trainer':<20}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'tok/CPU-s':>11}{'GFLOP/s':>9}"
           f"{'of peak':>9}{'peak RSS':>10}{'speed-up':>10}{'CPU-s':>8}  load", flush=True)
     measured: dict[str, dict[str, Any]] = {}
@@ -323,6 +360,9 @@ def main() -> None:
                   f"  {os.getloadavg()[0]:.1f}", flush=True)
     print("speed-up: tunebench over the HF Trainer reference in tokens/s, and in tokens per CPU-second "
           "(target >= 1.5x)")
+    unequal = [m for m, r in measured.items() if r["hf"]["tokens"] != r["ours"]["tokens"]]
+    if args.reference_batches == "same" and unequal:
+        print(f"WARNING: the trainers counted different tokens for {', '.join(unequal)}: not the same batches")
     if args.ablate:
         # On a shared machine wall time swings with other load; CPU time per token is the steadier measure.
         lora = measured["lora"]["ours"] if "lora" in measured else in_subprocess("ours", args)  # levers of LoRA

@@ -144,7 +144,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
 
     summary_path = run.train_summary
     if summary_path.is_file():
-        log(f"training already done: {summary_path}")
+        log(f"trained model found in {run_dir} ({summary_path.name}); evaluating it")
     else:
         log(f"training ({cfg.train.method}) → {run_dir}")
         result = train(cfg, data_dir=resolved, resume=run.checkpoints.is_dir())
