@@ -32,3 +32,4 @@ bench: setup
 	$(PY) speed/eval_throughput.py
 	$(PY) speed/rouge_speed.py
 	$(PY) speed/mc_speed.py
+	$(PY) speed/kl_cache.py
