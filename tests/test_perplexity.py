@@ -124,6 +124,43 @@ def test_kl_of_an_adapter_against_its_disabled_self(tiny_causal_loaded) -> None:
     assert row["scores"]["kl"] == pytest.approx(want / len(tokens), rel=1e-5)
 
 
+class _OwnPositions:
+    """A model whose logits are those of its input's own positions (prompt tuning's virtual tokens, which come
+    first in the output, dropped)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, input_ids):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.model(input_ids=input_ids).logits[:, -input_ids.shape[1] :])
+
+
+@pytest.mark.parametrize("kind", ["prompt_tuning", "prefix_tuning"])
+def test_a_soft_prompt_counts_in_perplexity_and_kl(tiny_causal_loaded, kind: str) -> None:
+    """Prompt and prefix tuning: the PEFT model's own forward adds the soft prompt or prefix, which the base's
+    decoder alone would skip (it scored the base: the base's NLL and KL 0); the reference is the model with the
+    adapter disabled."""
+    import torch
+    from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+
+    loaded = tiny_causal_loaded(False)
+    base_copy = copy.deepcopy(loaded.model).eval()
+    torch.manual_seed(0)
+    config = {"prompt_tuning": PromptTuningConfig, "prefix_tuning": PrefixTuningConfig}[kind]
+    loaded.model = get_peft_model(loaded.model, config(num_virtual_tokens=4, task_type=TaskType.CAUSAL_LM)).eval()
+    (row,) = score_documents(loaded, [("d0", None, TEXT, TEXT)], max_length=16)
+    assert [row] == score_documents(loaded, [("d0", None, TEXT, TEXT)], max_length=16, cache=None)
+    tokens = loaded.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    bos = loaded.tokenizer.bos_token_id
+    want, _ = _hand_nll(_OwnPositions(loaded.model), tokens, bos, 16, 1)
+    base, _ = _hand_nll(base_copy, tokens, bos, 16, 1)
+    assert abs(want - base) > 1e-3 and row["nll"] == pytest.approx(want, rel=1e-5)
+    want_kl = _direct_kl(base_copy, _OwnPositions(loaded.model), tokens, bos, 16, 1)
+    assert want_kl > 1e-4 and row["kl"] == pytest.approx(want_kl, rel=1e-5)
+
+
 def test_kl_refuses_different_tokenizers(tiny_causal_loaded) -> None:
     loaded, other = tiny_causal_loaded(False), tiny_causal_loaded(False)
     other.tokenizer = copy.deepcopy(other.tokenizer)

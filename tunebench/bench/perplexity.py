@@ -205,16 +205,22 @@ class _Scorer:
 
     `context` (PEFT's `disable_adapter`) is entered around every call, so one model can also act as the base.
     `cache`: where final hidden states are looked up and kept (split models only; None: never).
+    A PEFT prompt-learning model (prompt or prefix tuning) is not split unless its adapter is disabled: its soft
+    prompt or prefix is added by the PEFT model's own forward, which the base's decoder would skip.
     """
 
     def __init__(self, model: Any, context: Callable[[], Any] | None = None,
                  cache: HiddenStateCache | None = None) -> None:
+        from tunebench.models.methods import uses_prompt_learning
+
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
         head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
         softcap = getattr(getattr(base, "config", None), "final_logit_softcapping", None)
+        own_forward = context is None and uses_prompt_learning(model)
         self.model, self.context, self.base = model, context, base
-        self.split = decoder is not None and head is not None and softcap is None and decoder is not base
+        self.split = (decoder is not None and head is not None and softcap is None and decoder is not base
+                      and not own_forward)
         self.decoder, self.head = decoder, head
         self.cache = cache if self.split else None
         self._fingerprint: tuple[str, Any] | None = None  # (digest, device of the decoder's output)
@@ -231,7 +237,8 @@ class _Scorer:
         with self._ctx():
             if self.split:
                 return self.decoder(input_ids=x).last_hidden_state[0, start:]
-            return self.model(input_ids=x).logits[0, start:]
+            # counted from the end: prompt tuning's virtual tokens come first in the output
+            return self.model(input_ids=x).logits[0, start - len(ids) :]
 
     def fingerprint(self) -> tuple[str, Any] | None:
         """(sha256 hex of the model's behaviour, device its hidden states come out on), computed on first use;
