@@ -201,3 +201,40 @@ def test_the_cache_is_keyed_by_behaviour_not_by_object(tiny_causal_loaded) -> No
     HIDDEN_STATES.hits = HIDDEN_STATES.misses = 0
     _rows(twin, HIDDEN_STATES)
     assert HIDDEN_STATES.misses == 0 and HIDDEN_STATES.hits == _n_windows(loaded)
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter"])
+def test_a_reloaded_adapter_shares_the_base_entries(tiny_causal_loaded, tiny_causal_dir, tmp_path, method) -> None:
+    """As `tunebench run` and `sweep` load them (load_model of the base alone; of base + saved adapter, unmerged):
+    the base's pass fills the cache and the tuned model's reference (adapter disabled) hits, LoRA (PEFT) and
+    bottleneck adapter alike."""
+    import torch
+
+    from tunebench.config import AdapterConfig, ModelConfig
+    from tunebench.models.load import load_model
+
+    trained = tiny_causal_loaded(False).model
+    torch.manual_seed(4)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        trained = get_peft_model(trained, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        trained.save_pretrained(tmp_path / "out")
+    else:
+        from tunebench.models.bottleneck import add_bottleneck_adapters, save_bottleneck
+
+        add_bottleneck_adapters(trained, AdapterConfig(reduction_factor=4))
+        with torch.no_grad():
+            for name, p in trained.named_parameters():
+                if "_adapter." in name:
+                    p.normal_(0.0, 0.3)
+        save_bottleneck(trained, tmp_path / "out")
+    cfg = ModelConfig(ref=str(tiny_causal_dir), device="cpu")
+    base = load_model(cfg)
+    tuned = load_model(cfg, adapter=tmp_path / "out", merge=False)
+    want = _rows(tuned, None)
+    assert all(r["kl"] > 1e-4 for r in want)
+    _rows(base, HIDDEN_STATES)
+    HIDDEN_STATES.hits = HIDDEN_STATES.misses = 0
+    assert _rows(tuned, HIDDEN_STATES) == want
+    assert HIDDEN_STATES.hits == HIDDEN_STATES.misses == _n_windows(base)
