@@ -19,6 +19,7 @@ from tunebench.bench.answers import apply_filters
 from tunebench.bench.chat_format import bench_prompt, choice_delimiter
 from tunebench.bench.instances import Instance, PreparedTask
 from tunebench.bench.spec import MC_DEFAULT_METRICS
+from tunebench.errors import ConfigError
 from tunebench.evaluate.metrics import MetricStats, compute_metric_stats
 from tunebench.processes import map_sharded
 
@@ -195,7 +196,8 @@ def _score_perplexity(loaded: Any, task: PreparedTask, items: Sequence[Instance]
     from tunebench.bench.perplexity import corpus_metrics, score_documents
 
     if loaded.family != "causal":
-        raise ValueError(f"task {task.spec.name}: perplexity needs a decoder-only (causal) model")
+        raise ConfigError(f"benchmark task {task.spec.name}: perplexity is scored on decoder-only models only, and "
+                          f"'{loaded.ref}' is an encoder-decoder (seq2seq) model; leave it out of the tasks")
     start = time.perf_counter()
     settings = task.spec.perplexity
     docs = perplexity_documents(task, items)

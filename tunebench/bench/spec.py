@@ -338,6 +338,28 @@ def resolve_tasks(names: list[str], data_dir: Path | None) -> list[TaskSpec]:
     return specs
 
 
+def check_model_family(specs: list[TaskSpec], family: str, model: str, key: str = "bench.tasks") -> None:
+    """Refuse, before anything is scored, a perplexity task asked of an encoder-decoder model.
+
+    specs: resolved task specs; family: `models.load.detect_family`'s "causal" or "seq2seq"; model: the model
+    reference named in the error; key: the option or config key that listed the tasks (`bench.tasks`, `--tasks`).
+    Perplexity tasks score a document's rolling log-likelihood under a decoder-only model (bench/perplexity.py);
+    tunebench has no encoder-decoder reading of them yet, so a seq2seq model would fail only after training and
+    evaluation. Raises ConfigError (exit 2) naming `key`, the tasks and what to keep instead.
+    """
+    if family == "causal":
+        return
+    ppl = [s.name for s in specs if s.output_type == "perplexity"]
+    if not ppl:
+        return
+    rest = [s.name for s in specs if s.output_type != "perplexity"]
+    keep = (f"keep only {', '.join(rest)} in {key}" if rest
+            else f"name other tasks in {key}" + (" or set bench.enabled: false" if key == "bench.tasks" else ""))
+    raise ConfigError(f"{key}: {', '.join(ppl)} {'is a perplexity task' if len(ppl) == 1 else 'are perplexity tasks'}"
+                      f", scored on decoder-only models only, and '{model}' is an encoder-decoder (seq2seq) model; "
+                      f"{keep}")
+
+
 def _bbh_tasks(sub: str, data_dir: Path | None) -> list[TaskSpec]:
     if data_dir is None:
         raise ConfigError("bbh tasks read their files from the data directory: set --data-dir or $TUNEBENCH_DATA_DIR")

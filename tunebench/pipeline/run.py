@@ -27,6 +27,7 @@ from tunebench.pipeline.multitask import (
 from tunebench.pipeline.stages import (
     OneModel,
     bench_loaded,
+    bench_tasks_for,
     bench_view,
     compare_paths,
     decide_bench_precisions,
@@ -93,7 +94,6 @@ def bench_reference(cfg: RunConfig, *, tasks: list[str], data_dir: str | Path | 
                     world_size: int = 1, reference: str | None = None) -> dict[str, Any]:
     """`tunebench bench`: benchmark suites (and optionally the HELM-style view) for one model, whole tasks unless
     `limit`. reference: a model whose KL to this one perplexity tasks measure (an adapter's own base without)."""
-    from tunebench.bench.spec import resolve_tasks
     from tunebench.models.load import load_model
 
     resolved = resolve_data_dir(data_dir, cfg)
@@ -101,7 +101,7 @@ def bench_reference(cfg: RunConfig, *, tasks: list[str], data_dir: str | Path | 
     summary = read_summary(summary_path) if summary_path and summary_path.is_file() else None
     trained_settings(cfg, adapter)
     # Perplexity tasks measure KL against the adapter's own base: keep the adapter unmerged for them.
-    drift = any(s.output_type == "perplexity" for s in resolve_tasks(tasks or cfg.bench.tasks, resolved))
+    drift = any(s.output_type == "perplexity" for s in bench_tasks_for(cfg, resolved, tasks, key="--tasks"))
     loaded = load_model(cfg.model, adapter=adapter, merge=adapter is not None and not drift)
     ref = load_model(cfg.model.model_copy(update={"ref": reference})) if reference else None
     return bench_loaded(cfg, loaded, out_dir, resolved, summary, tasks=tasks, limit=limit, shots=shots, helm=helm,
@@ -135,9 +135,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
     prepared = task_set_for(cfg, resolved) if cfg.data.multitask else splits_for(cfg, resolved)
     examples = None if cfg.data.multitask else eval_examples(cfg, prepared)
     if cfg.bench.enabled and cfg.bench.tasks:
-        from tunebench.bench.spec import resolve_tasks
-
-        resolve_tasks(cfg.bench.tasks, resolved)
+        bench_tasks_for(cfg, resolved)
     if main:
         record_run_config(cfg)
     barrier(world_size)

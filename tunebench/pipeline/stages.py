@@ -49,6 +49,21 @@ def task_set_for(cfg: RunConfig, data_dir: Path | None):
     return build_task_set(cfg.data, cfg.eval, data_dir, cfg.seed)
 
 
+def bench_tasks_for(cfg: RunConfig, data_dir: Path | None, tasks: list[str] | None = None, *,
+                    key: str = "bench.tasks") -> list[Any]:
+    """The benchmark tasks a command will score (`tasks`, default the config's bench.tasks) resolved to specs and
+    checked against the model's family from its config alone (no weights loaded), so a task the model cannot be
+    scored on is refused before training or evaluation starts. Raises ConfigError naming `key` (an unknown task,
+    a perplexity task for a seq2seq model: `bench.spec.check_model_family`), ModelError for an unreadable model."""
+    from tunebench.bench.spec import check_model_family, resolve_tasks
+    from tunebench.models.load import detect_family, load_model_config
+
+    specs = resolve_tasks(tasks or cfg.bench.tasks, data_dir)
+    if any(s.output_type == "perplexity" for s in specs):
+        check_model_family(specs, detect_family(load_model_config(cfg.model)), cfg.model.ref, key)
+    return specs
+
+
 def eval_examples(cfg: RunConfig, splits, split: str | None = None, limit: int | None = None):
     """The examples evaluated: `limit` (0 = all; None = the config's eval.limit) first ones of the split."""
     split = split or cfg.eval.split

@@ -16,7 +16,7 @@ from tunebench.errors import TunebenchError
 from tunebench.io import read_json
 from tunebench.pipeline.multitask import single_task_config, single_vs_multi
 from tunebench.pipeline.run import run_all
-from tunebench.pipeline.stages import eval_examples, read_summary, splits_for, task_set_for
+from tunebench.pipeline.stages import bench_tasks_for, eval_examples, read_summary, splits_for, task_set_for
 from tunebench.pipeline.write import (
     announce,
     record_base_config,
@@ -64,10 +64,8 @@ def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str
         task_set_for(cfg, resolved)
     else:
         eval_examples(cfg, splits_for(cfg, resolved))
-    if cfg.bench.enabled and cfg.bench.tasks:
-        from tunebench.bench.spec import resolve_tasks
-
-        resolve_tasks(cfg.bench.tasks, resolved)
+    if cfg.bench.enabled and cfg.bench.tasks:  # a task the model cannot be scored on, before any training
+        bench_tasks_for(cfg, resolved)
     record_base_config(sw.base_config(config, overrides, sweep))
     eta, rows = sw.Eta(len(methods)), []
 
