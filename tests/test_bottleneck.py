@@ -197,3 +197,25 @@ def test_adding_twice_is_refused():
     add_bottleneck_adapters(model, AdapterConfig())
     with pytest.raises(ModelError, match="already has bottleneck adapters"):
         add_bottleneck_adapters(model, AdapterConfig())
+
+
+def test_export_merge_of_an_adapter_run_is_exit_2_with_one_sentence(tmp_path, capsys, tiny_causal_dir):
+    """`tunebench export --merge` refuses bottleneck adapters (they add layers) with the methods table's reason;
+    before, it exited 1 with "a adapter adapter cannot be folded"."""
+    from transformers import AutoModelForCausalLM
+
+    from tunebench.cli import main
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
+    add_bottleneck_adapters(model, AdapterConfig(reduction_factor=16))
+    save_bottleneck(model, tmp_path / "run" / "adapter")
+    out = tmp_path / "merged"
+    assert main(["export", str(tmp_path / "run"), "--merge", str(out)]) == 2
+    err = capsys.readouterr().err  # also holds transformers' progress of the from_pretrained above
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        f"error: export --merge {tmp_path / 'run'}: method 'adapter' cannot be merged into the base weights "
+        "(bottleneck adapters add layers, with a non-linearity, that no base weight can absorb); evaluate the run "
+        f"with `tunebench eval --adapter {tmp_path / 'run'}`, or load {tmp_path / 'run' / 'adapter'} onto its base "
+        "model"]
+    assert not out.exists()

@@ -88,7 +88,8 @@ def test_a_non_mergeable_adapter_is_evaluated_attached_and_not_exported(tiny_cau
     """A row marked not mergeable (here LoRA declared so) keeps its adapter attached when evaluation asks to merge."""
     from peft import PeftModel
 
-    attached = replace(METHODS["lora"], name="lora_attached", mergeable=False, merge=None)
+    attached = replace(METHODS["lora"], name="lora_attached", mergeable=False, merge=None,
+                       merge_refusal="kept attached by this test")
     monkeypatch.setitem(METHODS, "lora_attached", attached)
     loaded = _load(tiny_causal_dir)
     model = apply_method(loaded.model, _cfg("lora"))
@@ -99,7 +100,8 @@ def test_a_non_mergeable_adapter_is_evaluated_attached_and_not_exported(tiny_cau
     evaluated = _load(tiny_causal_dir, adapter=out, merge=True).model
     assert isinstance(evaluated, PeftModel)
     assert torch.equal(_logits(evaluated), expected)
-    with pytest.raises(ModelError, match="lora_attached adapter cannot be folded"):
+    with pytest.raises(ConfigError, match=r"method 'lora_attached' cannot be merged into the base weights \(kept "
+                       r"attached by this test\)"):
         export_merged(out, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
 

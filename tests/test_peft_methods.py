@@ -4,6 +4,7 @@ saves, reloads with identical logits, evaluates attached or merged, and exports 
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from train_helpers import make_cfg
 
 from tunebench.config import ModelConfig, TrainConfig
-from tunebench.errors import ConfigError, ModelError
+from tunebench.errors import ConfigError
 from tunebench.models.export import export_merged, save_trained
 from tunebench.models.load import load_model, resolve_trained_output
 from tunebench.models.methods import METHODS, apply_method, get_method, prepended_positions
@@ -114,7 +115,8 @@ def test_method_trains_saves_reloads_evaluates_and_exports(case, tiny, tmp_path)
         torch.testing.assert_close(_logits(auto.from_pretrained(merged_dir), family), expected,
                                    atol=1e-4, rtol=1e-4)
     else:
-        with pytest.raises(ModelError, match=rf"a {cfg.method} adapter cannot be folded into the base weights"):
+        with pytest.raises(ConfigError, match=rf"method '{cfg.method}' cannot be merged into the base weights \("
+                           + re.escape(row.merge_refusal)):
             export_merged(tmp_path / "run", tmp_path / "merged")
         assert not (tmp_path / "merged").exists()
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunebench.errors import ModelError
+from tunebench.errors import ConfigError, ModelError
 from tunebench.io import atomic_dir
 from tunebench.models.load import base_model_config, load_model, resolve_trained_output
 from tunebench.models.methods import get_method
@@ -59,8 +59,8 @@ def export_merged(run_dir_or_adapter: Path, out_dir: Path, *, trust_remote_code:
     the full model already has a full model: it is copied as is. The merge and the reload of what was written are
     both checked on a probe batch against the adapter attached to its base; a mismatch raises ModelError and
     writes nothing (`tunebench.models.probe`). The base model's custom code runs only when `trust_remote_code`
-    is passed here (the user's `--trust-remote-code`), whatever the run's config.yaml says. ModelError for a
-    method the methods table marks as not mergeable.
+    is passed here (the user's `--trust-remote-code`), whatever the run's config.yaml says. ConfigError (exit 2)
+    for a method the methods table marks as not mergeable, with the row's `merge_refusal`.
     """
     source = Path(run_dir_or_adapter)
     method, trained = resolve_trained_output(source)
@@ -72,8 +72,9 @@ def export_merged(run_dir_or_adapter: Path, out_dir: Path, *, trust_remote_code:
             shutil.copytree(trained, tmp, dirs_exist_ok=True)
         return out_dir
     if not method.mergeable:
-        raise ModelError(f"export --merge {source}: a {method.name} adapter cannot be folded into the base weights; "
-                         "load the adapter dir together with its base model instead")
+        raise ConfigError(f"export --merge {source}: method '{method.name}' cannot be merged into the base weights "
+                          f"({method.merge_refusal}); evaluate the run with `tunebench eval --adapter {source}`, or "
+                          f"load {trained} onto its base model")
     from tunebench.models.probe import merge_checked, mismatch, probe_batch, probe_logits
 
     base = base_model_config(source, trust_remote_code=trust_remote_code)

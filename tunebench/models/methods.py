@@ -57,6 +57,8 @@ class Method:
     peft_input_casting: the method's layers are PEFT tuner layers whose float32 input cast the trainer may switch
       off during CPU bf16 training (`train/fast_paths.py: keep_lora_input_dtype`).
     default_lr: the AdamW peak learning rate `train.lr` takes when the config leaves it unset (README: "Methods").
+    merge_refusal: for an 'adapter' output that is not mergeable, why it cannot be folded into the base weights
+      (`export --merge` says so in its refusal); empty otherwise.
     fsdp_needs_orig_params: trainable and frozen weights of this method can sit in the same FSDP unit (a LoRA or
       IA3 layer inside a frozen projection, adapter layers inside a frozen block, a soft prompt or prefix beside
       the frozen embeddings, top blocks or named modules of a frozen model). FSDP1 flattens each unit into one
@@ -82,6 +84,7 @@ class Method:
     peft_input_casting: bool = False
     default_lr: float = 2e-4
     fsdp_needs_orig_params: bool = True
+    merge_refusal: str = ""
 
     def __post_init__(self) -> None:
         if self.mergeable != (self.merge is not None):
@@ -91,6 +94,9 @@ class Method:
             raise ValueError(f"method '{self.name}': an 'adapter' output needs reload, a 'model' output none")
         if (self.attached is None) != (self.disabled is None):
             raise ValueError(f"method '{self.name}': attached and disabled go together")
+        if bool(self.merge_refusal) != (self.output == "adapter" and not self.mergeable):
+            raise ValueError(f"method '{self.name}': merge_refusal says why an unmergeable adapter cannot be merged, "
+                             "and only that")
 
 
 METHODS: dict[str, Method] = {}
@@ -308,6 +314,7 @@ def peft_method(
     saved_as: Callable[[dict[str, Any]], bool] | None = None,
     default_lr: float = 2e-4,
     save: Callable[[Any, Path], None] | None = None,
+    merge_refusal: str = "",
 ) -> Method:
     """A row for a PEFT method: `build_config(train_cfg, task_type)` returns its PEFT config (e.g. IA3Config).
 
@@ -316,7 +323,7 @@ def peft_method(
     its type (DoRA: LORA with `use_dora`), by `saved_as(adapter_config)`; reloaded with
     `PeftModel.from_pretrained` and, when `mergeable`, merged with `merge_and_unload`. `settings_key` names the
     train config section whose target modules a ValueError from PEFT is reported against; `save` replaces
-    PEFT's plain `save_pretrained`. A method PEFT refuses for the architecture (its NotImplementedError /
+    PEFT's plain `save_pretrained`; `merge_refusal` (not `mergeable`): why it cannot be merged. A method PEFT refuses for the architecture (its NotImplementedError /
     TypeError, or `build_config`'s ConfigError) is a ConfigError (exit 2) naming `train.method`.
     """
     key = settings_key or name
@@ -356,6 +363,7 @@ def peft_method(
         disabled=_disabled_peft,
         merge=_merge_peft if mergeable else None, peft_input_casting=peft_input_casting, default_lr=default_lr,
         fsdp_needs_orig_params=True,  # every PEFT tuner trains new weights inside or beside frozen modules
+        merge_refusal=merge_refusal,
     )
 
 
@@ -521,6 +529,7 @@ register(Method(
     apply=_apply_bottleneck, output="adapter", mergeable=False, freezes_base=True, save=_save_bottleneck,
     reload=_reload_bottleneck, recognises=_is_bottleneck_dir, attached=_bottleneck_attached,
     disabled=_disabled_bottleneck, default_lr=1e-4, fsdp_needs_orig_params=True,
+    merge_refusal="bottleneck adapters add layers, with a non-linearity, that no base weight can absorb",
 ))
 _IA3_ROW = peft_method(
     "ia3", "IA3", _ia3_config, mergeable=True, default_lr=3e-3,
@@ -530,9 +539,11 @@ _IA3_ROW = peft_method(
 register(replace(_IA3_ROW, apply=_check_ia3_targets))
 register(peft_method(
     "prompt_tuning", "PROMPT_TUNING", _prompt_tuning_config, mergeable=False, default_lr=3e-2,
+    merge_refusal="its soft prompt is extra input vectors, not a change of any base weight",
     description="trainable soft-prompt vectors before the input (Lester et al. 2021), through PEFT",
 ))
 register(peft_method(
     "prefix_tuning", "PREFIX_TUNING", _prefix_tuning_config, mergeable=False, default_lr=1e-2,
+    merge_refusal="its prefixes are extra keys and values in every layer, not a change of any base weight",
     description="trainable key/value prefixes in every attention layer (Li and Liang 2021), through PEFT",
 ))
