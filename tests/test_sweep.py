@@ -355,6 +355,36 @@ def test_eta_counts_only_methods_that_ran(monkeypatch):
     assert eta.text() == "1 method(s) left, ETA ~3m20s"  # mean of 100 and 299.5 s
 
 
+def test_eta_leaves_out_the_shared_base_work(monkeypatch, tmp_path):
+    """The first method also evaluates the shared base (generation and benchmark times recorded in the base
+    folder); the estimate for the methods left counts only the method's own time."""
+    import tunebench.sweep as sw
+    from tunebench.rundir import SweepDir
+
+    sweep = SweepDir(tmp_path / "s")
+    assert sw.shared_base_seconds(sweep.base) == 0.0  # nothing written yet
+    clock = iter([0.0, 1000.0, 1000.0, 1700.0])
+    monkeypatch.setattr(sw.time, "perf_counter", lambda: next(clock))
+    eta = sw.Eta(3)
+    eta.start()
+    before = sw.shared_base_seconds(sweep.base)
+    scores = sweep.base.path / "eval" / "base-0shot" / "scores.json"
+    scores.parent.mkdir(parents=True)
+    scores.write_text(json.dumps({"gen_time_s": 180.0, "metrics": {}}))
+    results = sweep.base.path / "bench" / "base" / "results.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps({"tasks": {"wikitext2": {"time_s": 236.0}, "piqa": {"time_s": 84.0}}}))
+    (sweep.base.path / "bench" / "broken").mkdir()
+    (sweep.base.path / "bench" / "broken" / "results.json").write_text("{not json")  # counts nothing
+    shared = sw.shared_base_seconds(sweep.base) - before
+    assert shared == 500.0
+    assert eta.finish(ran=True, shared=shared) == 1000.0  # the method's own line keeps its whole time
+    assert eta.text() == "2 method(s) left, ETA ~16m40s"  # 2 x (1000 - 500) s
+    eta.start()
+    eta.finish(ran=True, shared=sw.shared_base_seconds(sweep.base) - sw.shared_base_seconds(sweep.base))  # 700 s
+    assert eta.text() == "1 method(s) left, ETA ~10m00s"  # mean of 500 and 700 s
+
+
 def _lr_config(tmp_path, train):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"name": "lrs", "output_dir": str(tmp_path / "runs"), "train": train}))

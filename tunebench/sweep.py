@@ -320,10 +320,35 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def shared_base_seconds(base: RunDir) -> float:
+    """Seconds of work recorded in the sweep's shared base folder so far: each evaluation's generation time
+    (`scores.json` gen_time_s) and each benchmark task's scoring time (`results.json` tasks.*.time_s), 0 where
+    nothing is written yet. The difference before and after a method is the base work that method did."""
+    total = 0.0
+    if not base.path.is_dir():
+        return total
+    for path in base.path.rglob("scores.json"):
+        total += float(_read_or_empty(path).get("gen_time_s") or 0.0)
+    for path in base.path.rglob("results.json"):
+        tasks = _read_or_empty(path).get("tasks") or {}
+        total += sum(float(t.get("time_s") or 0.0) for t in tasks.values() if isinstance(t, dict))
+    return total
+
+
+def _read_or_empty(path: Path) -> dict[str, Any]:
+    try:
+        data = read_json(path)
+    except TunebenchError:  # only an estimate: an unreadable file counts nothing
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 @dataclass
 class Eta:
     """Overall ETA of a sweep: the mean time of the methods run so far in this invocation, times those left
-    (methods finished by an earlier invocation take no time and do not count)."""
+    (methods finished by an earlier invocation take no time and do not count). The shared base's evaluation,
+    done once inside the first method that needs it, is left out of that method's time for the estimate
+    (`finish(shared=...)`), since no later method repeats it."""
 
     remaining: int
     durations: list[float] = field(default_factory=list)
@@ -332,12 +357,13 @@ class Eta:
     def start(self) -> None:
         self.started = time.perf_counter()
 
-    def finish(self, ran: bool) -> float:
-        """Close the current method; `ran`: it did work now (not only found finished). Returns its seconds."""
+    def finish(self, ran: bool, shared: float = 0.0) -> float:
+        """Close the current method; `ran`: it did work now (not only found finished); `shared`: seconds of it
+        spent on the shared base (`shared_base_seconds` after minus before). Returns its seconds, all included."""
         took = time.perf_counter() - self.started
         self.remaining -= 1
         if ran:
-            self.durations.append(took)
+            self.durations.append(max(0.0, took - shared))
         return took
 
     def text(self) -> str:

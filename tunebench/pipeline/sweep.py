@@ -82,6 +82,7 @@ def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str
             single_task is None or (_method_finished(sweep.single_run(method, single_task), cfg)
                                     and run.single_vs_multi.is_file()))
         eta.start()
+        base_before = sw.shared_base_seconds(sweep.base)
         lr, lr_source = rates[method]
         announce(f"[{i}/{len(methods)}] {method} (lr {lr:g}, {lr_source}): " + (
             "finished earlier, reading it back" if was_done else f"starting → {run.path}"))
@@ -101,7 +102,8 @@ def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str
                     single_task, twin, _single_task_twin(sweep, method, method_cfg, single_task, resolved))
             except TunebenchError as exc:
                 row["single_vs_multi"] = sw.failed_single_vs_multi(single_task, twin, exc, exc.exit_code)
-        took = eta.finish(ran=not was_done or row["status"] != "done")
+        took = eta.finish(ran=not was_done or row["status"] != "done",
+                          shared=sw.shared_base_seconds(sweep.base) - base_before)
         row["seconds"] = round(took, 1)
         rows.append(row)
         line = sw.headline(row, sw.primary_task_metric(rows), sw.primary_forgetting(rows))
