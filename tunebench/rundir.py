@@ -224,7 +224,8 @@ class RunDir:
     checkpoints = _Entry("checkpoints", "`step-N/` folders and best.json (`CheckpointRoot`, `CheckpointDir`).")
     adapter = _Entry("adapter", "The trained PEFT adapter (methods saved as adapters).")
     model = _Entry("model", "The trained full model (methods saved as whole models).")
-    train_summary = _Entry("train_summary.json", "Written when training finished.")
+    train_summary = _Entry("train_summary.json", "Written when training finished, or was interrupted (then with "
+                           "`interrupted: true`; `trained()` tells the two apart).")
     mixture = _Entry("mixture.json", "A multi-task run's mixture: examples and tokens per task per epoch.")
     eval_root = _Entry("eval")
     tasks_root = _Entry("tasks", "A multi-task run's per-task evaluations and comparisons (`TaskDir`).")
@@ -243,6 +244,19 @@ class RunDir:
 
     def bench_dir(self, system: str) -> BenchDir:
         return BenchDir(self.bench_root / system)
+
+    def trained(self) -> bool:
+        """Whether training finished and saved its output: train_summary.json is there and does not record an
+        interrupted run. An interrupted run (Ctrl-C, a sweep killed mid-method) writes its summary too, with
+        `interrupted: true` and no adapter or model, and is resumed from its last checkpoint instead of being
+        evaluated. A summary that cannot be read counts as not finished (training resumes and rewrites it)."""
+        import json
+
+        try:
+            summary = json.loads(self.train_summary.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(summary, dict) and not summary.get("interrupted", False)
 
     @property
     def compare_dir(self) -> CompareDir:

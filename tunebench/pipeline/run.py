@@ -141,7 +141,7 @@ def run_all(cfg: RunConfig, *, data_dir: str | Path | None = None, rank: int = 0
     barrier(world_size)
 
     summary_path = run.train_summary
-    if summary_path.is_file():
+    if run.trained():
         log(f"trained model found in {run_dir} ({summary_path.name}); evaluating it")
     else:
         log(f"training ({cfg.train.method}) → {run_dir}")

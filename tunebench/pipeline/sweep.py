@@ -89,7 +89,7 @@ def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str
         try:
             method_cfg = sw.method_config(config, overrides, method, sweep, lr)
             record_run_config(method_cfg)
-            if not run.train_summary.is_file():
+            if not run.trained():  # not yet, or interrupted: `train --resume` continues from its checkpoint
                 _train_in_subprocess(method, run, resolved)
             run_all(method_cfg, data_dir=resolved, base=sweep.base, precision=sw.pinned_precision(cfg, sweep.base))
             row = sw.method_row(method, run, lr=lr, lr_source=lr_source, tasks=_task_names(cfg))
@@ -133,7 +133,7 @@ def _single_task_twin(sweep: Any, method: str, method_cfg: RunConfig, task: str,
     twin_cfg = single_task_config(method_cfg, task, steps, size)
     twin_cfg.output_dir, twin_cfg.name = str(twin.path.parent), twin.path.name
     record_run_config(twin_cfg)
-    if not twin.train_summary.is_file():
+    if not twin.trained():
         announce(f"{method}: single-task twin, {task} alone for {steps} optimizer steps → {twin.path}")
         _train_in_subprocess(twin.path.name, twin, data_dir)
     run_all(twin_cfg, data_dir=data_dir, base=sweep.base, precision=pinned_precision(method_cfg, sweep.base))
@@ -148,10 +148,10 @@ def _method_finished(run: RunDir, cfg: RunConfig) -> bool:
     """Every stage of a sweep method's run is there (training, tuned evaluation, benchmarks, comparison; a
     mixture's per task)."""
     owners = [run.task_dir(t.name) for t in cfg.data.tasks] if cfg.data.multitask else [run]
-    needed = [run.train_summary] + [p for o in owners for p in (o.eval_dir("tuned").scores, o.compare_dir.comparison)]
+    needed = [p for o in owners for p in (o.eval_dir("tuned").scores, o.compare_dir.comparison)]
     if cfg.bench.enabled and cfg.bench.tasks:
         needed.append(run.bench_dir("tuned").results)
-    return all(p.is_file() for p in needed)
+    return run.trained() and all(p.is_file() for p in needed)
 
 
 class _MethodFailed(TunebenchError):
