@@ -339,6 +339,37 @@ def test_method_row_and_report_from_files(tmp_path):
     assert "7.25 GiB GPU" in render_sweep_html(doc, None)
 
 
+def test_against_a_method_that_failed_says_why_there_is_no_pairwise_comparison(tmp_path):
+    """`--against adapter` where adapter failed: the report and the terminal say why the comparison asked for is
+    missing (before, the section was silently left out)."""
+    from tunebench.report.sweep import pairwise_missing, render_sweep_html
+    from tunebench.sweep import failed_row, method_row
+
+    lora = _fake_run(tmp_path, "lora", trainable=1_000, total=200_000, tuned_rouge=0.31, base_rouge=0.21,
+                     acc_base=0.70, acc_tuned=0.68)
+    full = _fake_run(tmp_path, "full", trainable=200_000, total=200_000, tuned_rouge=0.36, base_rouge=0.21,
+                     acc_base=0.70, acc_tuned=0.61)
+    done = [method_row("lora", lora, lr=2e-4, lr_source="method default"),
+            method_row("full", full, lr=2e-5, lr_source="method default")]
+    failed = failed_row("adapter", "method 'adapter': train.adapter.reduction_factor 128 leaves 0.50", 2)
+    doc = {"schema": "tunebench.sweep/1", "tunebench_version": "x", "created": "now", "dir": str(tmp_path),
+           "methods": ["lora", "full", "adapter"], "against": "adapter", "rows": [*done, failed], "pairwise": [],
+           "shared": {"model": "m", "seed": 1, "max_steps": 10, "epochs": 1.0, "batch_size": 8, "grad_accum": 1,
+                      "eval_split": "test", "eval_limit": 100, "bench_tasks": ["piqa"], "base_dir": "base"},
+           "task_metric": "rougeL", "forgetting_measure": ["piqa", "acc"]}
+    sentence = ("--against adapter: no method-vs-method comparison, because adapter did not finish (its row says "
+                "why)")
+    assert pairwise_missing(doc) == sentence
+    assert f'<p class="failed">{sentence}</p>' in render_sweep_html(doc, None)
+    assert pairwise_missing({**doc, "against": "lora", "rows": [done[0], failed]}) == (
+        "--against lora: no method-vs-method comparison, because no other method finished")
+    assert pairwise_missing({**doc, "against": "lora"}) == (  # killed after the last method, before the comparison
+        "--against lora: no method-vs-method comparison, because the sweep stopped before comparing them (rerun "
+        "the same sweep command)")
+    assert pairwise_missing({**doc, "against": None}) is None
+    assert pairwise_missing({**doc, "pairwise": [{"baseline": "adapter"}]}) is None
+
+
 def test_eta_counts_only_methods_that_ran(monkeypatch):
     import tunebench.sweep as sw
 

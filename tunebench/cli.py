@@ -317,11 +317,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     methods = check_methods(args.methods)  # usage errors before anything loads
     check_against(args.against, methods)
     from tunebench.pipeline import run_sweep
-    from tunebench.report.sweep import sweep_table
+    from tunebench.report.sweep import pairwise_missing, sweep_table
 
     doc = run_sweep(args.config, args.overrides, methods, data_dir=args.data_dir, out=args.out,
                     against=args.against, same_lr=args.same_lr, mixtures=args.mixtures)
     _print(sweep_table(doc))
+    if missing := pairwise_missing(doc):
+        print(missing)
     print(f"report: {Path(doc['dir']) / 'report.html'}")
     print(f"TensorBoard: tensorboard --logdir {doc['dir']}")
     failed = [r for r in doc["rows"] if r["status"] != "done"]

@@ -132,6 +132,22 @@ def pairwise_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def pairwise_missing(doc: dict[str, Any]) -> str | None:
+    """Why a sweep asked for `--against M` has no method-vs-method comparison, as one sentence; None when it has
+    one or none was asked. Without it the report and the terminal said nothing about the comparison asked for."""
+    against = doc.get("against")
+    if not against or doc.get("pairwise"):
+        return None
+    done = [r["method"] for r in doc.get("rows") or [] if r.get("status") == "done"]
+    if against not in done:
+        reason = f"{against} did not finish (its row says why)"
+    elif len(done) < 2:
+        reason = "no other method finished"
+    else:
+        reason = "the sweep stopped before comparing them (rerun the same sweep command)"
+    return f"--against {against}: no method-vs-method comparison, because {reason}"
+
+
 def _interval(entry: dict[str, Any], sign: float) -> tuple[float, list[list[float]] | None]:
     """(value, matplotlib error bar) of a delta with its 95% interval, times `sign`."""
     value = sign * entry["delta"]
@@ -189,7 +205,8 @@ def render_sweep_html(doc: dict[str, Any], chart: bytes | None = None) -> str:
     from tunebench.report.html import _environment
 
     context = {
-        "d": doc, "rows": sweep_rows(doc), "pairwise": pairwise_rows(doc), "mixtures": single_vs_multi_rows(doc),
+        "d": doc, "rows": sweep_rows(doc), "pairwise": pairwise_rows(doc), "pairwise_missing": pairwise_missing(doc),
+        "mixtures": single_vs_multi_rows(doc),
         "chart": base64.b64encode(chart).decode("ascii") if chart else None,
     }
     return _environment().get_template(TEMPLATE).render(**context)
