@@ -473,3 +473,42 @@ def test_schema_table_says_the_lr_default_is_the_methods():
 
     row = next(r for r in schema_rows() if r[0] == "train.lr")
     assert row[2] == "the method's default"
+
+
+def test_changed_training_settings_refuse_the_sweep_before_anything_changes(tmp_path, data_dir, capsys, monkeypatch,
+                                                                             tiny_causal_dir):
+    """A sweep folder whose methods were trained with train.max_steps 3, rerun with 4: one sentence naming every
+    method and the key, exit 2, and nothing in the folder changed (before, the base's evaluations were redone or
+    kept but sweep.json and report.html of the finished sweep were replaced by rows that all failed)."""
+    import tunebench.pipeline.sweep as sweep_stages
+    from tunebench.pipeline.write import record_base_config, record_run_config
+    from tunebench.rundir import SweepDir
+    from tunebench.sweep import base_config, method_config, method_lrs
+
+    tree = {"name": "tiny", "output_dir": str(tmp_path / "runs"), "model": {"ref": str(tiny_causal_dir)},
+            "data": {"source": "dialogsum", "splits": {"train": "validation", "validation": None, "test": "test"},
+                     "limits": {"train": 4, "validation": 2, "test": 2}},
+            "train": {"max_steps": 3}, "eval": {"limit": 2}, "bench": {"enabled": False}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    sweep = SweepDir(tmp_path / "sweep")
+    rates = method_lrs(path, [], ["lora", "full"])
+    record_base_config(base_config(path, [], sweep))
+    for method in ("lora", "full"):  # what a finished sweep left: each method's recorded config and summary
+        record_run_config(method_config(path, [], method, sweep, rates[method][0]))
+        (sweep.run(method).path / "train_summary.json").write_text("{}")
+    (sweep.path / "sweep.json").write_text('{"finished": "sweep"}')
+    before = {p: p.read_bytes() for p in sweep.path.rglob("*") if p.is_file()}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a method trained")
+
+    monkeypatch.setattr(sweep_stages, "_train_in_subprocess", no_training)
+    argv = ["sweep", str(path), "--methods", "lora,full", "--out", str(sweep.path), "--data-dir", str(data_dir)]
+    assert main([*argv, "--set", "train.max_steps=4"]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        f"error: {sweep.path} holds methods trained with other settings: lora (train.max_steps 3 -> 4); full "
+        "(train.max_steps 3 -> 4); their results would not match this config: restore those keys, or sweep into a "
+        "new folder (--out NEW_FOLDER)"]
+    assert {p: p.read_bytes() for p in sweep.path.rglob("*") if p.is_file()} == before

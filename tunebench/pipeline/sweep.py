@@ -46,8 +46,8 @@ def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str
     method that fails (e.g. one that does not apply to the model) is recorded as failed with its one-sentence
     error and the others still run. Each method trains in a fresh process, so its peak memory and speed are its
     own. Every method's evaluations request the precision its shared base was evaluated in (`pinned_precision`).
-    Raises ConfigError for an unknown method in --methods or --against, or a --mixtures the config cannot take
-    (before anything runs). Returns sweep.json's content.
+    Raises ConfigError for an unknown method in --methods or --against, a --mixtures the config cannot take, or
+    methods whose runs in the sweep folder were trained with other settings (before anything runs or changes). Returns sweep.json's content.
     """
     from tunebench import sweep as sw
     from tunebench.config import load_config
@@ -66,6 +66,7 @@ def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str
         eval_examples(cfg, splits_for(cfg, resolved))
     if cfg.bench.enabled and cfg.bench.tasks:  # a task the model cannot be scored on, before any training
         bench_tasks_for(cfg, resolved)
+    _check_trained_methods(config, overrides, methods, sweep, rates, out_given=out is not None)
     record_base_config(sw.base_config(config, overrides, sweep))
     eta, rows = sw.Eta(len(methods)), []
 
@@ -113,6 +114,32 @@ def run_sweep(config: str | Path | None, overrides: list[str], methods: list[str
     doc = document(_pairwise(sweep, rows, against, cfg))
     write_sweep_report(sweep, doc)
     return doc
+
+
+def _check_trained_methods(config: str | Path | None, overrides: list[str], methods: list[str], sweep: Any,
+                           rates: dict[str, tuple[float, str]], *, out_given: bool) -> None:
+    """Refuse, before anything in the sweep folder changes, a sweep whose methods' runs were trained with other
+    settings (seed, model, data or train keys, learning rate included): ConfigError (exit 2) naming the methods
+    and the changed keys. Each method would otherwise be refused one by one only after the shared base's
+    evaluations had been removed for the new settings, and sweep.json and report.html of the finished sweep
+    replaced by failed rows. A method whose config cannot load is left to the sweep, which records it as failed."""
+    from tunebench.errors import ConfigError
+    from tunebench.pipeline.write import trained_with_other_settings
+    from tunebench.sweep import method_config
+
+    conflicts = []
+    for method in methods:
+        try:
+            other = trained_with_other_settings(method_config(config, overrides, method, sweep, rates[method][0]))
+        except ConfigError:
+            continue
+        if other:
+            conflicts.append(f"{method} ({other})")
+    if conflicts:
+        fix = "--out NEW_FOLDER" if out_given else "--set name=NEW_NAME or --out NEW_FOLDER"
+        raise ConfigError(f"{sweep.path} holds methods trained with other settings: {'; '.join(conflicts)}; their "
+                          f"results would not match this config: restore those keys, or sweep into a new folder "
+                          f"({fix})")
 
 
 def _task_names(cfg: RunConfig) -> list[str] | None:

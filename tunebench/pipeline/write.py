@@ -146,6 +146,20 @@ STAGE_OUTPUTS = {"eval": (RunDir.eval_root.name, RunDir.tasks_root.name), "bench
 COMPARE_ONLY_KEYS = ("eval.bootstrap",)
 
 
+def trained_with_other_settings(cfg: RunConfig) -> str | None:
+    """The training keys (seed, model, data, train) in which `cfg` differs from the run its run dir already holds
+    (trained, or with checkpoints), described as 'train.max_steps 3 -> 4'; None for a dir without such a run or
+    a run trained with the same settings. Reads config.yaml; ConfigError when it cannot be read."""
+    from tunebench.train.rundir import RESUME_KEYS, config_changes, describe_changes, read_saved_config
+
+    run = RunDir(cfg.run_dir)
+    if not run.config.is_file() or not (run.train_summary.exists() or CheckpointRoot(run.checkpoints).steps()):
+        return None
+    saved = read_saved_config(run.config)
+    retrain = [k for k in config_changes(saved, cfg) if k.split(".")[0] in RESUME_KEYS]
+    return describe_changes(saved, cfg, retrain) if retrain else None
+
+
 def record_run_config(cfg: RunConfig) -> None:
     """Record the resolved config in the run dir (creating it), keeping config.yaml true to the results beside it.
 
@@ -160,7 +174,7 @@ def record_run_config(cfg: RunConfig) -> None:
 
     from tunebench.errors import ConfigError
     from tunebench.io import clean_stale_temps
-    from tunebench.train.rundir import RESUME_KEYS, config_changes, describe_changes, read_saved_config
+    from tunebench.train.rundir import config_changes, describe_changes, read_saved_config
 
     run_dir = cfg.run_dir
     run = RunDir(run_dir)
@@ -171,15 +185,11 @@ def record_run_config(cfg: RunConfig) -> None:
     saved_path = run.config
     saved = read_saved_config(saved_path) if saved_path.is_file() else None
     changed = config_changes(saved, cfg) if saved is not None else []
-    trained = run.train_summary.exists() or bool(CheckpointRoot(run.checkpoints).steps())
-    if saved is not None and trained:
-        retrain = [k for k in changed if k.split(".")[0] in RESUME_KEYS]
-        if retrain:
-            raise ConfigError(
-                f"{run_dir} holds a run trained with other settings ({describe_changes(saved, cfg, retrain)}); "
-                "its results would not match this config: restore those keys, or start a new run with "
-                "--set name=NEW_NAME"
-            )
+    if other := trained_with_other_settings(cfg):
+        raise ConfigError(
+            f"{run_dir} holds a run trained with other settings ({other}); its results would not match this "
+            "config: restore those keys, or start a new run with --set name=NEW_NAME"
+        )
     if saved is not None and not changed:
         return
     try:
