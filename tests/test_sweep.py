@@ -370,6 +370,32 @@ def test_against_a_method_that_failed_says_why_there_is_no_pairwise_comparison(t
     assert pairwise_missing({**doc, "pairwise": [{"baseline": "adapter"}]}) is None
 
 
+def test_a_failed_method_row_shows_the_rate_it_was_given(tmp_path):
+    """README: the table records each method's learning rate and its source, failed methods included (before, a
+    failed row's error spanned every column and its rate was only in sweep.json)."""
+    import io
+
+    from rich.console import Console
+
+    from tunebench.report.sweep import render_sweep_html, sweep_table
+    from tunebench.sweep import failed_row
+
+    row = failed_row("adapter", "method 'adapter': no hidden unit", 2, lr=1e-4, lr_source="method default")
+    doc = {"schema": "tunebench.sweep/1", "tunebench_version": "x", "created": "now", "dir": str(tmp_path),
+           "methods": ["adapter"], "against": None, "rows": [row], "pairwise": [],
+           "shared": {"model": "m", "seed": 1, "max_steps": 10, "epochs": 1.0, "batch_size": 8, "grad_accum": 1,
+                      "eval_split": "test", "eval_limit": 100, "bench_tasks": [], "base_dir": "base"},
+           "task_metric": None, "forgetting_measure": None}
+    html = render_sweep_html(doc, None)
+    assert ('<td colspan="4"><strong>failed:</strong> method &#39;adapter&#39;: no hidden unit</td>\n'
+            '<td class="num">0.0001 <span class="note">(method default)</span></td>') in html
+    out = io.StringIO()
+    Console(file=out, width=200).print(sweep_table(doc))
+    line = next(ln for ln in out.getvalue().splitlines() if "adapter" in ln)
+    assert [c.strip() for c in line.strip("│ ").split("│")] == [
+        "adapter", "FAILED: method 'adapter': no hidden unit", "", "", "", "0.0001"]
+
+
 def test_eta_counts_only_methods_that_ran(monkeypatch):
     import tunebench.sweep as sw
 

@@ -227,7 +227,7 @@ def sweep_table(doc: dict[str, Any]) -> Any:
         table.add_column(c, justify="left" if i == 0 else "right")
     for row in sweep_rows(doc):
         if row["status"] != "done":
-            table.add_row(row["method"], f"FAILED: {row['error']}", *[""] * (len(columns) - 2))
+            table.add_row(row["method"], f"FAILED: {row['error']}", "", "", "", row["lr"], *[""] * (len(columns) - 6))
             continue
         cells = [row["method"], row["trainable"], row["memory"], row["time"], row["tokens_per_s"], row["lr"]]
         if metric:
